@@ -1,0 +1,12 @@
+/* cmds.h: the subcommands of the volley binary, one file each (cli/cmd_*.c).
+ *
+ * Each takes the arguments after its own name (argv[0] is the subcommand name)
+ * and returns a sysexits code (see exitcodes.h). Only cli/ prints to the
+ * user; library modules return errors and results.
+ */
+#ifndef VL_CLI_CMDS_H
+#define VL_CLI_CMDS_H
+
+
+
+#endif

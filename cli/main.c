@@ -1,0 +1,46 @@
+/* main.c: volley's entry point; dispatches to one function per subcommand. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cmds.h"
+#include "cli/exitcodes.h"
+
+struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+};
+
+/* Subcommands in the order `volley help` lists them. */
+static const struct command commands[] = {
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: volley COMMAND [ARGS...]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\nvolley COMMAND --help describes a command's options.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return EX_USAGE;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return EX_OK;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("volley %s\n", VOLLEY_VERSION);
+        return EX_OK;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name))
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "volley: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return EX_USAGE;
+}

@@ -1,0 +1,136 @@
+#include "buf.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+
+void buf_init(buf_t *b, size_t max)
+{
+    b->data = NULL;
+    b->len = 0;
+    b->cap = 0;
+    b->max = max;
+}
+
+void buf_free(buf_t *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = 0;
+    b->cap = 0;
+}
+
+int buf_reserve(buf_t *b, size_t n)
+{
+    if (n > b->max || b->len > b->max - n)
+        return VL_ETOOBIG;
+    size_t need = b->len + n + 1; /* room for the trailing NUL */
+    if (need <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < need)
+        cap = cap > ((size_t)-1) / 2 ? need : cap * 2;
+    /* Never allocate much past the cap: a 2x step could otherwise double a
+     * buffer that is allowed to be only slightly larger. */
+    if (cap > b->max + 1)
+        cap = b->max + 1;
+    if (cap < need)
+        cap = need;
+    char *p = realloc(b->data, cap);
+    if (!p)
+        return VL_ENOMEM;
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+int buf_append(buf_t *b, const void *p, size_t n)
+{
+    int rc = buf_reserve(b, n);
+    if (rc)
+        return rc;
+    if (n)
+        memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+int buf_puts(buf_t *b, const char *s)
+{
+    return buf_append(b, s, strlen(s));
+}
+
+int buf_putc(buf_t *b, char c)
+{
+    return buf_append(b, &c, 1);
+}
+
+int buf_vprintf(buf_t *b, const char *fmt, va_list ap)
+{
+    va_list ap2;
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap2);
+    va_end(ap2);
+    if (n < 0)
+        return VL_EINVAL;
+    int rc = buf_reserve(b, (size_t)n);
+    if (rc)
+        return rc;
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+int buf_printf(buf_t *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = buf_vprintf(b, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+void buf_consume(buf_t *b, size_t n)
+{
+    if (n >= b->len) {
+        buf_reset(b);
+        return;
+    }
+    memmove(b->data, b->data + n, b->len - n);
+    b->len -= n;
+    b->data[b->len] = '\0';
+}
+
+char *buf_take(buf_t *b)
+{
+    char *p = b->data;
+    b->data = NULL;
+    b->len = 0;
+    b->cap = 0;
+    return p;
+}
+
+size_t iov_total(const struct iovec *iov, size_t n)
+{
+    size_t t = 0;
+    for (size_t i = 0; i < n; i++)
+        t += iov[i].iov_len;
+    return t;
+}
+
+int buf_append_iov(buf_t *b, const struct iovec *iov, size_t n)
+{
+    int rc = buf_reserve(b, iov_total(iov, n));
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(b->data + b->len, iov[i].iov_base, iov[i].iov_len);
+        b->len += iov[i].iov_len;
+    }
+    if (b->data)
+        b->data[b->len] = '\0';
+    return 0;
+}
