@@ -75,4 +75,14 @@ const char *tls_conn_errstr(const tls_conn_t *c);
 const char *tls_conn_version(const tls_conn_t *c);
 const char *tls_conn_cipher(const tls_conn_t *c);
 
+/* The peer closed its end of the socket (read EOF). Later reads report
+ * VL_ECONNRESET once the buffered input is used up, as tls_conn_read says. */
+void tls_conn_feed_eof(tls_conn_t *c);
+
+/* Bytes of ciphertext waiting for tls_conn_take_out(). */
+size_t tls_conn_pending_out(const tls_conn_t *c);
+
+/* 1 once the handshake has completed, else 0. */
+int tls_conn_handshake_done(const tls_conn_t *c);
+
 #endif
