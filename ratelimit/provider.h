@@ -30,7 +30,7 @@
 #include "ratelimit/quota.h"
 #include "ratelimit/rules.h"
 
-#define RL_MAX_QUOTAS 8
+#define RL_MAX_QUOTAS RL_QUOTA_MAX_WINDOWS
 
 typedef enum rl_route_kind {
     RL_ROUTE_SMTP,  /* smtp://host:port, STARTTLS when offered */

@@ -38,6 +38,9 @@ void rl_tz_day(const rl_tz_t *tz, int64_t utc_ms, int64_t *start_ms, int64_t *ne
 /* Broken-down local date of utc_ms (year, month 1-12, day 1-31). */
 void rl_tz_date(const rl_tz_t *tz, int64_t utc_ms, int *year, int *month, int *day);
 
+/* The most quotas one rl_quota_take call handles. */
+#define RL_QUOTA_MAX_WINDOWS 8
+
 /* One quota: at most limit messages per window. */
 typedef struct rl_quota {
     uint64_t limit;
@@ -70,7 +73,7 @@ typedef struct rl_quota_counter {
  * had room (all counters advanced), 0 when quota *blocked (index into q) was full
  * (nothing counted; *until_ms is the end of that window). A negative n gives back
  * -n messages (e.g. a claimed message that was never sent) without going below zero, and
- * returns 1. blocked/until_ms may be NULL. */
+ * returns 1. blocked/until_ms may be NULL. VL_EINVAL when nq > RL_QUOTA_MAX_WINDOWS. */
 int rl_quota_take(const rl_quota_t *q, size_t nq, rl_quota_counter_t *ctr, const rl_tz_t *tz,
                   int64_t now_ms, int64_t n, size_t *blocked, int64_t *until_ms);
 

@@ -1,7 +1,8 @@
 /* rules.h: a server's reply -> what volley does next.
  *
  * A rule matches on the reply code (exact "421" or a class "4xx", "45x"), the enhanced
- * status code (exact "5.1.1" or a prefix ending in a dot, "5.1.") and a POSIX extended
+ * status code (exact "5.1.1", with x for any digit "4.7.5xx", or a prefix ending in a
+ * dot "5.1.") and a POSIX extended
  * regular expression on the text (case-insensitive, compiled once), and names one action
  * class of DESIGN.md's table. Rules are tried in order; the first match wins. A provider's
  * chain is: its inline rules from the providers file, then its built-in set ("netease",
