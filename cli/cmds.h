@@ -7,6 +7,8 @@
 #ifndef VL_CLI_CMDS_H
 #define VL_CLI_CMDS_H
 
+int cmd_bench(int argc, char **argv);
+
 
 
 #endif

@@ -13,6 +13,7 @@ struct command {
 
 /* Subcommands in the order `volley help` lists them. */
 static const struct command commands[] = {
+    {"bench", cmd_bench, "benchmark an SMTP server with synthetic messages"},
 };
 
 static void usage(FILE *f)
