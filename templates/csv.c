@@ -986,14 +986,16 @@ int tpl_csv_next(tpl_csv_reader_t *r, tpl_csv_row_t **row)
 
 int tpl_csv_format_error(const tpl_csv_error_t *e, char *dst, size_t n)
 {
-    char col[32] = "";
+    char pos[48] = "";
     char row[48] = "";
-    if (e->column > 0)
-        snprintf(col, sizeof col, ":%d", e->column);
+    /* No line (the file could not be opened): "file: message". */
+    if (e->line > 0 && e->column > 0)
+        snprintf(pos, sizeof pos, ":%lu:%d", e->line, e->column);
+    else if (e->line > 0)
+        snprintf(pos, sizeof pos, ":%lu", e->line);
     if (e->row > 0)
         snprintf(row, sizeof row, " (row %lu)", e->row);
-    return snprintf(dst, n, "%s:%lu%s: %s%s", e->file ? e->file : "-", e->line, col, e->message,
-                    row);
+    return snprintf(dst, n, "%s%s: %s%s", e->file ? e->file : "-", pos, e->message, row);
 }
 
 /* ---- the file reader ---- */

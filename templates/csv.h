@@ -135,7 +135,7 @@ int tpl_csv_email_column(const tpl_csv_reader_t *r);
 const char *tpl_csv_filename(const tpl_csv_reader_t *r);
 
 /* Format an error as "file:LINE:COL: message (row N)" (":COL" left out when
- * column is 0, the row note left out when row is 0) into dst of size n,
+ * column is 0, ":LINE" too when line is 0, the row note when row is 0) into dst of size n,
  * always NUL-terminated when n > 0. Returns the length snprintf would give. */
 int tpl_csv_format_error(const tpl_csv_error_t *e, char *dst, size_t n);
 
