@@ -30,7 +30,7 @@ struct tpl_csv_reader {
     unsigned flags;
     struct csv_parser parser;
 
-    buf_t in;      /* fed input not yet parsed, from in_off */
+    buf_t in; /* fed input not yet parsed, from in_off */
     size_t in_off;
     int bom_checked;
     int finished;  /* tpl_csv_finish() was called */
@@ -39,15 +39,15 @@ struct tpl_csv_reader {
     int fatal_rc;
     tpl_csv_error_t fatal;
 
-    unsigned long line;      /* physical line of the next byte handed to libcsv */
-    int awaiting_row;        /* no byte of the next row seen yet */
-    unsigned long row_line;  /* where the row being built starts */
+    unsigned long line;     /* physical line of the next byte handed to libcsv */
+    int awaiting_row;       /* no byte of the next row seen yet */
+    unsigned long row_line; /* where the row being built starts */
     int row_complete;
-    int row_taken;           /* the last tpl_csv_next() handed out a row */
-    int cb_error;            /* a callback ran out of room */
+    int row_taken; /* the last tpl_csv_next() handed out a row */
+    int cb_error;  /* a callback ran out of room */
 
-    buf_t rowdata;     /* fields of the row being built, each NUL-terminated */
-    size_t *offs;      /* start of each field in rowdata */
+    buf_t rowdata; /* fields of the row being built, each NUL-terminated */
+    size_t *offs;  /* start of each field in rowdata */
     size_t *lens;
     size_t nf, fcap;
 
@@ -98,15 +98,12 @@ static size_t utf8_decode(const unsigned char *s, size_t len, uint32_t *cp)
     } else {
         return 0;
     }
-    if (len < n)
-        return 0;
+    if (len < n) return 0;
     for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
+        if ((s[i] & 0xc0) != 0x80) return 0;
         v = (v << 6) | (s[i] & 0x3f);
     }
-    if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
-        return 0;
+    if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff)) return 0;
     *cp = v;
     return n;
 }
@@ -123,8 +120,7 @@ static size_t utf8_check(const char *s, size_t len)
         }
         uint32_t cp;
         size_t n = utf8_decode(u + i, len - i, &cp);
-        if (!n)
-            return i;
+        if (!n) return i;
         i += n;
     }
     return len;
@@ -139,8 +135,7 @@ int tpl_utf8_valid(const char *s, size_t len)
 
 static int is_atext(unsigned char c)
 {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-        return 1;
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return 1;
     return c != 0 && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL;
 }
 
@@ -166,11 +161,9 @@ static int check_local(const char *s, size_t len, size_t *end, tpl_email_info_t 
         /* quoted-string: qtext or quoted-pair, UTF-8 allowed (RFC 6531). */
         i = 1;
         for (;;) {
-            if (i >= len)
-                return email_fail(info, "unterminated quoted local part");
+            if (i >= len) return email_fail(info, "unterminated quoted local part");
             unsigned char c = u[i];
-            if (c == '"')
-                break;
+            if (c == '"') break;
             if (c == '\\') {
                 if (i + 1 >= len || u[i + 1] < 32 || u[i + 1] > 126)
                     return email_fail(info, "bad escape in quoted local part");
@@ -180,19 +173,16 @@ static int check_local(const char *s, size_t len, size_t *end, tpl_email_info_t 
             if (c >= 0x80) {
                 uint32_t cp;
                 size_t n = utf8_decode(u + i, len - i, &cp);
-                if (!n)
-                    return email_fail(info, "invalid UTF-8 in local part");
+                if (!n) return email_fail(info, "invalid UTF-8 in local part");
                 info->needs_smtputf8 = 1;
                 i += n;
                 continue;
             }
-            if (c < 32 || c > 126)
-                return email_fail(info, "control character in local part");
+            if (c < 32 || c > 126) return email_fail(info, "control character in local part");
             i++;
         }
         i++; /* closing quote */
-        if (i == 2)
-            return email_fail(info, "empty quoted local part");
+        if (i == 2) return email_fail(info, "empty quoted local part");
     } else {
         /* dot-atom: atoms of atext joined by single dots. */
         int need_atext = 1;
@@ -209,8 +199,7 @@ static int check_local(const char *s, size_t len, size_t *end, tpl_email_info_t 
             if (c >= 0x80) {
                 uint32_t cp;
                 size_t n = utf8_decode(u + i, len - i, &cp);
-                if (!n)
-                    return email_fail(info, "invalid UTF-8 in local part");
+                if (!n) return email_fail(info, "invalid UTF-8 in local part");
                 info->needs_smtputf8 = 1;
                 i += n;
             } else if (is_atext(c)) {
@@ -226,13 +215,11 @@ static int check_local(const char *s, size_t len, size_t *end, tpl_email_info_t 
         }
         if (i == 0)
             return email_fail(info, len && u[0] == '@' ? "empty local part" : "no @ in address");
-        if (need_atext)
-            return email_fail(info, "local part ends with a dot");
+        if (need_atext) return email_fail(info, "local part ends with a dot");
     }
     if (i >= len || u[i] != '@')
         return email_fail(info, i >= len ? "no @ in address" : "text after quoted local part");
-    if (i > 64)
-        return email_fail(info, "local part longer than 64 octets");
+    if (i > 64) return email_fail(info, "local part longer than 64 octets");
     *end = i;
     return 0;
 }
@@ -241,8 +228,7 @@ static int check_literal(const char *s, size_t len, tpl_email_info_t *info)
 {
     /* s is "[...]"; the inside is an IPv4 address or "IPv6:" and an IPv6
      * address. Checked by hand so nothing is read past len. */
-    if (len < 3 || s[len - 1] != ']')
-        return email_fail(info, "unterminated address literal");
+    if (len < 3 || s[len - 1] != ']') return email_fail(info, "unterminated address literal");
     const char *p = s + 1;
     size_t n = len - 2;
     if (n > 5 && strncasecmp(p, "IPv6:", 5) == 0) {
@@ -252,8 +238,7 @@ static int check_literal(const char *s, size_t len, tpl_email_info_t *info)
             char c = p[i];
             if (c == ':') {
                 if (i + 1 < n && p[i + 1] == ':') {
-                    if (dbl)
-                        return email_fail(info, "bad IPv6 address literal");
+                    if (dbl) return email_fail(info, "bad IPv6 address literal");
                     dbl = 1;
                     i++;
                 } else if (i == 0 || i + 1 == n) {
@@ -261,10 +246,8 @@ static int check_literal(const char *s, size_t len, tpl_email_info_t *info)
                 }
                 run = 0;
             } else if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')) {
-                if (run == 0)
-                    groups++;
-                if (++run > 4)
-                    return email_fail(info, "bad IPv6 address literal");
+                if (run == 0) groups++;
+                if (++run > 4) return email_fail(info, "bad IPv6 address literal");
             } else {
                 return email_fail(info, "bad IPv6 address literal");
             }
@@ -275,22 +258,18 @@ static int check_literal(const char *s, size_t len, tpl_email_info_t *info)
         int parts = 0, digits = 0, val = 0;
         for (size_t i = 0; i <= n; i++) {
             if (i == n || p[i] == '.') {
-                if (!digits || val > 255)
-                    return email_fail(info, "bad IPv4 address literal");
+                if (!digits || val > 255) return email_fail(info, "bad IPv4 address literal");
                 parts++, digits = 0, val = 0;
             } else if (p[i] >= '0' && p[i] <= '9') {
-                if (++digits > 3)
-                    return email_fail(info, "bad IPv4 address literal");
+                if (++digits > 3) return email_fail(info, "bad IPv4 address literal");
                 val = val * 10 + (p[i] - '0');
             } else {
                 return email_fail(info, "bad address literal");
             }
         }
-        if (parts != 4)
-            return email_fail(info, "bad IPv4 address literal");
+        if (parts != 4) return email_fail(info, "bad IPv4 address literal");
     }
-    if (len >= sizeof info->ascii_domain)
-        return email_fail(info, "domain too long");
+    if (len >= sizeof info->ascii_domain) return email_fail(info, "domain too long");
     for (size_t i = 0; i < len; i++)
         info->ascii_domain[i] = s[i];
     info->ascii_domain[len] = '\0';
@@ -300,10 +279,8 @@ static int check_literal(const char *s, size_t len, tpl_email_info_t *info)
 
 static int check_domain(const char *s, size_t len, tpl_email_info_t *info)
 {
-    if (len == 0)
-        return email_fail(info, "empty domain");
-    if (s[0] == '[')
-        return check_literal(s, len, info);
+    if (len == 0) return email_fail(info, "empty domain");
+    if (s[0] == '[') return check_literal(s, len, info);
     const unsigned char *u = (const unsigned char *)s;
     char *out = info->ascii_domain;
     size_t cap = sizeof info->ascii_domain, o = 0;
@@ -312,15 +289,14 @@ static int check_domain(const char *s, size_t len, tpl_email_info_t *info)
         size_t start = i;
         int ascii = 1;
         while (i < len && u[i] != '.') {
-            if (u[i] >= 0x80)
-                ascii = 0;
+            if (u[i] >= 0x80) ascii = 0;
             i++;
         }
         size_t llen = i - start;
         if (llen == 0)
             return email_fail(info, start == 0 ? "domain starts with a dot"
-                                  : i >= len ? "domain ends with a dot"
-                                             : "empty label in domain");
+                                    : i >= len ? "domain ends with a dot"
+                                               : "empty label in domain");
         if (ascii) {
             for (size_t k = start; k < i; k++) {
                 if (!is_ldh(u[k]))
@@ -330,10 +306,8 @@ static int check_domain(const char *s, size_t len, tpl_email_info_t *info)
             }
             if (u[start] == '-' || u[i - 1] == '-')
                 return email_fail(info, "domain label starts or ends with a hyphen");
-            if (llen > 63)
-                return email_fail(info, "domain label longer than 63 octets");
-            if (o + llen + 1 >= cap)
-                return email_fail(info, "domain longer than 253 octets");
+            if (llen > 63) return email_fail(info, "domain label longer than 63 octets");
+            if (o + llen + 1 >= cap) return email_fail(info, "domain longer than 253 octets");
             for (size_t k = start; k < i; k++) {
                 unsigned char c = u[k];
                 out[o++] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
@@ -347,13 +321,11 @@ static int check_domain(const char *s, size_t len, tpl_email_info_t *info)
             while (k < i) {
                 uint32_t cp;
                 size_t n = utf8_decode(u + k, i - k, &cp);
-                if (!n)
-                    return email_fail(info, "invalid UTF-8 in domain");
+                if (!n) return email_fail(info, "invalid UTF-8 in domain");
                 if (cp < 0x80) {
                     if (!is_ldh((unsigned char)cp))
                         return email_fail(info, "character not allowed in domain");
-                    if (cp >= 'A' && cp <= 'Z')
-                        cp += 32;
+                    if (cp >= 'A' && cp <= 'Z') cp += 32;
                 } else if (cp < 0xa0 || cp == 0x3002 || cp == 0xff0e || cp == 0xff61) {
                     /* C1 controls, and ideographic full stops that IDNA
                      * would map to dots: reject rather than guess. */
@@ -377,15 +349,12 @@ static int check_domain(const char *s, size_t len, tpl_email_info_t *info)
             o += 4 + (size_t)n;
             info->idn_domain = 1;
         }
-        if (i >= len)
-            break;
+        if (i >= len) break;
         out[o++] = '.';
         i++;
-        if (i >= len)
-            return email_fail(info, "domain ends with a dot");
+        if (i >= len) return email_fail(info, "domain ends with a dot");
     }
-    if (o > 253)
-        return email_fail(info, "domain longer than 253 octets");
+    if (o > 253) return email_fail(info, "domain longer than 253 octets");
     out[o] = '\0';
     info->ascii_domain_len = o;
     return 0;
@@ -399,16 +368,13 @@ int tpl_email_check(const char *s, size_t len, tpl_email_info_t *info)
     info->error = NULL;
     info->ascii_domain[0] = '\0';
     info->ascii_domain_len = 0;
-    if (len == 0)
-        return email_fail(info, "empty address");
+    if (len == 0) return email_fail(info, "empty address");
     size_t at;
     int rc = check_local(s, len, &at, info);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     info->at = at;
     rc = check_domain(s + at + 1, len - at - 1, info);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     /* RFC 5321 4.5.3.1.3: a path is at most 256 octets with its brackets. */
     if (at + 1 + info->ascii_domain_len > 254)
         return email_fail(info, "address longer than 254 octets");
@@ -443,12 +409,10 @@ static int set_grow(tpl_csv_reader_t *r)
 {
     size_t ncap = r->set_cap ? r->set_cap * 2 : 1024;
     uint64_t *ns = calloc(ncap, sizeof *ns);
-    if (!ns)
-        return VL_ENOMEM;
+    if (!ns) return VL_ENOMEM;
     for (size_t i = 0; i < r->set_cap; i++) {
         uint64_t h = r->set[i];
-        if (!h)
-            continue;
+        if (!h) continue;
         size_t j = (size_t)h & (ncap - 1);
         while (ns[j])
             j = (j + 1) & (ncap - 1);
@@ -465,13 +429,11 @@ static int set_add(tpl_csv_reader_t *r, uint64_t h)
 {
     if ((r->set_n + 1) * 2 > r->set_cap) {
         int rc = set_grow(r);
-        if (rc)
-            return rc;
+        if (rc) return rc;
     }
     size_t mask = r->set_cap - 1, j = (size_t)h & mask;
     while (r->set[j]) {
-        if (r->set[j] == h)
-            return 1;
+        if (r->set[j] == h) return 1;
         j = (j + 1) & mask;
     }
     r->set[j] = h;
@@ -490,8 +452,7 @@ static int no_space(unsigned char c)
 tpl_csv_reader_t *tpl_csv_new(const char *filename, unsigned flags)
 {
     tpl_csv_reader_t *r = calloc(1, sizeof *r);
-    if (!r)
-        return NULL;
+    if (!r) return NULL;
     r->filename = strdup(filename ? filename : "-");
     if (!r->filename || csv_init(&r->parser, CSV_STRICT | CSV_STRICT_FINI | CSV_APPEND_NULL)) {
         free(r->filename);
@@ -511,11 +472,9 @@ tpl_csv_reader_t *tpl_csv_new(const char *filename, unsigned flags)
 
 void tpl_csv_free(tpl_csv_reader_t *r)
 {
-    if (!r)
-        return;
+    if (!r) return;
     csv_free(&r->parser);
-    if (r->fp)
-        fclose(r->fp);
+    if (r->fp) fclose(r->fp);
     buf_free(&r->in);
     buf_free(&r->rowdata);
     buf_free(&r->hdr);
@@ -536,8 +495,7 @@ const char *tpl_csv_filename(const tpl_csv_reader_t *r)
 
 int tpl_csv_feed(tpl_csv_reader_t *r, const void *data, size_t len)
 {
-    if (r->finished)
-        return VL_ESTATE;
+    if (r->finished) return VL_ESTATE;
     if (r->in_off && r->in_off == r->in.len) {
         buf_reset(&r->in);
         r->in_off = 0;
@@ -547,8 +505,7 @@ int tpl_csv_feed(tpl_csv_reader_t *r, const void *data, size_t len)
 
 int tpl_csv_finish(tpl_csv_reader_t *r)
 {
-    if (r->finished)
-        return VL_ESTATE;
+    if (r->finished) return VL_ESTATE;
     r->finished = 1;
     return 0;
 }
@@ -581,8 +538,7 @@ const char *tpl_csv_column_name(const tpl_csv_reader_t *r, size_t i)
 int tpl_csv_column(const tpl_csv_reader_t *r, const char *name)
 {
     for (size_t i = 0; i < r->ncols; i++)
-        if (strcmp(r->names[i], name) == 0)
-            return (int)i;
+        if (strcmp(r->names[i], name) == 0) return (int)i;
     return -1;
 }
 
@@ -611,8 +567,7 @@ static void quote_for_message(char *dst, size_t n, const char *s, size_t len)
             i++;
             continue;
         }
-        if (o + k + 4 >= n)
-            break;
+        if (o + k + 4 >= n) break;
         memcpy(dst + o, s + i, k);
         o += k, i += k;
     }
@@ -622,8 +577,7 @@ static void quote_for_message(char *dst, size_t n, const char *s, size_t len)
         memcpy(dst + o, "...", 3);
         o += 3;
     }
-    if (n)
-        dst[o < n ? o : n - 1] = '\0';
+    if (n) dst[o < n ? o : n - 1] = '\0';
 }
 
 static void set_fatal(tpl_csv_reader_t *r, int rc, enum tpl_csv_errkind kind, unsigned long line,
@@ -649,13 +603,11 @@ static void set_fatal(tpl_csv_reader_t *r, int rc, enum tpl_csv_errkind kind, un
 static void on_field(void *s, size_t len, void *ud)
 {
     tpl_csv_reader_t *r = ud;
-    if (r->cb_error)
-        return;
+    if (r->cb_error) return;
     if (r->nf == r->fcap) {
         size_t ncap = r->fcap ? r->fcap * 2 : 16;
         size_t *no = realloc(r->offs, ncap * sizeof *no);
-        if (no)
-            r->offs = no;
+        if (no) r->offs = no;
         size_t *nl = no ? realloc(r->lens, ncap * sizeof *nl) : NULL;
         if (!no || !nl) {
             r->cb_error = VL_ENOMEM;
@@ -666,8 +618,7 @@ static void on_field(void *s, size_t len, void *ud)
     }
     size_t off = r->rowdata.len;
     int rc = buf_append(&r->rowdata, s ? s : "", len);
-    if (!rc)
-        rc = buf_putc(&r->rowdata, '\0');
+    if (!rc) rc = buf_putc(&r->rowdata, '\0');
     if (rc) {
         r->cb_error = rc;
         return;
@@ -724,13 +675,12 @@ static int take_header(tpl_csv_reader_t *r)
                 char q[80];
                 quote_for_message(q, sizeof q, r->names[i], strlen(r->names[i]));
                 set_fatal(r, VL_EPARSE, TPL_CSV_E_HEADER, field_line(r, i), (int)i + 1,
-                          "column `%s` appears twice in the header (columns %zu and %zu)", q,
-                          j + 1, i + 1);
+                          "column `%s` appears twice in the header (columns %zu and %zu)", q, j + 1,
+                          i + 1);
                 return r->fatal_rc;
             }
         }
-        if (r->email_col < 0 && strcasecmp(r->names[i], "email") == 0)
-            r->email_col = (int)i;
+        if (r->email_col < 0 && strcasecmp(r->names[i], "email") == 0) r->email_col = (int)i;
     }
     if (r->email_col < 0 && !(r->flags & TPL_CSV_NO_EMAIL)) {
         set_fatal(r, VL_EPARSE, TPL_CSV_E_HEADER, r->row_line, 0,
@@ -753,8 +703,7 @@ static tpl_csv_error_t *add_error(tpl_csv_reader_t *r, enum tpl_csv_errkind kind
     if (r->nerr == r->ecap) {
         size_t ncap = r->ecap ? r->ecap * 2 : 4;
         tpl_csv_error_t *ne = realloc(r->errors, ncap * sizeof *ne);
-        if (!ne)
-            return NULL;
+        if (!ne) return NULL;
         r->errors = ne;
         r->ecap = ncap;
     }
@@ -780,8 +729,7 @@ static tpl_csv_error_t *add_error(tpl_csv_reader_t *r, enum tpl_csv_errkind kind
 
 #define ADD_ERROR(...)                                                                             \
     do {                                                                                           \
-        if (!add_error(r, __VA_ARGS__))                                                            \
-            goto nomem;                                                                            \
+        if (!add_error(r, __VA_ARGS__)) goto nomem;                                                \
     } while (0)
 
 /* Turn the completed row in rowdata into r->row, with its errors. */
@@ -791,8 +739,7 @@ static int build_row(tpl_csv_reader_t *r)
     r->nerr = 0;
     if (r->vcap < r->nf) {
         tpl_csv_field_t *nv = realloc(r->views, r->nf * sizeof *nv);
-        if (!nv)
-            goto nomem;
+        if (!nv) goto nomem;
         r->views = nv;
         r->vcap = r->nf;
     }
@@ -809,8 +756,8 @@ static int build_row(tpl_csv_reader_t *r)
 
     if (r->nf != r->ncols) {
         if (r->nf < r->ncols)
-            ADD_ERROR(TPL_CSV_E_FIELDS, r->nf, "expected %zu fields, found %zu (no `%s`)",
-                      r->ncols, r->nf, r->names[r->nf]);
+            ADD_ERROR(TPL_CSV_E_FIELDS, r->nf, "expected %zu fields, found %zu (no `%s`)", r->ncols,
+                      r->nf, r->names[r->nf]);
         else
             ADD_ERROR(TPL_CSV_E_FIELDS, r->ncols, "expected %zu fields, found %zu", r->ncols,
                       r->nf);
@@ -820,8 +767,7 @@ static int build_row(tpl_csv_reader_t *r)
         size_t bad = utf8_check(r->views[i].ptr, r->views[i].len);
         if (bad != r->views[i].len) {
             ADD_ERROR(TPL_CSV_E_UTF8, i, "invalid UTF-8 at byte %zu of the field", bad + 1);
-            if ((int)i == r->email_col)
-                email_utf8_ok = 0;
+            if ((int)i == r->email_col) email_utf8_ok = 0;
         }
     }
     if (r->email_col >= 0 && !(r->flags & TPL_CSV_NO_EMAIL) && (size_t)r->email_col < r->nf) {
@@ -854,8 +800,7 @@ static int build_row(tpl_csv_reader_t *r)
                     uint64_t h = hash_bytes(0xcbf29ce484222325ULL, p, info->at + 1);
                     h = hash_final(hash_bytes(h, info->ascii_domain, info->ascii_domain_len));
                     int dup = set_add(r, h);
-                    if (dup < 0)
-                        goto nomem;
+                    if (dup < 0) goto nomem;
                     if (dup) {
                         quote_for_message(q, sizeof q, p, n);
                         ADD_ERROR(TPL_CSV_E_DUPLICATE, ec,
@@ -891,8 +836,7 @@ static int parse_piece(tpl_csv_reader_t *r)
     while (n < avail && p[n] != '\n' && p[n] != '\r')
         n++;
     int has_content = n > 0;
-    if (n < avail)
-        n++; /* the terminator belongs to this piece */
+    if (n < avail) n++; /* the terminator belongs to this piece */
     if (r->awaiting_row && has_content) {
         r->row_line = r->line;
         r->awaiting_row = 0;
@@ -911,16 +855,14 @@ static int parse_piece(tpl_csv_reader_t *r)
                   "closing quote (a field with quotes must be wholly quoted, quotes doubled)");
         return r->fatal_rc;
     }
-    if (p[n - 1] == '\n')
-        r->line++;
+    if (p[n - 1] == '\n') r->line++;
     r->in_off += n;
     return 0;
 }
 
 int tpl_csv_next(tpl_csv_reader_t *r, tpl_csv_row_t **row)
 {
-    if (r->fatal_rc)
-        return r->fatal_rc;
+    if (r->fatal_rc) return r->fatal_rc;
     if (r->row_taken) {
         r->row_taken = 0;
         start_row(r);
@@ -928,13 +870,11 @@ int tpl_csv_next(tpl_csv_reader_t *r, tpl_csv_row_t **row)
     for (;;) {
         if (r->row_complete) {
             if (!r->have_header) {
-                if (take_header(r))
-                    return r->fatal_rc;
+                if (take_header(r)) return r->fatal_rc;
                 start_row(r);
                 continue;
             }
-            if (build_row(r))
-                return r->fatal_rc;
+            if (build_row(r)) return r->fatal_rc;
             r->row_taken = 1;
             *row = &r->row;
             return 1;
@@ -950,15 +890,13 @@ int tpl_csv_next(tpl_csv_reader_t *r, tpl_csv_row_t **row)
                 r->in_off += 3;
         }
         if (r->in_off < r->in.len) {
-            if (parse_piece(r))
-                return r->fatal_rc;
+            if (parse_piece(r)) return r->fatal_rc;
             continue;
         }
         /* All input parsed: forget it, so fed data never piles up. */
         buf_reset(&r->in);
         r->in_off = 0;
-        if (!r->finished)
-            return 0;
+        if (!r->finished) return 0;
         if (!r->fini_done) {
             r->fini_done = 1;
             if (csv_fini(&r->parser, on_field, on_row, r) != 0) {
@@ -993,8 +931,7 @@ int tpl_csv_format_error(const tpl_csv_error_t *e, char *dst, size_t n)
         snprintf(pos, sizeof pos, ":%lu:%d", e->line, e->column);
     else if (e->line > 0)
         snprintf(pos, sizeof pos, ":%lu", e->line);
-    if (e->row > 0)
-        snprintf(row, sizeof row, " (row %lu)", e->row);
+    if (e->row > 0) snprintf(row, sizeof row, " (row %lu)", e->row);
     return snprintf(dst, n, "%s%s: %s%s", e->file ? e->file : "-", pos, e->message, row);
 }
 
@@ -1004,8 +941,7 @@ int tpl_csv_open(const char *path, unsigned flags, tpl_csv_reader_t **out)
 {
     tpl_csv_reader_t *r = tpl_csv_new(path, flags);
     *out = r;
-    if (!r)
-        return VL_ENOMEM;
+    if (!r) return VL_ENOMEM;
     r->fp = fopen(path, "rb");
     if (!r->fp) {
         int e = errno;
@@ -1018,14 +954,11 @@ int tpl_csv_open(const char *path, unsigned flags, tpl_csv_reader_t **out)
 
 int tpl_csv_read(tpl_csv_reader_t *r, tpl_csv_row_t **row)
 {
-    if (!r->fp && !r->finished)
-        return r->fatal_rc ? r->fatal_rc : VL_ESTATE;
+    if (!r->fp && !r->finished) return r->fatal_rc ? r->fatal_rc : VL_ESTATE;
     for (;;) {
         int rc = tpl_csv_next(r, row);
-        if (rc != 0 || r->done)
-            return rc;
-        if (r->finished)
-            return 0;
+        if (rc != 0 || r->done) return rc;
+        if (r->finished) return 0;
         /* tpl_csv_next() only asks for more once all input is used (or
          * fewer than three bytes wait for the BOM check), so reading
          * straight into the input buffer keeps it at one chunk. */
@@ -1039,8 +972,7 @@ int tpl_csv_read(tpl_csv_reader_t *r, tpl_csv_row_t **row)
         r->in.data[r->in.len] = '\0';
         if (got < CHUNK_SIZE) {
             if (ferror(r->fp)) {
-                set_fatal(r, VL_EIO, TPL_CSV_E_IO, r->line, 0, "read error: %s",
-                          strerror(errno));
+                set_fatal(r, VL_EIO, TPL_CSV_E_IO, r->line, 0, "read error: %s", strerror(errno));
                 return VL_EIO;
             }
             r->finished = 1;

@@ -90,19 +90,16 @@ tpl_partials_t *tpl_partials_new(void)
 
 static const partial_t *partial_find(const tpl_partials_t *p, const char *name, size_t len)
 {
-    if (!p)
-        return NULL;
+    if (!p) return NULL;
     for (size_t i = 0; i < p->n; i++)
-        if (strlen(p->v[i].name) == len && memcmp(p->v[i].name, name, len) == 0)
-            return &p->v[i];
+        if (strlen(p->v[i].name) == len && memcmp(p->v[i].name, name, len) == 0) return &p->v[i];
     return NULL;
 }
 
 int tpl_partials_add(tpl_partials_t *p, const char *name, const char *src, size_t len)
 {
     char *s = malloc(len + 1);
-    if (!s)
-        return VL_ENOMEM;
+    if (!s) return VL_ENOMEM;
     memcpy(s, src, len);
     s[len] = '\0';
     partial_t *old = (partial_t *)partial_find(p, name, strlen(name));
@@ -133,8 +130,7 @@ int tpl_partials_add(tpl_partials_t *p, const char *name, const char *src, size_
 
 void tpl_partials_free(tpl_partials_t *p)
 {
-    if (!p)
-        return;
+    if (!p) return;
     for (size_t i = 0; i < p->n; i++) {
         free(p->v[i].name);
         free(p->v[i].src);
@@ -160,12 +156,10 @@ typedef struct compiler {
 
 static int arena_add(tpl_template_t *t, const char *p, size_t n, uint32_t *off)
 {
-    if (t->arena.len + n + 1 > UINT32_MAX)
-        return VL_ETOOBIG;
+    if (t->arena.len + n + 1 > UINT32_MAX) return VL_ETOOBIG;
     *off = (uint32_t)t->arena.len;
     int rc = buf_append(&t->arena, p, n);
-    if (!rc)
-        rc = buf_putc(&t->arena, '\0');
+    if (!rc) rc = buf_putc(&t->arena, '\0');
     return rc;
 }
 
@@ -173,11 +167,9 @@ static int push_node(tpl_template_t *t, const node_t *n)
 {
     if (t->nnodes == t->ncap) {
         size_t ncap = t->ncap ? t->ncap * 2 : 32;
-        if (ncap >= NONE)
-            return VL_ETOOBIG;
+        if (ncap >= NONE) return VL_ETOOBIG;
         node_t *nv = realloc(t->nodes, ncap * sizeof *nv);
-        if (!nv)
-            return VL_ENOMEM;
+        if (!nv) return VL_ENOMEM;
         t->nodes = nv;
         t->ncap = ncap;
     }
@@ -207,7 +199,8 @@ static void position(compiler_t *c, size_t pos, uint32_t *line, uint32_t *col)
     *col = chars + 1;
 }
 
-static int fail(compiler_t *c, size_t pos, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(compiler_t *c, size_t pos, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static int fail(compiler_t *c, size_t pos, const char *fmt, ...)
 {
@@ -235,19 +228,16 @@ static int is_blank(char ch)
 
 static const char *find(const char *hay, size_t hlen, const char *needle, size_t nlen)
 {
-    if (nlen == 0 || nlen > hlen)
-        return NULL;
+    if (nlen == 0 || nlen > hlen) return NULL;
     return memmem(hay, hlen, needle, nlen);
 }
 
 static int add_text(compiler_t *c, size_t from, size_t to)
 {
-    if (to <= from)
-        return 0;
+    if (to <= from) return 0;
     node_t n = {.type = N_TEXT, .link = NONE};
     int rc = arena_add(c->t, c->src + from, to - from, &n.off);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     n.len = (uint32_t)(to - from);
     return push_node(c->t, &n);
 }
@@ -257,16 +247,13 @@ static int add_text(compiler_t *c, size_t from, size_t to)
 static int set_name(compiler_t *c, node_t *n, const char *name, size_t len, size_t pos)
 {
     tpl_template_t *t = c->t;
-    if (len == 0)
-        return fail(c, pos, "empty tag: a name is missing");
+    if (len == 0) return fail(c, pos, "empty tag: a name is missing");
     int rc = arena_add(t, name, len, &n->off);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     n->len = (uint32_t)len;
     n->seg = (uint32_t)t->nsegs;
     n->nseg = 0;
-    if (len == 1 && name[0] == '.')
-        return 0; /* the implicit iterator */
+    if (len == 1 && name[0] == '.') return 0; /* the implicit iterator */
     size_t i = 0;
     for (;;) {
         size_t s = i;
@@ -280,20 +267,16 @@ static int set_name(compiler_t *c, node_t *n, const char *name, size_t len, size
         if (t->nsegs == t->scap) {
             size_t ncap = t->scap ? t->scap * 2 : 32;
             seg_t *nv = realloc(t->segs, ncap * sizeof *nv);
-            if (!nv)
-                return VL_ENOMEM;
+            if (!nv) return VL_ENOMEM;
             t->segs = nv;
             t->scap = ncap;
         }
         seg_t *sg = &t->segs[t->nsegs++];
         rc = arena_add(t, name + s, i - s, &sg->off);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         sg->len = (uint32_t)(i - s);
-        if (++n->nseg == UINT16_MAX)
-            return fail(c, pos, "name too long");
-        if (i >= len)
-            return 0;
+        if (++n->nseg == UINT16_MAX) return fail(c, pos, "name too long");
+        if (i >= len) return 0;
         i++;
         if (i >= len)
             return fail(c, pos, "bad name `%.*s`: empty part in a dotted name", (int)len, name);
@@ -302,8 +285,8 @@ static int set_name(compiler_t *c, node_t *n, const char *name, size_t len, size
 
 /* The body for partial `name` at indentation `indent`, made (uncompiled)
  * when new. */
-static int body_for(compiler_t *c, const char *name, size_t nlen, const char *indent,
-                    size_t ilen, uint32_t *out, size_t pos)
+static int body_for(compiler_t *c, const char *name, size_t nlen, const char *indent, size_t ilen,
+                    uint32_t *out, size_t pos)
 {
     tpl_template_t *t = c->t;
     const char *a = t->arena.data;
@@ -321,17 +304,14 @@ static int body_for(compiler_t *c, const char *name, size_t nlen, const char *in
     if (t->nbodies == t->bcap) {
         size_t ncap = t->bcap ? t->bcap * 2 : 8;
         body_t *nv = realloc(t->bodies, ncap * sizeof *nv);
-        if (!nv)
-            return VL_ENOMEM;
+        if (!nv) return VL_ENOMEM;
         t->bodies = nv;
         t->bcap = ncap;
     }
     body_t b = {.start = NONE};
     int rc = arena_add(t, name, nlen, &b.name);
-    if (!rc)
-        rc = arena_add(t, indent, ilen, &b.indent);
-    if (rc)
-        return rc;
+    if (!rc) rc = arena_add(t, indent, ilen, &b.indent);
+    if (rc) return rc;
     b.indent_len = (uint32_t)ilen;
     *out = (uint32_t)t->nbodies;
     t->bodies[t->nbodies++] = b;
@@ -391,8 +371,7 @@ static int compile_source(compiler_t *c)
 
     for (;;) {
         const char *o = find(s + pos, len - pos, otag, olen);
-        if (!o)
-            break;
+        if (!o) break;
         size_t tag_start = (size_t)(o - s);
         size_t p = tag_start + olen;
         char type = p < len ? s[p] : 0;
@@ -415,10 +394,10 @@ static int compile_source(compiler_t *c)
         const char *e = find(s + p, len - p, close, close_len);
         if (!e) {
             if (type == '{' || type == '=')
-                return fail(c, tag_start, "unclosed tag: no `%.*s` after `%.*s%c`",
-                            (int)close_len, close, (int)olen, otag, type);
-            return fail(c, tag_start, "unclosed tag: no `%.*s` after `%.*s`", (int)close_len,
-                        close, (int)olen, otag);
+                return fail(c, tag_start, "unclosed tag: no `%.*s` after `%.*s%c`", (int)close_len,
+                            close, (int)olen, otag, type);
+            return fail(c, tag_start, "unclosed tag: no `%.*s` after `%.*s`", (int)close_len, close,
+                        (int)olen, otag);
         }
         size_t cstart = p, cend = (size_t)(e - s);
         size_t tag_end = cend + close_len;
@@ -456,8 +435,7 @@ static int compile_source(compiler_t *c)
             line_start = tag_start;
             next = tag_end;
         }
-        if ((rc = add_text(c, text_start, line_start)))
-            return rc;
+        if ((rc = add_text(c, text_start, line_start))) return rc;
         text_start = pos = next;
 
         node_t n = {.link = NONE};
@@ -475,13 +453,11 @@ static int compile_source(compiler_t *c)
             if (depth == MAX_DEPTH)
                 return fail(c, tag_start, "sections nest deeper than %d", MAX_DEPTH);
             n.type = type == '#' ? N_SECTION : N_INVERTED;
-            if ((rc = set_name(c, &n, content, clen_, tag_start)))
-                return rc;
+            if ((rc = set_name(c, &n, content, clen_, tag_start))) return rc;
             stack[depth].node = (uint32_t)t->nnodes;
             stack[depth].pos = tag_start;
             depth++;
-            if ((rc = push_node(t, &n)))
-                return rc;
+            if ((rc = push_node(t, &n))) return rc;
             continue;
         case '/': {
             if (depth == 0)
@@ -496,33 +472,27 @@ static int compile_source(compiler_t *c)
             depth--;
             n.type = N_CLOSE;
             open->link = (uint32_t)t->nnodes;
-            if ((rc = push_node(t, &n)))
-                return rc;
+            if ((rc = push_node(t, &n))) return rc;
             continue;
         }
         case '>': {
-            if (clen_ == 0)
-                return fail(c, tag_start, "empty partial tag: a name is missing");
+            if (clen_ == 0) return fail(c, tag_start, "empty partial tag: a name is missing");
             n.type = N_PARTIAL;
-            if ((rc = arena_add(t, content, clen_, &n.off)))
-                return rc;
+            if ((rc = arena_add(t, content, clen_, &n.off))) return rc;
             n.len = (uint32_t)clen_;
             if (partial_find(c->partials, content, clen_)) {
                 if ((rc = body_for(c, content, clen_, s + line_start,
                                    standalone ? tag_start - line_start : 0, &n.link, tag_start)))
                     return rc;
             }
-            if ((rc = push_node(t, &n)))
-                return rc;
+            if ((rc = push_node(t, &n))) return rc;
             continue;
         }
         default:
             n.type = N_VAR;
             n.raw = type == '{' || type == '&';
-            if ((rc = set_name(c, &n, content, clen_, tag_start)))
-                return rc;
-            if ((rc = push_node(t, &n)))
-                return rc;
+            if ((rc = set_name(c, &n, content, clen_, tag_start))) return rc;
+            if ((rc = push_node(t, &n))) return rc;
             continue;
         }
     }
@@ -531,8 +501,7 @@ static int compile_source(compiler_t *c)
         return fail(c, stack[depth - 1].pos, "unclosed section `%.*s`", (int)open->len,
                     t->arena.data + open->off);
     }
-    if ((rc = add_text(c, text_start, len)))
-        return rc;
+    if ((rc = add_text(c, text_start, len))) return rc;
     node_t eof = {.type = N_EOF, .link = NONE};
     return push_node(t, &eof);
 }
@@ -547,8 +516,7 @@ static char *indent_source(const char *src, size_t len, const char *indent, size
     for (size_t i = 0; i < len; i++)
         lines += src[i] == '\n';
     char *d = malloc(len + lines * ilen + 1);
-    if (!d)
-        return NULL;
+    if (!d) return NULL;
     size_t o = 0;
     int at_line_start = 1;
     for (size_t i = 0; i < len; i++) {
@@ -558,8 +526,7 @@ static char *indent_source(const char *src, size_t len, const char *indent, size
             at_line_start = 0;
         }
         d[o++] = src[i];
-        if (src[i] == '\n')
-            at_line_start = 1;
+        if (src[i] == '\n') at_line_start = 1;
     }
     d[o] = '\0';
     *out_len = o;
@@ -568,8 +535,7 @@ static char *indent_source(const char *src, size_t len, const char *indent, size
 
 void tpl_free(tpl_template_t *t)
 {
-    if (!t)
-        return;
+    if (!t) return;
     buf_free(&t->arena);
     free(t->nodes);
     free(t->segs);
@@ -581,22 +547,18 @@ int tpl_compile(tpl_template_t **out, const char *src, size_t len, const tpl_par
                 tpl_error_t *err)
 {
     *out = NULL;
-    if (err)
-        memset(err, 0, sizeof *err);
+    if (err) memset(err, 0, sizeof *err);
     tpl_template_t *t = calloc(1, sizeof *t);
-    if (!t)
-        return VL_ENOMEM;
+    if (!t) return VL_ENOMEM;
     buf_init(&t->arena, ARENA_MAX);
     compiler_t c = {.t = t, .partials = partials, .err = err, .src = src, .len = len};
     int rc = VL_ENOMEM;
     t->bodies = malloc(8 * sizeof *t->bodies);
-    if (!t->bodies)
-        goto fail;
+    if (!t->bodies) goto fail;
     t->bcap = 8;
     t->nbodies = 1;
     t->bodies[0] = (body_t){.name = NONE, .indent = NONE, .start = 0};
-    if ((rc = compile_source(&c)))
-        goto fail;
+    if ((rc = compile_source(&c))) goto fail;
     /* Partials found along the way, and the partials they reach in turn. */
     for (size_t i = 1; i < t->nbodies; i++) {
         body_t b = t->bodies[i];
@@ -614,8 +576,7 @@ int tpl_compile(tpl_template_t **out, const char *src, size_t len, const tpl_par
         c.partial_name = p->name;
         rc = compile_source(&c);
         free(psrc);
-        if (rc)
-            goto fail;
+        if (rc) goto fail;
     }
     /* A template of text and comments only renders the same for everyone:
      * keep its output in one piece. */
@@ -629,8 +590,7 @@ int tpl_compile(tpl_template_t **out, const char *src, size_t len, const tpl_par
         total += t->nodes[i].len;
     }
     if (t->is_static) {
-        if ((rc = buf_reserve(&t->arena, total + 1)))
-            goto fail;
+        if ((rc = buf_reserve(&t->arena, total + 1))) goto fail;
         t->static_off = (uint32_t)t->arena.len;
         for (size_t i = 0; t->nodes[i].type != N_EOF; i++) {
             /* Reserved above, so the arena does not move while copying. */
@@ -638,8 +598,7 @@ int tpl_compile(tpl_template_t **out, const char *src, size_t len, const tpl_par
                 goto fail;
         }
         t->static_len = (uint32_t)total;
-        if ((rc = buf_putc(&t->arena, '\0')))
-            goto fail;
+        if ((rc = buf_putc(&t->arena, '\0'))) goto fail;
     }
     *out = t;
     return 0;
@@ -657,8 +616,7 @@ int tpl_is_static(const tpl_template_t *t)
 
 const char *tpl_static_text(const tpl_template_t *t, size_t *len)
 {
-    if (!t->is_static)
-        return NULL;
+    if (!t->is_static) return NULL;
     *len = t->static_len;
     return t->arena.data + t->static_off;
 }
@@ -672,16 +630,14 @@ void tpl_ctx_init(tpl_ctx_t *c)
 
 int tpl_ctx_push_json(tpl_ctx_t *c, json_t *value)
 {
-    if (c->n >= TPL_CTX_MAX)
-        return VL_ETOOBIG;
+    if (c->n >= TPL_CTX_MAX) return VL_ETOOBIG;
     c->frames[c->n++] = (tpl_frame_t){.json = value};
     return 0;
 }
 
 int tpl_ctx_push_lookup(tpl_ctx_t *c, tpl_lookup_fn fn, void *ud)
 {
-    if (c->n >= TPL_CTX_MAX)
-        return VL_ETOOBIG;
+    if (c->n >= TPL_CTX_MAX) return VL_ETOOBIG;
     c->frames[c->n++] = (tpl_frame_t){.lookup = fn, .ud = ud};
     return 0;
 }
@@ -767,8 +723,7 @@ static void lookup(const render_t *r, const rframe_t *stack, int sp, const node_
             tpl_value_t uv = {0};
             if (f->fn(f->ud, first, seg[0].len, &uv) == 1) {
                 val_from_user(&uv, v);
-                if (v->kind != V_NONE)
-                    break;
+                if (v->kind != V_NONE) break;
             }
         }
     }
@@ -776,8 +731,7 @@ static void lookup(const render_t *r, const rframe_t *stack, int sp, const node_
         json_t *j = v->kind == V_JSON && json_is_object(v->json)
                         ? json_object_get(v->json, r->arena + seg[k].off)
                         : NULL;
-        if (!j)
-            v->kind = V_NONE;
+        if (!j) v->kind = V_NONE;
         v->json = j;
     }
 }
@@ -834,10 +788,8 @@ static int put_escaped(buf_t *out, const char *s, size_t n)
             continue;
         }
         int rc = buf_append(out, s + run, i - run);
-        if (!rc)
-            rc = buf_append(out, rep, rlen);
-        if (rc)
-            return rc;
+        if (!rc) rc = buf_append(out, rep, rlen);
+        if (rc) return rc;
         run = i + 1;
     }
     return buf_append(out, s + run, n - run);
@@ -850,8 +802,7 @@ static int format_real(double d, char *dst, size_t n)
     int len = 0;
     for (int prec = 15; prec <= 17; prec++) {
         len = snprintf(dst, n, "%.*g", prec, d);
-        if (strtod(dst, NULL) == d)
-            break;
+        if (strtod(dst, NULL) == d) break;
     }
     return len;
 }
@@ -889,8 +840,7 @@ static int put_value(render_t *r, const val_t *v, int raw)
     } else {
         return 0;
     }
-    if (!raw && (r->flags & TPL_RENDER_HTML))
-        return put_escaped(r->out, s, n);
+    if (!raw && (r->flags & TPL_RENDER_HTML)) return put_escaped(r->out, s, n);
     return buf_append(r->out, s, n);
 }
 
@@ -902,8 +852,7 @@ static int strict_fail(render_t *r, const node_t *n)
         e->line = (int)n->line;
         e->column = (int)n->col;
         const body_t *b = &r->t->bodies[r->body];
-        if (b->name != NONE)
-            snprintf(e->partial, sizeof e->partial, "%s", r->arena + b->name);
+        if (b->name != NONE) snprintf(e->partial, sizeof e->partial, "%s", r->arena + b->name);
         e->var = r->arena + n->off;
         e->var_len = n->len;
         snprintf(e->message, sizeof e->message, "unknown variable `%.*s`", (int)n->len,
@@ -914,8 +863,7 @@ static int strict_fail(render_t *r, const node_t *n)
 
 static int push_val(render_t *r, const val_t *v)
 {
-    if (r->sp >= (int)(sizeof r->stack / sizeof r->stack[0]))
-        return VL_ETOOBIG;
+    if (r->sp >= (int)(sizeof r->stack / sizeof r->stack[0])) return VL_ETOOBIG;
     rframe_t *f = &r->stack[r->sp++];
     f->kind = v->kind;
     f->json = v->json;
@@ -936,17 +884,14 @@ static int render_section(render_t *r, const node_t *n, uint32_t i)
      * optional values are what sections are for. tpl_check() lists them. */
     int t = truthy(&v);
     if (n->type == N_INVERTED) {
-        if (t)
-            return 0;
+        if (t) return 0;
         r->section_depth++;
         int rc = render_from(r, i + 1);
         r->section_depth--;
         return rc;
     }
-    if (!t)
-        return 0;
-    if (r->section_depth + r->call_depth >= MAX_DEPTH)
-        return VL_ETOOBIG;
+    if (!t) return 0;
+    if (r->section_depth + r->call_depth >= MAX_DEPTH) return VL_ETOOBIG;
     int rc = 0;
     r->section_depth++;
     if (v.kind == V_JSON && json_is_array(v.json)) {
@@ -955,12 +900,10 @@ static int render_section(render_t *r, const node_t *n, uint32_t i)
         json_array_foreach(v.json, k, item)
         {
             val_t iv = {.kind = V_JSON, .json = item};
-            if ((rc = push_val(r, &iv)))
-                break;
+            if ((rc = push_val(r, &iv))) break;
             rc = render_from(r, i + 1);
             r->sp--;
-            if (rc)
-                break;
+            if (rc) break;
         }
     } else if (!(rc = push_val(r, &v))) {
         rc = render_from(r, i + 1);
@@ -979,8 +922,7 @@ static int render_from(render_t *r, uint32_t i)
         const node_t *n = &nodes[i];
         switch (n->type) {
         case N_TEXT:
-            if ((rc = buf_append(r->out, r->arena + n->off, n->len)))
-                return rc;
+            if ((rc = buf_append(r->out, r->arena + n->off, n->len))) return rc;
             i++;
             break;
         case N_VAR: {
@@ -997,22 +939,19 @@ static int render_from(render_t *r, uint32_t i)
         }
         case N_SECTION:
         case N_INVERTED:
-            if ((rc = render_section(r, n, i)))
-                return rc;
+            if ((rc = render_section(r, n, i))) return rc;
             i = n->link + 1;
             break;
         case N_PARTIAL:
             if (n->link != NONE) {
-                if (r->call_depth + r->section_depth >= MAX_DEPTH)
-                    return VL_ETOOBIG;
+                if (r->call_depth + r->section_depth >= MAX_DEPTH) return VL_ETOOBIG;
                 uint32_t saved = r->body;
                 r->body = n->link;
                 r->call_depth++;
                 rc = render_from(r, r->t->bodies[n->link].start);
                 r->call_depth--;
                 r->body = saved;
-                if (rc)
-                    return rc;
+                if (rc) return rc;
             }
             i++;
             break;
@@ -1049,8 +988,7 @@ static void render_init(render_t *r, const tpl_template_t *t, const tpl_ctx_t *c
 int tpl_render(const tpl_template_t *t, const tpl_ctx_t *ctx, unsigned flags, buf_t *out,
                tpl_error_t *err)
 {
-    if (t->is_static)
-        return buf_append(out, t->arena.data + t->static_off, t->static_len);
+    if (t->is_static) return buf_append(out, t->arena.data + t->static_off, t->static_len);
     render_t r;
     r.flags = flags;
     r.out = out;
@@ -1070,8 +1008,7 @@ int tpl_foreach_var(const tpl_template_t *t, tpl_var_fn fn, void *ud)
         int seen = 0;
         for (size_t k = 1; k < b && !seen; k++)
             seen = strcmp(t->arena.data + t->bodies[k].name, t->arena.data + body->name) == 0;
-        if (seen)
-            continue;
+        if (seen) continue;
         int depth = 0;
         for (uint32_t i = body->start; t->nodes[i].type != N_EOF; i++) {
             const node_t *n = &t->nodes[i];
@@ -1086,8 +1023,7 @@ int tpl_foreach_var(const tpl_template_t *t, tpl_var_fn fn, void *ud)
             } else if (n->type != N_VAR) {
                 continue;
             }
-            if (n->nseg == 0)
-                continue;
+            if (n->nseg == 0) continue;
             tpl_var_ref_t ref = {
                 .name = t->arena.data + n->off,
                 .len = n->len,
@@ -1097,8 +1033,7 @@ int tpl_foreach_var(const tpl_template_t *t, tpl_var_fn fn, void *ud)
                 .flags = flags,
             };
             int rc = fn(ud, &ref);
-            if (rc)
-                return rc;
+            if (rc) return rc;
         }
     }
     return 0;
@@ -1115,18 +1050,15 @@ typedef struct checker {
 static void check_body(checker_t *c, uint32_t b)
 {
     const tpl_template_t *t = c->r.t;
-    if (c->visited[b])
-        return;
+    if (c->visited[b]) return;
     c->visited[b] = 1;
     for (uint32_t i = t->bodies[b].start; t->nodes[i].type != N_EOF; i++) {
         const node_t *n = &t->nodes[i];
         if (n->type == N_PARTIAL) {
-            if (n->link != NONE)
-                check_body(c, n->link);
+            if (n->link != NONE) check_body(c, n->link);
             continue;
         }
-        if (n->type != N_VAR && n->type != N_SECTION && n->type != N_INVERTED)
-            continue;
+        if (n->type != N_VAR && n->type != N_SECTION && n->type != N_INVERTED) continue;
         val_t v;
         lookup(&c->r, c->r.stack, c->r.sp, n, &v);
         if (v.kind == V_NONE && n->nseg > 0) {
@@ -1137,8 +1069,7 @@ static void check_body(checker_t *c, uint32_t b)
                     .len = n->len,
                     .line = (int)n->line,
                     .column = (int)n->col,
-                    .partial =
-                        t->bodies[b].name == NONE ? NULL : t->arena.data + t->bodies[b].name,
+                    .partial = t->bodies[b].name == NONE ? NULL : t->arena.data + t->bodies[b].name,
                     .flags = n->type == N_SECTION    ? TPL_VAR_SECTION
                              : n->type == N_INVERTED ? TPL_VAR_INVERTED
                                                      : 0,
@@ -1147,8 +1078,7 @@ static void check_body(checker_t *c, uint32_t b)
             }
         }
         /* Whatever is inside a section may be missing: skip to its close. */
-        if (n->type == N_SECTION || n->type == N_INVERTED)
-            i = n->link;
+        if (n->type == N_SECTION || n->type == N_INVERTED) i = n->link;
     }
 }
 
@@ -1156,8 +1086,7 @@ int tpl_check(const tpl_template_t *t, const tpl_ctx_t *ctx, tpl_var_fn fn, void
 {
     checker_t c = {.fn = fn, .ud = ud};
     c.visited = calloc(t->nbodies, 1);
-    if (!c.visited)
-        return VL_ENOMEM;
+    if (!c.visited) return VL_ENOMEM;
     c.r.flags = 0;
     c.r.out = NULL;
     c.r.err = NULL;

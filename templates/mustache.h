@@ -32,9 +32,9 @@ typedef struct tpl_partials tpl_partials_t;
 typedef struct tpl_error {
     int line;
     int column;
-    char partial[64];  /* "" for the main template, else the partial's name */
-    const char *var;   /* render with TPL_RENDER_STRICT: the unknown name, borrowed
-                          from the template (not NUL-terminated), else NULL */
+    char partial[64]; /* "" for the main template, else the partial's name */
+    const char *var;  /* render with TPL_RENDER_STRICT: the unknown name, borrowed
+                         from the template (not NUL-terminated), else NULL */
     size_t var_len;
     char message[200]; /* e.g. "unclosed section `items`", "unknown variable `first_name`" */
 } tpl_error_t;
@@ -99,8 +99,8 @@ typedef int (*tpl_lookup_fn)(void *ud, const char *name, size_t len, tpl_value_t
 #define TPL_CTX_MAX 8
 
 typedef struct tpl_frame {
-    json_t *json;          /* borrowed, or NULL for a callback frame */
-    tpl_lookup_fn lookup;  /* NULL for a JSON frame */
+    json_t *json;         /* borrowed, or NULL for a callback frame */
+    tpl_lookup_fn lookup; /* NULL for a JSON frame */
     void *ud;
 } tpl_frame_t;
 
@@ -149,7 +149,7 @@ enum tpl_var_flags {
 
 /* One reference to a name in a template. */
 typedef struct tpl_var_ref {
-    const char *name;    /* borrowed from the template, not NUL-terminated */
+    const char *name; /* borrowed from the template, not NUL-terminated */
     size_t len;
     int line, column;    /* of the tag, 1-based, in its source */
     const char *partial; /* NULL in the main template, else the partial's name (borrowed) */

@@ -41,13 +41,11 @@ int tpl_punycode_encode(const uint32_t *cp, size_t ncp, char *dst, size_t n)
 /* Leave room for the NUL at every step. */
 #define PUT(c)                                                                                     \
     do {                                                                                           \
-        if (o + 1 >= n)                                                                            \
-            return VL_ETOOBIG;                                                                     \
+        if (o + 1 >= n) return VL_ETOOBIG;                                                         \
         dst[o++] = (c);                                                                            \
     } while (0)
 
-    if (ncp > 0xffff)
-        return VL_ETOOBIG;
+    if (ncp > 0xffff) return VL_ETOOBIG;
     size_t basic = 0;
     for (size_t j = 0; j < ncp; j++) {
         if (cp[j] < 0x80) {
@@ -55,30 +53,24 @@ int tpl_punycode_encode(const uint32_t *cp, size_t ncp, char *dst, size_t n)
             basic++;
         }
     }
-    if (basic > 0)
-        PUT('-');
+    if (basic > 0) PUT('-');
     uint32_t nn = PC_INITIAL_N, delta = 0, bias = PC_INITIAL_BIAS;
     size_t h = basic;
     while (h < ncp) {
         /* The smallest code point not yet handled. */
         uint32_t m = UINT32_MAX;
         for (size_t j = 0; j < ncp; j++)
-            if (cp[j] >= nn && cp[j] < m)
-                m = cp[j];
-        if ((uint64_t)(m - nn) * (h + 1) > UINT32_MAX - delta)
-            return VL_ETOOBIG;
+            if (cp[j] >= nn && cp[j] < m) m = cp[j];
+        if ((uint64_t)(m - nn) * (h + 1) > UINT32_MAX - delta) return VL_ETOOBIG;
         delta += (m - nn) * (uint32_t)(h + 1);
         nn = m;
         for (size_t j = 0; j < ncp; j++) {
-            if (cp[j] < nn && ++delta == 0)
-                return VL_ETOOBIG;
-            if (cp[j] != nn)
-                continue;
+            if (cp[j] < nn && ++delta == 0) return VL_ETOOBIG;
+            if (cp[j] != nn) continue;
             uint32_t q = delta;
             for (uint32_t k = PC_BASE;; k += PC_BASE) {
                 uint32_t t = k <= bias ? PC_TMIN : k >= bias + PC_TMAX ? PC_TMAX : k - bias;
-                if (q < t)
-                    break;
+                if (q < t) break;
                 PUT(encode_digit(t + (q - t) % (PC_BASE - t)));
                 q = (q - t) / (PC_BASE - t);
             }
@@ -91,7 +83,6 @@ int tpl_punycode_encode(const uint32_t *cp, size_t ncp, char *dst, size_t n)
         nn++;
     }
 #undef PUT
-    if (n)
-        dst[o] = '\0';
+    if (n) dst[o] = '\0';
     return (int)o;
 }

@@ -78,8 +78,7 @@ static char *parse_with(const char *data, size_t len, unsigned flags,
     if (rc >= 0) {
         assert_int_equal(tpl_csv_finish(r), 0);
         rc = drain(r, &b);
-        if (rc == 0)
-            assert_true(tpl_csv_done(r));
+        if (rc == 0) assert_true(tpl_csv_done(r));
     }
     tpl_csv_free(r);
     char *s = b.data ? buf_take(&b) : strdup("");
@@ -110,15 +109,14 @@ static char *parse_all(const char *data, unsigned flags)
     return parse_with(data, strlen(data), flags, piece_all, 0);
 }
 
-static const char sample[] =
-    "\xef\xbb\xbf"
-    "name,email,note\r\n"
-    "\"Li, Lei\",li@x.cn,\"say \"\"hi\"\"\r\nthere\"\r\n"
-    "\r\n"
-    "王小明,wang@例子.测试,中文：你好，世界\n"
-    " spaced ,  a@B\xc3\xbc\x63her.Example  ,\"\"\n"
-    "Zoë,zoë@example.org,\"multi\nline\nnote\"\n"
-    "last,last@x.org,no newline at end";
+static const char sample[] = "\xef\xbb\xbf"
+                             "name,email,note\r\n"
+                             "\"Li, Lei\",li@x.cn,\"say \"\"hi\"\"\r\nthere\"\r\n"
+                             "\r\n"
+                             "王小明,wang@例子.测试,中文：你好，世界\n"
+                             " spaced ,  a@B\xc3\xbc\x63her.Example  ,\"\"\n"
+                             "Zoë,zoë@example.org,\"multi\nline\nnote\"\n"
+                             "last,last@x.org,no newline at end";
 
 static const char sample_dump[] =
     "row 1 line 2:[Li, Lei][li@x.cn][say \"hi\"\r\nthere] dom=x.cn\n"
@@ -392,8 +390,7 @@ static void test_email_check(void **state)
         tpl_email_info_t info;
         int rc = tpl_email_check(c->addr, strlen(c->addr), &info);
         if (c->ok) {
-            if (rc != 0)
-                fail_msg("%s: rejected: %s", c->addr, info.error);
+            if (rc != 0) fail_msg("%s: rejected: %s", c->addr, info.error);
             assert_string_equal(info.ascii_domain, c->domain_or_error);
             assert_int_equal(info.ascii_domain_len, strlen(c->domain_or_error));
             assert_int_equal(info.needs_smtputf8, c->smtputf8);
@@ -401,8 +398,7 @@ static void test_email_check(void **state)
             assert_null(info.error);
             assert_int_equal(c->addr[info.at], '@');
         } else {
-            if (rc != VL_EPARSE)
-                fail_msg("%s: accepted", c->addr);
+            if (rc != VL_EPARSE) fail_msg("%s: accepted", c->addr);
             if (strcmp(info.error, c->domain_or_error) != 0)
                 fail_msg("%s: error [%s], want [%s]", c->addr, info.error, c->domain_or_error);
             assert_int_equal(info.ascii_domain_len, 0);
@@ -426,9 +422,9 @@ static void test_punycode(void **state)
                                  0x4E0D, 0x8BF4, 0x4E2D, 0x6587};
     static const uint32_t l[] = {0x0033, 0x5E74, 0x0042, 0x7D44, 0x91D1, 0x516B, 0x5148, 0x751F};
     /* (A) Arabic (Egyptian). */
-    static const uint32_t a[] = {0x0644, 0x064A, 0x0647, 0x0645, 0x0627, 0x0628, 0x062A, 0x0643,
-                                 0x0644, 0x0645, 0x0648, 0x0634, 0x0639, 0x0631, 0x0628, 0x064A,
-                                 0x061F};
+    static const uint32_t a[] = {0x0644, 0x064A, 0x0647, 0x0645, 0x0627, 0x0628,
+                                 0x062A, 0x0643, 0x0644, 0x0645, 0x0648, 0x0634,
+                                 0x0639, 0x0631, 0x0628, 0x064A, 0x061F};
     char out[64];
     assert_int_equal(tpl_punycode_encode(b, 9, out, sizeof out), 24);
     assert_string_equal(out, "ihqwcrb4cv8a8dqg056pqjye");
@@ -465,8 +461,8 @@ static char *guard_place(struct guarded *g, const void *data, size_t len)
 {
     g->page = (size_t)sysconf(_SC_PAGESIZE);
     size_t pages = (len + g->page - 1) / g->page + 1;
-    g->base = mmap(NULL, pages * g->page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
+    g->base =
+        mmap(NULL, pages * g->page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     assert_true(g->base != MAP_FAILED);
     char *guard = g->base + (pages - 1) * g->page;
     assert_int_equal(mprotect(guard, g->page, PROT_NONE), 0);
@@ -496,8 +492,7 @@ static void test_no_overread(void **state)
         buf_t b;
         buf_init(&b, 1 << 20);
         (void)drain(r, &b);
-        if (cut == len)
-            assert_string_equal(b.data, sample_dump);
+        if (cut == len) assert_string_equal(b.data, sample_dump);
         buf_free(&b);
         tpl_csv_free(r);
         guard_free(&g);
@@ -505,8 +500,8 @@ static void test_no_overread(void **state)
     /* The validators, on inputs that end where a read past them would
      * fault: truncated UTF-8, open quotes and literals, trailing dots. */
     static const char *const inputs[] = {
-        "a@b\xc3", "\"abc", "\"a\\", "a@[1.2.3.4", "a@[IPv6:", "a@x.", "a.", "ü", "a@ü", "a@",
-        "a@b",     "\xf0\x9f\x98",
+        "a@b\xc3", "\"abc", "\"a\\", "a@[1.2.3.4", "a@[IPv6:", "a@x.",
+        "a.",      "ü",     "a@ü",   "a@",         "a@b",      "\xf0\x9f\x98",
     };
     for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++) {
         size_t n = strlen(inputs[i]);
@@ -564,11 +559,11 @@ static void test_file_reader(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sample_exact), cmocka_unit_test(test_split_points),
+        cmocka_unit_test(test_sample_exact),   cmocka_unit_test(test_split_points),
         cmocka_unit_test(test_header_and_bom), cmocka_unit_test(test_row_errors),
-        cmocka_unit_test(test_fatal_errors), cmocka_unit_test(test_email_check),
-        cmocka_unit_test(test_punycode),     cmocka_unit_test(test_utf8),
-        cmocka_unit_test(test_no_overread),  cmocka_unit_test(test_file_reader),
+        cmocka_unit_test(test_fatal_errors),   cmocka_unit_test(test_email_check),
+        cmocka_unit_test(test_punycode),       cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_no_overread),    cmocka_unit_test(test_file_reader),
     };
     return cmocka_run_group_tests_name("csv", tests, NULL, NULL);
 }

@@ -35,8 +35,7 @@ static void run_spec_file(const char *file)
     snprintf(path, sizeof path, "%s/%s", spec_dir(), file);
     json_error_t jerr;
     json_t *root = json_load_file(path, 0, &jerr);
-    if (!root)
-        fail_msg("cannot load %s: %s (line %d)", path, jerr.text, jerr.line);
+    if (!root) fail_msg("cannot load %s: %s (line %d)", path, jerr.text, jerr.line);
     json_t *tests = json_object_get(root, "tests");
     assert_true(json_is_array(tests));
     assert_true(json_array_size(tests) > 0);
@@ -59,9 +58,8 @@ static void run_spec_file(const char *file)
             json_t *v;
             json_object_foreach(partials, key, v)
             {
-                assert_int_equal(tpl_partials_add(p, key, json_string_value(v),
-                                                  json_string_length(v)),
-                                 0);
+                assert_int_equal(
+                    tpl_partials_add(p, key, json_string_value(v), json_string_length(v)), 0);
             }
         }
         tpl_template_t *t = NULL;
@@ -146,8 +144,7 @@ static void test_spec_total(void **state)
     struct dirent *e;
     while ((e = readdir(d))) {
         size_t n = strlen(e->d_name);
-        if (n > 5 && strcmp(e->d_name + n - 5, ".json") == 0 && e->d_name[0] != '~')
-            files++;
+        if (n > 5 && strcmp(e->d_name + n - 5, ".json") == 0 && e->d_name[0] != '~') files++;
     }
     closedir(d);
     assert_int_equal(files, 6);
@@ -164,8 +161,7 @@ static char *render_str(const char *src, const tpl_ctx_t *ctx, unsigned flags, i
     tpl_template_t *t;
     tpl_error_t cerr;
     int rc = tpl_compile(&t, src, strlen(src), NULL, &cerr);
-    if (rc)
-        fail_msg("compile %s: %s", src, cerr.message);
+    if (rc) fail_msg("compile %s: %s", src, cerr.message);
     buf_t out;
     buf_init(&out, 1 << 20);
     rc = tpl_render(t, ctx, flags, &out, err);
@@ -185,8 +181,7 @@ static void expect_compile_error(const char *src, int line, int col, const char 
     tpl_error_t err;
     assert_int_equal(tpl_compile(&t, src, strlen(src), NULL, &err), VL_EPARSE);
     assert_null(t);
-    if (!strstr(err.message, msg_part))
-        fail_msg("message [%s] lacks [%s]", err.message, msg_part);
+    if (!strstr(err.message, msg_part)) fail_msg("message [%s] lacks [%s]", err.message, msg_part);
     assert_int_equal(err.line, line);
     assert_int_equal(err.column, col);
 }
@@ -420,12 +415,18 @@ static void test_limits(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_spec_comments),     cmocka_unit_test(test_spec_delimiters),
-        cmocka_unit_test(test_spec_interpolation), cmocka_unit_test(test_spec_inverted),
-        cmocka_unit_test(test_spec_partials),     cmocka_unit_test(test_spec_sections),
-        cmocka_unit_test(test_spec_total),        cmocka_unit_test(test_compile_errors),
-        cmocka_unit_test(test_escape_per_render), cmocka_unit_test(test_frames_and_order),
-        cmocka_unit_test(test_strict_and_check),  cmocka_unit_test(test_static),
+        cmocka_unit_test(test_spec_comments),
+        cmocka_unit_test(test_spec_delimiters),
+        cmocka_unit_test(test_spec_interpolation),
+        cmocka_unit_test(test_spec_inverted),
+        cmocka_unit_test(test_spec_partials),
+        cmocka_unit_test(test_spec_sections),
+        cmocka_unit_test(test_spec_total),
+        cmocka_unit_test(test_compile_errors),
+        cmocka_unit_test(test_escape_per_render),
+        cmocka_unit_test(test_frames_and_order),
+        cmocka_unit_test(test_strict_and_check),
+        cmocka_unit_test(test_static),
         cmocka_unit_test(test_limits),
     };
     return cmocka_run_group_tests_name("mustache", tests, NULL, NULL);
