@@ -55,6 +55,7 @@ struct tpl_csv_reader {
     int have_header;
     buf_t hdr;
     char **names;
+    size_t *name_lens;
     size_t ncols;
     int email_col;
 
@@ -481,6 +482,7 @@ void tpl_csv_free(tpl_csv_reader_t *r)
     free(r->offs);
     free(r->lens);
     free(r->names);
+    free(r->name_lens);
     free(r->views);
     free(r->errors);
     free(r->set);
@@ -539,6 +541,13 @@ int tpl_csv_column(const tpl_csv_reader_t *r, const char *name)
 {
     for (size_t i = 0; i < r->ncols; i++)
         if (strcmp(r->names[i], name) == 0) return (int)i;
+    return -1;
+}
+
+int tpl_csv_column_n(const tpl_csv_reader_t *r, const char *name, size_t len)
+{
+    for (size_t i = 0; i < r->ncols; i++)
+        if (r->name_lens[i] == len && memcmp(r->names[i], name, len) == 0) return (int)i;
     return -1;
 }
 
@@ -662,13 +671,16 @@ static int take_header(tpl_csv_reader_t *r)
     /* Keep the names for the whole read: rowdata is reused by data rows. */
     int rc = buf_append(&r->hdr, r->rowdata.data, r->rowdata.len);
     r->names = rc ? NULL : calloc(r->nf ? r->nf : 1, sizeof *r->names);
-    if (!r->names) {
+    r->name_lens = r->names ? calloc(r->nf ? r->nf : 1, sizeof *r->name_lens) : NULL;
+    if (!r->name_lens) {
         set_fatal(r, VL_ENOMEM, TPL_CSV_E_NOMEM, r->row_line, 0, "out of memory");
         return r->fatal_rc;
     }
     r->ncols = r->nf;
-    for (size_t i = 0; i < r->nf; i++)
+    for (size_t i = 0; i < r->nf; i++) {
         r->names[i] = r->hdr.data + r->offs[i];
+        r->name_lens[i] = r->lens[i];
+    }
     for (size_t i = 0; i < r->ncols; i++) {
         for (size_t j = 0; j < i; j++) {
             if (strcmp(r->names[i], r->names[j]) == 0 && r->names[i][0]) {

@@ -128,6 +128,9 @@ int tpl_csv_header_ready(const tpl_csv_reader_t *r);
 size_t tpl_csv_ncolumns(const tpl_csv_reader_t *r);
 const char *tpl_csv_column_name(const tpl_csv_reader_t *r, size_t i);
 int tpl_csv_column(const tpl_csv_reader_t *r, const char *name);
+/* tpl_csv_column() for a name that is not NUL-terminated (name[0..len), as
+ * a Mustache lookup callback receives it); fast enough to call per tag. */
+int tpl_csv_column_n(const tpl_csv_reader_t *r, const char *name, size_t len);
 /* The index of the email column, or -1 (TPL_CSV_NO_EMAIL and no such column). */
 int tpl_csv_email_column(const tpl_csv_reader_t *r);
 

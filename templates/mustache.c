@@ -762,6 +762,20 @@ static int truthy(const val_t *v)
     }
 }
 
+/* buf_append without the call when the bytes fit: most appends on the
+ * render path are short and the buffer, reused across renders, is already
+ * big enough. */
+static inline int out_append(buf_t *b, const char *p, size_t n)
+{
+    if (b->data && b->cap - b->len > n) {
+        memcpy(b->data + b->len, p, n);
+        b->len += n;
+        b->data[b->len] = '\0';
+        return 0;
+    }
+    return buf_append(b, p, n);
+}
+
 static int put_escaped(buf_t *out, const char *s, size_t n)
 {
     size_t run = 0;
@@ -787,12 +801,12 @@ static int put_escaped(buf_t *out, const char *s, size_t n)
         default:
             continue;
         }
-        int rc = buf_append(out, s + run, i - run);
-        if (!rc) rc = buf_append(out, rep, rlen);
+        int rc = out_append(out, s + run, i - run);
+        if (!rc) rc = out_append(out, rep, rlen);
         if (rc) return rc;
         run = i + 1;
     }
-    return buf_append(out, s + run, n - run);
+    return out_append(out, s + run, n - run);
 }
 
 /* The shortest "%g" form that reads back as the same double, so 1.21 is
@@ -841,7 +855,7 @@ static int put_value(render_t *r, const val_t *v, int raw)
         return 0;
     }
     if (!raw && (r->flags & TPL_RENDER_HTML)) return put_escaped(r->out, s, n);
-    return buf_append(r->out, s, n);
+    return out_append(r->out, s, n);
 }
 
 static int strict_fail(render_t *r, const node_t *n)
@@ -922,7 +936,7 @@ static int render_from(render_t *r, uint32_t i)
         const node_t *n = &nodes[i];
         switch (n->type) {
         case N_TEXT:
-            if ((rc = buf_append(r->out, r->arena + n->off, n->len))) return rc;
+            if ((rc = out_append(r->out, r->arena + n->off, n->len))) return rc;
             i++;
             break;
         case N_VAR: {

@@ -176,6 +176,9 @@ static void test_header_and_bom(void **state)
     assert_int_equal(tpl_csv_column(r, "name"), 0);
     assert_int_equal(tpl_csv_column(r, "note"), 2);
     assert_int_equal(tpl_csv_column(r, "nope"), -1);
+    assert_int_equal(tpl_csv_column_n(r, "notes", 4), 2);
+    assert_int_equal(tpl_csv_column_n(r, "nam", 3), -1);
+    assert_int_equal(tpl_csv_column_n(r, "email.x", 5), 1);
     assert_int_equal(tpl_csv_email_column(r), 1);
     assert_null(tpl_csv_column_name(r, 3));
     assert_string_equal(tpl_csv_filename(r), "in.csv");
