@@ -83,6 +83,7 @@ struct sink_conn {
 };
 
 static void sink_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b);
+static void sink_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b);
 static void sink_flush(struct sink_conn *c);
 static void sink_write_wire(struct sink_conn *c);
 static void sink_greet(struct sink_conn *c);
@@ -190,7 +191,7 @@ static void sink_write_cb(uv_write_t *req, int status)
     }
     if (c->paused && !c->delaying) {
         c->paused = 0;
-        uv_read_start((uv_stream_t *)&c->tcp, NULL, sink_on_read);
+        uv_read_start((uv_stream_t *)&c->tcp, sink_alloc, sink_on_read);
     }
     sink_write_wire(c);
 }
@@ -287,7 +288,7 @@ static void sink_delay_cb(uv_timer_t *t)
     c->delaying = 0;
     sink_flush(c);
     if (!c->closing && c->state != SINK_STOP && !c->paused)
-        uv_read_start((uv_stream_t *)&c->tcp, NULL, sink_on_read);
+        uv_read_start((uv_stream_t *)&c->tcp, sink_alloc, sink_on_read);
 }
 
 /* After a read was processed: send the replies now, or after --delay-ms. */
