@@ -99,8 +99,11 @@ tpl_csv_reader_t *tpl_csv_new(const char *filename, unsigned flags);
 /* Release the reader and everything it handed out. NULL is allowed. */
 void tpl_csv_free(tpl_csv_reader_t *r);
 
-/* Add input (copied). 0, VL_ENOMEM, VL_ETOOBIG (a single row larger than
- * the reader's limit), or VL_ESTATE after tpl_csv_finish(). */
+/* Add input (copied; parsed by tpl_csv_next(), which drops it once used, so
+ * feeding a chunk and taking its rows keeps memory at one chunk). 0,
+ * VL_ENOMEM, or VL_ESTATE after tpl_csv_finish(). A row over 64 MiB (an
+ * unclosed quote in a big file) is a fatal TPL_CSV_E_NOMEM error from
+ * tpl_csv_next(). */
 int tpl_csv_feed(tpl_csv_reader_t *r, const void *data, size_t len);
 
 /* Say that no more input will come, so a last line without a line end is a

@@ -168,7 +168,7 @@ int tpl_foreach_var(const tpl_template_t *t, tpl_var_fn fn, void *ud);
 /* Call fn for every name outside sections (a variable or a section name,
  * in the template or a partial included outside sections) that ctx cannot
  * resolve (for a dotted name: any segment). Returns the number of such
- * names. This is the check-time form of TPL_RENDER_STRICT, listing all of
+ * names, or VL_ENOMEM. This is the check-time form of TPL_RENDER_STRICT, listing all of
  * them. ctx is borrowed; fn may be NULL to only count. */
 int tpl_check(const tpl_template_t *t, const tpl_ctx_t *ctx, tpl_var_fn fn, void *ud);
 
