@@ -134,6 +134,7 @@ struct eng_msg {
     eng_stage_t fail_stage;
     unsigned naccepted, nreplied;
     int content_sent;
+    int active; /* started on a connection and not yet completed */
 };
 
 /* Connection-level events, for the owner's rules (a 421 at greeting is how a

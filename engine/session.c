@@ -379,6 +379,7 @@ static void complete(eng__sess_t *s, eng_msg_t *m, eng_status_t st, eng_stage_t 
         res.naccepted = 0;
     if (st == ENG_DELIVERED)
         hist_record(&s->pool->stats.txn, res.txn_us);
+    m->active = 0;
     if (s->txn == m)
         s->txn = NULL;
     /* Other FIFO entries may still point at m (a pipelined RCPT after a failed
@@ -768,6 +769,7 @@ static int conn_full(eng__sess_t *s)
 static void start_txn(eng__sess_t *s, eng_msg_t *m)
 {
     m->t_start = eng__now_us();
+    m->active = 1;
     m->naccepted = 0;
     m->nreplied = 0;
     m->content_sent = 0;
@@ -945,6 +947,10 @@ static void on_txn_reply(eng__sess_t *s, const smtp_reply_t *r)
         break;
     }
     if (r->code == 421) {
+        /* The message whose command drew the 421 has its answer; the others
+         * in flight fail with it (see on_421). */
+        if (m && m->active)
+            complete(s, m, ENG_REJECTED, cmd_stage[c.kind], 0, NULL, &rr);
         on_421(s, cmd_stage[c.kind], r);
         return;
     }
