@@ -15,11 +15,9 @@ void rl_aimd_init(rl_aimd_t *a, const uint32_t configured[RL_LIMIT_LAST], uint64
 
 uint32_t rl_aimd_get(rl_aimd_t *a, rl_limit_t which, uint64_t now_ms)
 {
-    if ((unsigned)which >= RL_LIMIT_LAST)
-        return 0;
+    if ((unsigned)which >= RL_LIMIT_LAST) return 0;
     uint32_t cur = a->learned[which];
-    if (cur == 0)
-        return a->configured[which];
+    if (cur == 0) return a->configured[which];
     if (now_ms > a->last_ms[which]) {
         /* One step up per quiet interval that passed without a signal. */
         uint64_t steps = (now_ms - a->last_ms[which]) / a->quiet_ms;
@@ -39,13 +37,10 @@ uint32_t rl_aimd_get(rl_aimd_t *a, rl_limit_t which, uint64_t now_ms)
 
 uint32_t rl_aimd_decrease(rl_aimd_t *a, rl_limit_t which, uint64_t now_ms, uint32_t observed)
 {
-    if ((unsigned)which >= RL_LIMIT_LAST)
-        return 0;
+    if ((unsigned)which >= RL_LIMIT_LAST) return 0;
     uint32_t cur = rl_aimd_get(a, which, now_ms);
-    if (observed && (cur == 0 || observed < cur))
-        cur = observed;
-    if (cur == 0)
-        return 0; /* unlimited and nothing observed: nothing to halve */
+    if (observed && (cur == 0 || observed < cur)) cur = observed;
+    if (cur == 0) return 0; /* unlimited and nothing observed: nothing to halve */
     uint32_t v = cur / 2 ? cur / 2 : 1;
     a->learned[which] = v;
     a->last_ms[which] = now_ms;

@@ -49,12 +49,12 @@ rl_limit_t rl_limit_from_cap(int cap);
 /* Reconnect policy of one route: exponential backoff with jitter after connect failures
  * or 421, and suspension after `suspend_after` failures in a row. */
 typedef struct rl_route {
-    unsigned failures;     /* consecutive */
+    unsigned failures; /* consecutive */
     unsigned suspend_after;
     uint64_t base_ms, max_ms;
-    uint64_t next_try_ms;  /* do not connect before */
+    uint64_t next_try_ms; /* do not connect before */
     bool suspended;
-    char reason[200];      /* why the last failure / the suspension */
+    char reason[200]; /* why the last failure / the suspension */
 } rl_route_t;
 
 /* suspend_after 0 = 10; base_ms 0 = 1 s; max_ms 0 = 5 min. */

@@ -37,8 +37,8 @@ int rl_rate_parse(const char *s, uint32_t burst, rl_rate_t *out, char *err, size
  * unchanged; *retry_after_ms, if not NULL, is the wait until the same request would be
  * granted, rounded up), or VL_EINVAL when n == 0, n > burst or interval_us == 0 (callers
  * check rl_rate_t.interval_us for "unlimited" first). */
-int rl_gcra_take(rl_gcra_t *st, uint64_t now_ms, uint64_t interval_us, uint32_t burst,
-                 uint32_t n, uint64_t *retry_after_ms);
+int rl_gcra_take(rl_gcra_t *st, uint64_t now_ms, uint64_t interval_us, uint32_t burst, uint32_t n,
+                 uint64_t *retry_after_ms);
 
 /* How many tokens could be taken at now_ms without waiting (0..burst). */
 uint32_t rl_gcra_available(const rl_gcra_t *st, uint64_t now_ms, uint64_t interval_us,

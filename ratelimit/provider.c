@@ -37,18 +37,15 @@ static const char *skip_ws(const char *p, const char *end)
 static const char *skip_string(const char *p, const char *end)
 {
     for (p++; p < end && *p != '"'; p++)
-        if (*p == '\\')
-            p++;
+        if (*p == '\\') p++;
     return p < end ? p + 1 : end;
 }
 
 static const char *skip_value(const char *p, const char *end)
 {
     p = skip_ws(p, end);
-    if (p >= end)
-        return end;
-    if (*p == '"')
-        return skip_string(p, end);
+    if (p >= end) return end;
+    if (*p == '"') return skip_string(p, end);
     if (*p == '{' || *p == '[') {
         int depth = 0;
         for (; p < end; p++) {
@@ -57,8 +54,7 @@ static const char *skip_value(const char *p, const char *end)
             } else if (*p == '{' || *p == '[') {
                 depth++;
             } else if (*p == '}' || *p == ']') {
-                if (--depth == 0)
-                    return p + 1;
+                if (--depth == 0) return p + 1;
             }
         }
         return end;
@@ -74,8 +70,7 @@ static const char *find_key(const char *p, const char *end, const char *key, con
 {
     const char *obj = p;
     *value = NULL;
-    if (p >= end || *p != '{')
-        return obj;
+    if (p >= end || *p != '{') return obj;
     p++;
     size_t klen = strlen(key);
     while ((p = skip_ws(p, end)) < end && *p == '"') {
@@ -83,36 +78,29 @@ static const char *find_key(const char *p, const char *end, const char *key, con
         p = skip_string(p, end);
         bool match = (size_t)(p - k) == klen + 2 && memcmp(k + 1, key, klen) == 0;
         p = skip_ws(p, end);
-        if (p < end && *p == ':')
-            p = skip_ws(p + 1, end);
+        if (p < end && *p == ':') p = skip_ws(p + 1, end);
         if (match) {
             *value = p;
             return k;
         }
         p = skip_ws(skip_value(p, end), end);
-        if (p < end && *p == ',')
-            p++;
+        if (p < end && *p == ',') p++;
     }
     return obj;
 }
 
 /* Offset of element idx of the top-level array, then of key1 and key2 inside it. */
-static size_t locate(const char *text, size_t len, size_t idx, const char *key1,
-                     const char *key2)
+static size_t locate(const char *text, size_t len, size_t idx, const char *key1, const char *key2)
 {
     const char *end = text + len, *p = skip_ws(text, end);
-    if (p >= end || *p != '[')
-        return (size_t)(p - text);
+    if (p >= end || *p != '[') return (size_t)(p - text);
     p++;
     for (size_t i = 0;; i++) {
         p = skip_ws(p, end);
-        if (p >= end || *p == ']')
-            return (size_t)(p - text);
-        if (i == idx)
-            break;
+        if (p >= end || *p == ']') return (size_t)(p - text);
+        if (i == idx) break;
         p = skip_ws(skip_value(p, end), end);
-        if (p < end && *p == ',')
-            p++;
+        if (p < end && *p == ',') p++;
     }
     const char *value;
     if (key1) {
@@ -120,8 +108,7 @@ static size_t locate(const char *text, size_t len, size_t idx, const char *key1,
         p = k;
         if (key2 && value) {
             const char *k2 = find_key(value, end, key2, &value);
-            if (k2 != value)
-                p = k2;
+            if (k2 != value) p = k2;
         }
     }
     return (size_t)(p - text);
@@ -196,66 +183,55 @@ static void provider_free(rl_provider_t *p)
 static int get_limit(pctx_t *c, const json_t *o, const char *key, uint32_t *out)
 {
     json_t *v = json_object_get(o, key);
-    if (!v)
-        return 0;
+    if (!v) return 0;
     if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > MAX_LIMIT)
         return perr(c, key, NULL, "must be a whole number from 1 to %d", MAX_LIMIT);
     *out = (uint32_t)json_integer_value(v);
     return 0;
 }
 
-static int get_string(pctx_t *c, const json_t *o, const char *key, const char *parent,
-                      char **out)
+static int get_string(pctx_t *c, const json_t *o, const char *key, const char *parent, char **out)
 {
     json_t *v = json_object_get(o, key);
-    if (!v)
-        return 0;
+    if (!v) return 0;
     if (!json_is_string(v) || json_string_length(v) == 0)
         return perr(c, parent ? parent : key, parent ? key : NULL, "must be a non-empty string");
-    if (!(*out = strdup(json_string_value(v))))
-        return VL_ENOMEM;
+    if (!(*out = strdup(json_string_value(v)))) return VL_ENOMEM;
     return 0;
 }
 
 static bool valid_domain(const char *d)
 {
-    if (strcmp(d, "*") == 0)
-        return true;
-    if (strncmp(d, "*.", 2) == 0)
-        d += 2;
-    if (!*d || *d == '.' || *d == '-')
-        return false;
+    if (strcmp(d, "*") == 0) return true;
+    if (strncmp(d, "*.", 2) == 0) d += 2;
+    if (!*d || *d == '.' || *d == '-') return false;
     for (; *d; d++)
-        if (!isalnum((unsigned char)*d) && *d != '.' && *d != '-' && *d != '_')
-            return false;
+        if (!isalnum((unsigned char)*d) && *d != '.' && *d != '-' && *d != '_') return false;
     return true;
 }
 
 static int parse_domains(pctx_t *c, const json_t *o, rl_provider_t *p)
 {
     json_t *a = json_object_get(o, "domains");
-    if (!a)
-        return perr(c, NULL, NULL, "domains: required (a list like [\"163.com\"] or [\"*\"])");
+    if (!a) return perr(c, NULL, NULL, "domains: required (a list like [\"163.com\"] or [\"*\"])");
     if (!json_is_array(a) || json_array_size(a) == 0)
         return perr(c, "domains", NULL, "must be a non-empty list of domains");
     p->domains = calloc(json_array_size(a), sizeof *p->domains);
-    if (!p->domains)
-        return VL_ENOMEM;
+    if (!p->domains) return VL_ENOMEM;
     size_t i;
     json_t *v;
-    json_array_foreach(a, i, v) {
+    json_array_foreach(a, i, v)
+    {
         const char *s = json_string_value(v);
         if (!s || !valid_domain(s))
-            return perr(c, "domains", NULL,
-                        "entry %zu is not a domain, \"*.domain\" or \"*\"", i + 1);
+            return perr(c, "domains", NULL, "entry %zu is not a domain, \"*.domain\" or \"*\"",
+                        i + 1);
         char *d = strdup(s);
-        if (!d)
-            return VL_ENOMEM;
+        if (!d) return VL_ENOMEM;
         for (char *q = d; *q; q++)
             *q = (char)tolower((unsigned char)*q);
         size_t n = strlen(d);
-        if (n > 1 && d[n - 1] == '.')
-            d[n - 1] = '\0';
+        if (n > 1 && d[n - 1] == '.') d[n - 1] = '\0';
         p->domains[p->ndomains++] = d;
     }
     return 0;
@@ -266,7 +242,8 @@ static int parse_route(pctx_t *c, const json_t *o, rl_provider_t *p)
     json_t *v = json_object_get(o, "route");
     const char *s = v ? json_string_value(v) : "mx";
     if (!s)
-        return perr(c, "route", NULL, "must be a string: smtp://HOST:PORT, smtps://HOST:PORT or mx");
+        return perr(c, "route", NULL,
+                    "must be a string: smtp://HOST:PORT, smtps://HOST:PORT or mx");
     if (strcmp(s, "mx") == 0) {
         p->route = RL_ROUTE_MX;
         return 0;
@@ -281,17 +258,14 @@ static int parse_route(pctx_t *c, const json_t *o, rl_provider_t *p)
         p->port = 465;
         rest = s + 8;
     } else {
-        return perr(c, "route", NULL,
-                    "\"%s\" is not smtp://HOST:PORT, smtps://HOST:PORT or mx", s);
+        return perr(c, "route", NULL, "\"%s\" is not smtp://HOST:PORT, smtps://HOST:PORT or mx", s);
     }
     const char *hend, *colon;
     if (*rest == '[') { /* [IPv6]:port */
         hend = strchr(rest, ']');
-        if (!hend)
-            return perr(c, "route", NULL, "\"%s\": unclosed [ in the host", s);
+        if (!hend) return perr(c, "route", NULL, "\"%s\": unclosed [ in the host", s);
         colon = hend[1] == ':' ? hend + 1 : NULL;
-        if (hend[1] && !colon)
-            return perr(c, "route", NULL, "\"%s\": expected :PORT after ]", s);
+        if (hend[1] && !colon) return perr(c, "route", NULL, "\"%s\": expected :PORT after ]", s);
         rest++;
     } else {
         colon = strchr(rest, ':');
@@ -307,16 +281,14 @@ static int parse_route(pctx_t *c, const json_t *o, rl_provider_t *p)
             return perr(c, "route", NULL, "\"%s\": the port must be 1 to 65535", s);
         p->port = (uint16_t)port;
     }
-    if (!(p->host = strndup(rest, (size_t)(hend - rest))))
-        return VL_ENOMEM;
+    if (!(p->host = strndup(rest, (size_t)(hend - rest)))) return VL_ENOMEM;
     return 0;
 }
 
 static int parse_auth(pctx_t *c, const json_t *o, rl_provider_t *p)
 {
     json_t *a = json_object_get(o, "auth");
-    if (!a)
-        return 0;
+    if (!a) return 0;
     if (!json_is_object(a))
         return perr(c, "auth", NULL, "must be an object {user, password_env | password_file}");
     /* Never echo the value of "password": only say where the secret must live. */
@@ -328,7 +300,8 @@ static int parse_auth(pctx_t *c, const json_t *o, rl_provider_t *p)
                     "with \"password_file\"");
     const char *key;
     json_t *v;
-    json_object_foreach(a, key, v) {
+    json_object_foreach(a, key, v)
+    {
         if (strcmp(key, "user") && strcmp(key, "password_env") && strcmp(key, "password_file"))
             return perr(c, "auth", key, "unknown field (use user, password_env, password_file)");
     }
@@ -337,8 +310,7 @@ static int parse_auth(pctx_t *c, const json_t *o, rl_provider_t *p)
         (rc = get_string(c, a, "password_env", "auth", &p->password_env)) ||
         (rc = get_string(c, a, "password_file", "auth", &p->password_file)))
         return rc;
-    if (!p->auth_user)
-        return perr(c, "auth", NULL, "user: required");
+    if (!p->auth_user) return perr(c, "auth", NULL, "user: required");
     if (!p->password_env == !p->password_file)
         return perr(c, "auth", NULL, "give exactly one of password_env and password_file");
     return 0;
@@ -355,15 +327,13 @@ static int parse_rules(pctx_t *c, const json_t *o, rl_provider_t *p)
         base = json_string_value(b);
     }
     if (json_is_string(r)) {
-        if (b)
-            return perr(c, "rules_base", NULL, "only with a list of inline rules");
+        if (b) return perr(c, "rules_base", NULL, "only with a list of inline rules");
         base = json_string_value(r);
     } else if (json_is_array(r)) {
         char src[200], err[400];
         snprintf(src, sizeof src, "provider %s: rules", p->name);
         int rc = rl_rules_parse(r, src, &p->rules, err, sizeof err);
-        if (rc == VL_ENOMEM)
-            return rc;
+        if (rc == VL_ENOMEM) return rc;
         if (rc) {
             int line, col;
             line_col(c->text, locate(c->text, c->len, c->idx, "rules", NULL), &line, &col);
@@ -387,26 +357,37 @@ static int parse_rules(pctx_t *c, const json_t *o, rl_provider_t *p)
 
 static int parse_provider(pctx_t *c, const json_t *o, rl_provider_t *p)
 {
-    static const char *const known[] = {
-        "name", "domains", "route", "auth", "max_connections", "max_messages_per_connection",
-        "max_recipients_per_message", "max_recipients_per_connection", "rate", "burst",
-        "quotas", "timezone", "rules", "rules_base", "tls", "helo", "comment", NULL};
-    if (!json_is_object(o))
-        return perr(c, NULL, NULL, "must be an object");
+    static const char *const known[] = {"name",
+                                        "domains",
+                                        "route",
+                                        "auth",
+                                        "max_connections",
+                                        "max_messages_per_connection",
+                                        "max_recipients_per_message",
+                                        "max_recipients_per_connection",
+                                        "rate",
+                                        "burst",
+                                        "quotas",
+                                        "timezone",
+                                        "rules",
+                                        "rules_base",
+                                        "tls",
+                                        "helo",
+                                        "comment",
+                                        NULL};
+    if (!json_is_object(o)) return perr(c, NULL, NULL, "must be an object");
     const char *name = json_string_value(json_object_get(o, "name"));
-    if (!name || !*name)
-        return perr(c, "name", NULL, "required: a non-empty string");
-    if (!(p->name = strdup(name)))
-        return VL_ENOMEM;
+    if (!name || !*name) return perr(c, "name", NULL, "required: a non-empty string");
+    if (!(p->name = strdup(name))) return VL_ENOMEM;
     c->name = p->name;
     const char *key;
     json_t *v;
-    json_object_foreach((json_t *)o, key, v) {
+    json_object_foreach((json_t *)o, key, v)
+    {
         bool ok = false;
         for (size_t i = 0; known[i]; i++)
             ok = ok || strcmp(key, known[i]) == 0;
-        if (!ok)
-            return perr(c, key, NULL, "unknown field");
+        if (!ok) return perr(c, key, NULL, "unknown field");
     }
     int rc;
     if ((rc = parse_domains(c, o, p)) || (rc = parse_route(c, o, p)) ||
@@ -414,19 +395,17 @@ static int parse_provider(pctx_t *c, const json_t *o, rl_provider_t *p)
         (rc = get_limit(c, o, "max_connections", &p->max_connections)) ||
         (rc = get_limit(c, o, "max_messages_per_connection", &p->max_messages_per_connection)) ||
         (rc = get_limit(c, o, "max_recipients_per_message", &p->max_recipients_per_message)) ||
-        (rc = get_limit(c, o, "max_recipients_per_connection",
-                        &p->max_recipients_per_connection)) ||
+        (rc =
+             get_limit(c, o, "max_recipients_per_connection", &p->max_recipients_per_connection)) ||
         (rc = get_string(c, o, "helo", NULL, &p->helo)))
         return rc;
 
     uint32_t burst = 0;
-    if ((rc = get_limit(c, o, "burst", &burst)))
-        return rc;
+    if ((rc = get_limit(c, o, "burst", &burst))) return rc;
     json_t *rate = json_object_get(o, "rate");
     if (rate) {
         char why[200];
-        if (!json_is_string(rate))
-            return perr(c, "rate", NULL, "must be a string like \"100/s\"");
+        if (!json_is_string(rate)) return perr(c, "rate", NULL, "must be a string like \"100/s\"");
         if (rl_rate_parse(json_string_value(rate), burst, &p->rate, why, sizeof why))
             return perr(c, "rate", NULL, "%s", why);
     } else if (burst) {
@@ -439,7 +418,8 @@ static int parse_provider(pctx_t *c, const json_t *o, rl_provider_t *p)
             return perr(c, "quotas", NULL, "must be a list of at most %d quotas like \"500/15m\"",
                         RL_MAX_QUOTAS);
         size_t i;
-        json_array_foreach(q, i, v) {
+        json_array_foreach(q, i, v)
+        {
             char why[200];
             if (!json_is_string(v))
                 return perr(c, "quotas", NULL, "entry %zu must be a string like \"10000/d\"",
@@ -455,22 +435,20 @@ static int parse_provider(pctx_t *c, const json_t *o, rl_provider_t *p)
     if (!tzname)
         return perr(c, "timezone", NULL, "must be an IANA zone name like \"Asia/Shanghai\"");
     char why[300];
-    if (!(p->tz = rl_tz_load(tzname, why, sizeof why)))
-        return perr(c, "timezone", NULL, "%s", why);
+    if (!(p->tz = rl_tz_load(tzname, why, sizeof why))) return perr(c, "timezone", NULL, "%s", why);
 
-    if ((rc = parse_rules(c, o, p)))
-        return rc;
+    if ((rc = parse_rules(c, o, p))) return rc;
 
     json_t *tls = json_object_get(o, "tls");
     if (tls) {
         if (!json_is_object(tls))
             return perr(c, "tls", NULL, "must be an object {ca_file, insecure}");
-        json_object_foreach(tls, key, v) {
+        json_object_foreach(tls, key, v)
+        {
             if (strcmp(key, "ca_file") && strcmp(key, "insecure"))
                 return perr(c, "tls", key, "unknown field (use ca_file, insecure)");
         }
-        if ((rc = get_string(c, tls, "ca_file", "tls", &p->tls_ca_file)))
-            return rc;
+        if ((rc = get_string(c, tls, "ca_file", "tls", &p->tls_ca_file))) return rc;
         json_t *ins = json_object_get(tls, "insecure");
         if (ins && !json_is_boolean(ins))
             return perr(c, "tls", "insecure", "must be true or false");
@@ -484,26 +462,22 @@ static int make_default(rl_provider_t *p)
     memset(p, 0, sizeof *p);
     p->name = strdup("default");
     p->domains = calloc(1, sizeof *p->domains);
-    if (!p->name || !p->domains || !(p->domains[0] = strdup("*")))
-        return VL_ENOMEM;
+    if (!p->name || !p->domains || !(p->domains[0] = strdup("*"))) return VL_ENOMEM;
     p->ndomains = 1;
     p->route = RL_ROUTE_MX;
     p->max_connections = 2;
     p->max_messages_per_connection = 10;
     p->max_recipients_per_message = 1;
     p->max_recipients_per_connection = 10;
-    if (rl_rate_parse("1/s", 1, &p->rate, NULL, 0) != 0)
-        return VL_EINVAL;
-    if (!(p->tz = rl_tz_load("UTC", NULL, 0)))
-        return VL_ENOMEM;
+    if (rl_rate_parse("1/s", 1, &p->rate, NULL, 0) != 0) return VL_EINVAL;
+    if (!(p->tz = rl_tz_load("UTC", NULL, 0))) return VL_ENOMEM;
     p->rules_base = rl_rules_builtin("generic");
     return 0;
 }
 
 void rl_providers_free(rl_providers_t *ps)
 {
-    if (!ps)
-        return;
+    if (!ps) return;
     for (size_t i = 0; i < ps->n; i++)
         provider_free(&ps->v[i]);
     free(ps->v);
@@ -514,8 +488,7 @@ void rl_providers_free(rl_providers_t *ps)
 rl_providers_t *rl_providers_default(void)
 {
     rl_providers_t *ps = calloc(1, sizeof *ps);
-    if (!ps)
-        return NULL;
+    if (!ps) return NULL;
     if (make_default(&ps->dflt) != 0) {
         rl_providers_free(ps);
         return NULL;
@@ -556,8 +529,7 @@ int rl_providers_parse(const char *text, size_t len, const char *source, rl_prov
         c.idx = i;
         c.name = NULL;
         ps->n = i + 1;
-        if ((rc = parse_provider(&c, json_array_get(root, i), &ps->v[i])) != 0)
-            goto out;
+        if ((rc = parse_provider(&c, json_array_get(root, i), &ps->v[i])) != 0) goto out;
         for (size_t j = 0; j < i; j++)
             if (strcmp(ps->v[j].name, ps->v[i].name) == 0) {
                 rc = perr(&c, "name", NULL, "another provider is already called \"%s\"",
@@ -565,19 +537,16 @@ int rl_providers_parse(const char *text, size_t len, const char *source, rl_prov
                 goto out;
             }
         for (size_t d = 0; d < ps->v[i].ndomains && !ps->star; d++)
-            if (strcmp(ps->v[i].domains[d], "*") == 0)
-                ps->star = &ps->v[i];
+            if (strcmp(ps->v[i].domains[d], "*") == 0) ps->star = &ps->v[i];
     }
 out:
     json_decref(root);
     if (rc) {
-        if (rc == VL_ENOMEM)
-            rl__seterr(err, errlen, "%s: out of memory", source);
+        if (rc == VL_ENOMEM) rl__seterr(err, errlen, "%s: out of memory", source);
         rl_providers_free(ps);
         return rc;
     }
-    if (!ps->star)
-        ps->star = &ps->dflt;
+    if (!ps->star) ps->star = &ps->dflt;
     *out = ps;
     return 0;
 }
@@ -607,8 +576,7 @@ int rl_providers_load(const char *path, rl_providers_t **out, char *err, size_t 
         }
         size_t got = fread(text + len, 1, cap - len, f);
         len += got;
-        if (got == 0)
-            break;
+        if (got == 0) break;
     }
     int rerr = ferror(f);
     fclose(f);
@@ -635,16 +603,14 @@ const rl_provider_t *rl_providers_at(const rl_providers_t *ps, size_t i)
 const rl_provider_t *rl_providers_find(const rl_providers_t *ps, const char *name)
 {
     for (size_t i = 0; i < ps->n; i++)
-        if (strcmp(ps->v[i].name, name) == 0)
-            return &ps->v[i];
+        if (strcmp(ps->v[i].name, name) == 0) return &ps->v[i];
     return strcmp(name, ps->dflt.name) == 0 && ps->star == &ps->dflt ? &ps->dflt : NULL;
 }
 
 const rl_provider_t *rl_providers_match(const rl_providers_t *ps, const char *domain)
 {
     size_t n = strlen(domain);
-    if (n && domain[n - 1] == '.')
-        n--;
+    if (n && domain[n - 1] == '.') n--;
     for (size_t i = 0; i < ps->n; i++) {
         const rl_provider_t *p = &ps->v[i];
         for (size_t d = 0; d < p->ndomains; d++) {
@@ -652,8 +618,7 @@ const rl_provider_t *rl_providers_match(const rl_providers_t *ps, const char *do
             if (pat[0] == '*' && pat[1] == '.') {
                 /* "*.example.com": a proper subdomain, ending in ".example.com". */
                 size_t sl = strlen(pat + 1);
-                if (n > sl && strncasecmp(domain + n - sl, pat + 1, sl) == 0)
-                    return p;
+                if (n > sl && strncasecmp(domain + n - sl, pat + 1, sl) == 0) return p;
             } else if (strlen(pat) == n && strncasecmp(domain, pat, n) == 0) {
                 return p;
             }
@@ -671,8 +636,7 @@ size_t rl_provider_rules(const rl_provider_t *p, const rl_rules_t *chain[3])
     return 3;
 }
 
-int rl_provider_password(const rl_provider_t *p, char *buf, size_t len, char *err,
-                         size_t errlen)
+int rl_provider_password(const rl_provider_t *p, char *buf, size_t len, char *err, size_t errlen)
 {
     if (!p->auth_user || len == 0) {
         rl__seterr(err, errlen, "provider %s has no auth configured", p->name);
@@ -683,8 +647,8 @@ int rl_provider_password(const rl_provider_t *p, char *buf, size_t len, char *er
         const char *v = getenv(p->password_env);
         if (!v || !*v) {
             rl__seterr(err, errlen,
-                       "provider %s: environment variable %s (auth.password_env) is %s",
-                       p->name, p->password_env, v ? "empty" : "not set");
+                       "provider %s: environment variable %s (auth.password_env) is %s", p->name,
+                       p->password_env, v ? "empty" : "not set");
             return VL_ENOENT;
         }
         n = strlen(v);

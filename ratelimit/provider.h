@@ -45,10 +45,10 @@ typedef struct rl_provider {
     char **domains; /* lower-case, as written: "163.com", "*.example.com", "*" */
     size_t ndomains;
     rl_route_kind_t route;
-    char *host;     /* NULL for mx */
-    uint16_t port;  /* 0 for mx */
-    char *auth_user;     /* NULL: no AUTH */
-    char *password_env;  /* at most one of these two is set when auth_user is */
+    char *host;         /* NULL for mx */
+    uint16_t port;      /* 0 for mx */
+    char *auth_user;    /* NULL: no AUTH */
+    char *password_env; /* at most one of these two is set when auth_user is */
     char *password_file;
     uint32_t max_connections;
     uint32_t max_messages_per_connection;
@@ -57,12 +57,12 @@ typedef struct rl_provider {
     rl_rate_t rate; /* interval_us 0: unlimited */
     rl_quota_t quotas[RL_MAX_QUOTAS];
     size_t nquotas;
-    rl_tz_t *tz;            /* never NULL (UTC when not given) */
-    rl_rules_t *rules;      /* inline rules from the file, or NULL */
+    rl_tz_t *tz;                  /* never NULL (UTC when not given) */
+    rl_rules_t *rules;            /* inline rules from the file, or NULL */
     const rl_rules_t *rules_base; /* the built-in set named by "rules"/"rules_base" */
-    char *tls_ca_file;      /* NULL: the system store */
-    bool tls_insecure;      /* skip certificate verification (tests only) */
-    char *helo;             /* NULL: the caller picks the host name */
+    char *tls_ca_file;            /* NULL: the system store */
+    bool tls_insecure;            /* skip certificate verification (tests only) */
+    char *helo;                   /* NULL: the caller picks the host name */
 } rl_provider_t;
 
 typedef struct rl_providers rl_providers_t;
@@ -96,7 +96,6 @@ size_t rl_provider_rules(const rl_provider_t *p, const rl_rules_t *chain[3]);
  * into buf (len bytes, NUL-terminated). Returns 0; VL_EINVAL when p has no auth;
  * VL_ENOENT when the variable is unset or the file missing; VL_EIO when unreadable;
  * VL_ETOOBIG when it does not fit. err names the variable or file, never the value. */
-int rl_provider_password(const rl_provider_t *p, char *buf, size_t len, char *err,
-                         size_t errlen);
+int rl_provider_password(const rl_provider_t *p, char *buf, size_t len, char *err, size_t errlen);
 
 #endif

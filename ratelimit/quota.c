@@ -95,20 +95,16 @@ static const char *tzs_name(const char *p)
 static const char *tzs_time(const char *p, int32_t *out)
 {
     int sign = 1;
-    if (*p == '+' || *p == '-')
-        sign = *p++ == '-' ? -1 : 1;
-    if (!isdigit((unsigned char)*p))
-        return NULL;
+    if (*p == '+' || *p == '-') sign = *p++ == '-' ? -1 : 1;
+    if (!isdigit((unsigned char)*p)) return NULL;
     int32_t parts[3] = {0, 0, 0};
     for (int i = 0; i < 3; i++) {
         char *end;
         long v = strtol(p, &end, 10);
-        if (end == p || v < 0 || v > 167)
-            return NULL;
+        if (end == p || v < 0 || v > 167) return NULL;
         parts[i] = (int32_t)v;
         p = end;
-        if (*p != ':' || i == 2)
-            break;
+        if (*p != ':' || i == 2) break;
         p++;
     }
     *out = sign * (parts[0] * 3600 + parts[1] * 60 + parts[2]);
@@ -117,23 +113,18 @@ static const char *tzs_time(const char *p, int32_t *out)
 
 static const char *tzs_rule(const char *p, posix_rule_t *r)
 {
-    if (*p != 'M')
-        return NULL; /* Julian-day rules are not used by any current zone's footer */
+    if (*p != 'M') return NULL; /* Julian-day rules are not used by any current zone's footer */
     char *end;
     r->month = (int)strtol(p + 1, &end, 10);
-    if (*end != '.')
-        return NULL;
+    if (*end != '.') return NULL;
     r->week = (int)strtol(end + 1, &end, 10);
-    if (*end != '.')
-        return NULL;
+    if (*end != '.') return NULL;
     r->wday = (int)strtol(end + 1, &end, 10);
-    if (r->month < 1 || r->month > 12 || r->week < 1 || r->week > 5 || r->wday < 0 ||
-        r->wday > 6)
+    if (r->month < 1 || r->month > 12 || r->week < 1 || r->week > 5 || r->wday < 0 || r->wday > 6)
         return NULL;
     p = end;
     r->time_s = 7200;
-    if (*p == '/')
-        p = tzs_time(p + 1, &r->time_s);
+    if (*p == '/') p = tzs_time(p + 1, &r->time_s);
     return p;
 }
 
@@ -141,19 +132,15 @@ static void tz_parse_footer(rl_tz_t *tz, const char *s)
 {
     int32_t off;
     const char *p = tzs_name(s);
-    if (!p || !(p = tzs_time(p, &off)))
-        return;
+    if (!p || !(p = tzs_time(p, &off))) return;
     tz->std_off = -off; /* POSIX offsets count west of Greenwich */
     tz->has_rule = true;
-    if (*p == '\0')
-        return;
+    if (*p == '\0') return;
     const char *q = tzs_name(p);
-    if (!q)
-        goto norule;
+    if (!q) goto norule;
     tz->dst_off = tz->std_off + 3600;
     if (*q != ',') {
-        if (!(q = tzs_time(q, &off)))
-            goto norule;
+        if (!(q = tzs_time(q, &off))) goto norule;
         tz->dst_off = -off;
     }
     if (*q != ',' || !(q = tzs_rule(q + 1, &tz->start)) || *q != ',' ||
@@ -170,8 +157,7 @@ static int64_t rule_utc(const posix_rule_t *r, int y, int32_t off)
 {
     static const int mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     int len = mdays[r->month - 1];
-    if (r->month == 2 && (y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
-        len = 29;
+    if (r->month == 2 && (y % 4 == 0 && (y % 100 != 0 || y % 400 == 0))) len = 29;
     int64_t first = days_from_civil(y, r->month, 1);
     int wday1 = (int)((first % 7 + 7 + 4) % 7); /* 1970-01-01 was a Thursday */
     int day = 1 + (r->wday - wday1 + 7) % 7 + (r->week - 1) * 7;
@@ -182,14 +168,12 @@ static int64_t rule_utc(const posix_rule_t *r, int y, int32_t off)
 
 static int32_t rule_offset(const rl_tz_t *tz, int64_t t)
 {
-    if (!tz->rule_dst)
-        return tz->std_off;
+    if (!tz->rule_dst) return tz->std_off;
     int y, m, d;
     civil_from_days(floor_div(t + tz->std_off, 86400), &y, &m, &d);
     int64_t start = rule_utc(&tz->start, y, tz->std_off);
     int64_t end = rule_utc(&tz->end, y, tz->dst_off);
-    if (start < end)
-        return t >= start && t < end ? tz->dst_off : tz->std_off;
+    if (start < end) return t >= start && t < end ? tz->dst_off : tz->std_off;
     return t >= end && t < start ? tz->std_off : tz->dst_off; /* southern hemisphere */
 }
 
@@ -199,8 +183,7 @@ static int tz_parse(rl_tz_t *tz, const unsigned char *p, size_t len)
 {
     const unsigned char *end = p + len;
     uint32_t c[6];
-    if (len < 44 || memcmp(p, "TZif", 4) != 0)
-        return VL_EPARSE;
+    if (len < 44 || memcmp(p, "TZif", 4) != 0) return VL_EPARSE;
     if (p[4] < '2')
         return VL_EPARSE; /* version 1 files have no 64-bit data; tzdata has none left */
     const unsigned char *q = p + 20;
@@ -208,29 +191,24 @@ static int tz_parse(rl_tz_t *tz, const unsigned char *p, size_t len)
         q = be_u32(q, &c[i]);
     /* Skip the 32-bit block: isut, isstd, leap, time, type, char counts. */
     size_t skip = (size_t)c[3] * 5 + (size_t)c[4] * 6 + c[5] + (size_t)c[2] * 8 + c[1] + c[0];
-    if ((size_t)(end - q) < skip + 44)
-        return VL_EPARSE;
+    if ((size_t)(end - q) < skip + 44) return VL_EPARSE;
     q += skip;
-    if (memcmp(q, "TZif", 4) != 0)
-        return VL_EPARSE;
+    if (memcmp(q, "TZif", 4) != 0) return VL_EPARSE;
     q += 20;
     for (int i = 0; i < 6; i++)
         q = be_u32(q, &c[i]);
     size_t ntrans = c[3], ntypes = c[4];
     size_t need = ntrans * 9 + ntypes * 6 + c[5] + (size_t)c[2] * 12 + c[1] + c[0];
-    if (ntypes == 0 || ntypes > 256 || (size_t)(end - q) < need)
-        return VL_EPARSE;
+    if (ntypes == 0 || ntypes > 256 || (size_t)(end - q) < need) return VL_EPARSE;
     tz->trans = calloc(ntrans ? ntrans : 1, sizeof *tz->trans);
     tz->trans_idx = calloc(ntrans ? ntrans : 1, 1);
     tz->utoff = calloc(ntypes, sizeof *tz->utoff);
-    if (!tz->trans || !tz->trans_idx || !tz->utoff)
-        return VL_ENOMEM;
+    if (!tz->trans || !tz->trans_idx || !tz->utoff) return VL_ENOMEM;
     for (size_t i = 0; i < ntrans; i++)
         tz->trans[i] = be_i64(q + 8 * i);
     q += 8 * ntrans;
     for (size_t i = 0; i < ntrans; i++) {
-        if (q[i] >= ntypes)
-            return VL_EPARSE;
+        if (q[i] >= ntypes) return VL_EPARSE;
         tz->trans_idx[i] = q[i];
     }
     q += ntrans;
@@ -268,8 +246,7 @@ rl_tz_t *rl_tz_load(const char *name, char *err, size_t errlen)
         return tz;
     }
     if (name[0] == '\0' || name[0] == '/' || strstr(name, "..") || strlen(name) > 200) {
-        rl__seterr(err, errlen, "\"%s\" is not an IANA time zone name (like Asia/Shanghai)",
-                   name);
+        rl__seterr(err, errlen, "\"%s\" is not an IANA time zone name (like Asia/Shanghai)", name);
         goto fail;
     }
     char path[256];
@@ -284,8 +261,7 @@ rl_tz_t *rl_tz_load(const char *name, char *err, size_t errlen)
     fclose(f);
     int rc = tz_parse(tz, buf, n);
     if (rc) {
-        rl__seterr(err, errlen, "time zone \"%s\": %s is not a TZif version 2+ file", name,
-                   path);
+        rl__seterr(err, errlen, "time zone \"%s\": %s is not a TZif version 2+ file", name, path);
         goto fail;
     }
     return tz;
@@ -296,8 +272,7 @@ fail:
 
 void rl_tz_free(rl_tz_t *tz)
 {
-    if (!tz)
-        return;
+    if (!tz) return;
     free(tz->name);
     free(tz->trans);
     free(tz->trans_idx);
@@ -312,18 +287,14 @@ const char *rl_tz_name(const rl_tz_t *tz)
 
 int32_t rl_tz_offset(const rl_tz_t *tz, int64_t utc_ms)
 {
-    if (!tz)
-        return 0;
+    if (!tz) return 0;
     int64_t t = floor_div(utc_ms, 1000);
     if (tz->ntrans == 0 || t >= tz->trans[tz->ntrans - 1]) {
-        if (tz->has_rule)
-            return rule_offset(tz, t);
-        if (tz->ntrans == 0)
-            return tz->ntypes ? tz->utoff[0] : 0;
+        if (tz->has_rule) return rule_offset(tz, t);
+        if (tz->ntrans == 0) return tz->ntypes ? tz->utoff[0] : 0;
         return tz->utoff[tz->trans_idx[tz->ntrans - 1]];
     }
-    if (t < tz->trans[0])
-        return tz->utoff[0];
+    if (t < tz->trans[0]) return tz->utoff[0];
     size_t lo = 0, hi = tz->ntrans; /* trans[lo] <= t < trans[hi] */
     while (hi - lo > 1) {
         size_t mid = lo + (hi - lo) / 2;
@@ -356,11 +327,9 @@ static int64_t local_to_utc(const rl_tz_t *tz, int64_t lm, int64_t near)
     int32_t o1 = rl_tz_offset(tz, near);
     int64_t c1 = lm - (int64_t)o1 * 1000;
     int32_t o2 = rl_tz_offset(tz, c1);
-    if (o2 == o1)
-        return c1;
+    if (o2 == o1) return c1;
     int64_t c2 = lm - (int64_t)o2 * 1000;
-    if (rl_tz_offset(tz, c2) == o2)
-        return c2;
+    if (rl_tz_offset(tz, c2) == o2) return c2;
     /* Midnight does not exist (the clocks jumped over it): the day starts at the jump. */
     return c1 < c2 ? find_change(tz, c1, c2) : find_change(tz, c2, c1);
 }
@@ -369,10 +338,8 @@ void rl_tz_day(const rl_tz_t *tz, int64_t utc_ms, int64_t *start_ms, int64_t *ne
 {
     int64_t local = utc_ms + (int64_t)rl_tz_offset(tz, utc_ms) * 1000;
     int64_t l0 = floor_div(local, DAY_MS) * DAY_MS;
-    if (start_ms)
-        *start_ms = local_to_utc(tz, l0, utc_ms);
-    if (next_ms)
-        *next_ms = local_to_utc(tz, l0 + DAY_MS, utc_ms);
+    if (start_ms) *start_ms = local_to_utc(tz, l0, utc_ms);
+    if (next_ms) *next_ms = local_to_utc(tz, l0 + DAY_MS, utc_ms);
 }
 
 void rl_tz_date(const rl_tz_t *tz, int64_t utc_ms, int *year, int *month, int *day)
@@ -387,8 +354,7 @@ int rl_quota_parse(const char *s, rl_quota_t *out, char *err, size_t errlen)
 {
     uint64_t count, per_ms;
     int rc = rl__parse_per(s, &count, &per_ms, err, errlen);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     if (per_ms > (uint64_t)DAY_MS) {
         rl__seterr(err, errlen, "\"%s\": quota windows are at most a day (/d)", s);
         return VL_EINVAL;
@@ -418,17 +384,15 @@ void rl_quota_window(const rl_quota_t *q, const rl_tz_t *tz, int64_t now_ms, rl_
     civil_from_days(floor_div(local_s, 86400), &y, &m, &d);
     int64_t sod = local_s - floor_div(local_s, 86400) * 86400;
     int aoff = off < 0 ? -off : off;
-    snprintf(w->id, sizeof w->id, "%04d-%02d-%02dT%02d:%02d%c%02d:%02d", y, m, d,
-             (int)(sod / 3600), (int)(sod / 60 % 60), off < 0 ? '-' : '+', aoff / 3600,
-             aoff / 60 % 60);
+    snprintf(w->id, sizeof w->id, "%04d-%02d-%02dT%02d:%02d%c%02d:%02d", y, m, d, (int)(sod / 3600),
+             (int)(sod / 60 % 60), off < 0 ? '-' : '+', aoff / 3600, aoff / 60 % 60);
 }
 
 int rl_quota_take(const rl_quota_t *q, size_t nq, rl_quota_counter_t *ctr, const rl_tz_t *tz,
                   int64_t now_ms, int64_t n, size_t *blocked, int64_t *until_ms)
 {
     rl_window_t w[RL_QUOTA_MAX_WINDOWS];
-    if (nq > RL_QUOTA_MAX_WINDOWS)
-        return VL_EINVAL;
+    if (nq > RL_QUOTA_MAX_WINDOWS) return VL_EINVAL;
     for (size_t i = 0; i < nq; i++) {
         rl_quota_window(&q[i], tz, now_ms, &w[i]);
         if (strcmp(ctr[i].id, w[i].id) != 0) {
@@ -444,10 +408,8 @@ int rl_quota_take(const rl_quota_t *q, size_t nq, rl_quota_counter_t *ctr, const
     }
     for (size_t i = 0; i < nq; i++) {
         if (ctr[i].used + (uint64_t)n > q[i].limit) {
-            if (blocked)
-                *blocked = i;
-            if (until_ms)
-                *until_ms = w[i].end_ms;
+            if (blocked) *blocked = i;
+            if (until_ms) *until_ms = w[i].end_ms;
             return 0;
         }
     }

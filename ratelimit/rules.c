@@ -16,14 +16,14 @@
 
 struct rl_rule {
     char *id, *why, *source;
-    char code[4];       /* "" = any; digits or 'x' */
-    char *enhanced;     /* NULL = any */
+    char code[4];   /* "" = any; digits or 'x' */
+    char *enhanced; /* NULL = any */
     bool has_re;
     regex_t re;
     rl_class_t cls;
     rl_cap_t cap;
     rl_scope_t scope;
-    uint64_t until_ms;  /* RL_PAUSE: a duration, or UNTIL_NEXT_DAY */
+    uint64_t until_ms; /* RL_PAUSE: a duration, or UNTIL_NEXT_DAY */
     uint64_t retry_after_ms;
 };
 
@@ -33,11 +33,14 @@ struct rl_rules {
 };
 
 static const char *const class_names[RL_CLASS_LAST] = {
-    "retry", "reconnect", "lower_concurrency", "lower_per_connection",
-    "pause", "bounce",    "fail",              "stop",
+    "retry", "reconnect", "lower_concurrency", "lower_per_connection", "pause", "bounce",
+    "fail",  "stop",
 };
 static const char *const cap_names[RL_CAP_LAST] = {
-    "none", "connections", "messages_per_connection", "recipients_per_connection",
+    "none",
+    "connections",
+    "messages_per_connection",
+    "recipients_per_connection",
     "recipients_per_message",
 };
 static const char *const scope_names[] = {"none", "sender", "provider"};
@@ -60,22 +63,18 @@ const char *rl_scope_name(rl_scope_t s)
 int rl_class_from_name(const char *s)
 {
     for (int i = 0; i < RL_CLASS_LAST; i++)
-        if (strcmp(s, class_names[i]) == 0)
-            return i;
+        if (strcmp(s, class_names[i]) == 0) return i;
     return -1;
 }
 
 int rl__parse_duration(const char *s, uint64_t *ms)
 {
     char *end;
-    if (!isdigit((unsigned char)*s))
-        return VL_EINVAL;
+    if (!isdigit((unsigned char)*s)) return VL_EINVAL;
     unsigned long long v = strtoull(s, &end, 10);
     uint64_t unit = 1000;
-    if (*end && rl__unit_ms(end, &unit) != 0)
-        return VL_EINVAL;
-    if (v > 366ULL * 86400)
-        return VL_EINVAL;
+    if (*end && rl__unit_ms(end, &unit) != 0) return VL_EINVAL;
+    if (v > 366ULL * 86400) return VL_EINVAL;
     *ms = v * unit;
     return 0;
 }
@@ -88,14 +87,12 @@ static void rule_free(rl_rule_t *r)
     free(r->why);
     free(r->source);
     free(r->enhanced);
-    if (r->has_re)
-        regfree(&r->re);
+    if (r->has_re) regfree(&r->re);
 }
 
 void rl_rules_free(rl_rules_t *rules)
 {
-    if (!rules)
-        return;
+    if (!rules) return;
     for (size_t i = 0; i < rules->n; i++)
         rule_free(&rules->v[i]);
     free(rules->v);
@@ -104,33 +101,30 @@ void rl_rules_free(rl_rules_t *rules)
 
 static bool valid_code(const char *s)
 {
-    if (strlen(s) != 3 || (s[0] != '4' && s[0] != '5'))
-        return false;
+    if (strlen(s) != 3 || (s[0] != '4' && s[0] != '5')) return false;
     for (int i = 1; i < 3; i++)
-        if (!isdigit((unsigned char)s[i]) && s[i] != 'x' && s[i] != 'X')
-            return false;
+        if (!isdigit((unsigned char)s[i]) && s[i] != 'x' && s[i] != 'X') return false;
     return true;
 }
 
 static bool valid_enhanced(const char *s)
 {
-    if (!*s)
-        return false;
+    if (!*s) return false;
     for (const char *p = s; *p; p++)
-        if (!isdigit((unsigned char)*p) && *p != '.' && *p != 'x' && *p != 'X')
-            return false;
+        if (!isdigit((unsigned char)*p) && *p != '.' && *p != 'x' && *p != 'X') return false;
     return true;
 }
 
 /* Parse one rule object; on error, err gets "field: why". */
 static int rule_parse(const json_t *o, rl_rule_t *r, char *err, size_t errlen)
 {
-    static const char *const known[] = {"id",    "code",  "enhanced",    "text",   "action",
-                                        "cap",   "scope", "until",       "why",    "source",
+    static const char *const known[] = {"id",          "code",    "enhanced", "text", "action",
+                                        "cap",         "scope",   "until",    "why",  "source",
                                         "retry_after", "comment", NULL};
     const char *key;
     json_t *v;
-    json_object_foreach((json_t *)o, key, v) {
+    json_object_foreach((json_t *)o, key, v)
+    {
         bool ok = false;
         for (int i = 0; known[i]; i++)
             ok = ok || strcmp(key, known[i]) == 0;
@@ -153,8 +147,7 @@ static int rule_parse(const json_t *o, rl_rule_t *r, char *err, size_t errlen)
     r->why = strdup(why);
     const char *src = json_string_value(json_object_get(o, "source"));
     r->source = strdup(src ? src : "");
-    if (!r->id || !r->why || !r->source)
-        return VL_ENOMEM;
+    if (!r->id || !r->why || !r->source) return VL_ENOMEM;
 
     json_t *code = json_object_get(o, "code");
     if (json_is_integer(code)) {
@@ -163,8 +156,7 @@ static int rule_parse(const json_t *o, rl_rule_t *r, char *err, size_t errlen)
         snprintf(r->code, sizeof r->code, "%u", c % 1000);
     } else if (json_is_string(code)) {
         snprintf(r->code, sizeof r->code, "%s", json_string_value(code));
-        if (strlen(json_string_value(code)) > 3)
-            r->code[0] = '?';
+        if (strlen(json_string_value(code)) > 3) r->code[0] = '?';
     } else if (code) {
         rl__seterr(err, errlen, "code: must be a string like \"421\" or \"4xx\"");
         return VL_ECONFIG;
@@ -181,12 +173,12 @@ static int rule_parse(const json_t *o, rl_rule_t *r, char *err, size_t errlen)
     if (enh) {
         const char *s = json_string_value(enh);
         if (!s || !valid_enhanced(s)) {
-            rl__seterr(err, errlen, "enhanced: must be a string like \"5.1.1\", \"4.7.5xx\" or "
-                                    "\"5.1.\"");
+            rl__seterr(err, errlen,
+                       "enhanced: must be a string like \"5.1.1\", \"4.7.5xx\" or "
+                       "\"5.1.\"");
             return VL_ECONFIG;
         }
-        if (!(r->enhanced = strdup(s)))
-            return VL_ENOMEM;
+        if (!(r->enhanced = strdup(s))) return VL_ENOMEM;
         for (char *p = r->enhanced; *p; p++)
             *p = (char)tolower((unsigned char)*p);
     }
@@ -232,12 +224,10 @@ static int rule_parse(const json_t *o, rl_rule_t *r, char *err, size_t errlen)
     }
 
     const char *cap = json_string_value(json_object_get(o, "cap"));
-    if (r->cls == RL_LOWER_CONCURRENCY)
-        r->cap = RL_CAP_CONNECTIONS;
+    if (r->cls == RL_LOWER_CONCURRENCY) r->cap = RL_CAP_CONNECTIONS;
     if (r->cls == RL_LOWER_PER_CONNECTION) {
         for (int i = RL_CAP_MESSAGES_PER_CONNECTION; cap && i < RL_CAP_LAST; i++)
-            if (strcmp(cap, cap_names[i]) == 0)
-                r->cap = (rl_cap_t)i;
+            if (strcmp(cap, cap_names[i]) == 0) r->cap = (rl_cap_t)i;
         if (r->cap == RL_CAP_NONE) {
             rl__seterr(err, errlen,
                        "cap: lower_per_connection needs messages_per_connection, "
@@ -259,8 +249,7 @@ static int rule_parse(const json_t *o, rl_rule_t *r, char *err, size_t errlen)
         r->scope = strcmp(scope, "sender") == 0 ? RL_SCOPE_SENDER : RL_SCOPE_PROVIDER;
         if (until && strcmp(until, "next_day") == 0) {
             r->until_ms = UNTIL_NEXT_DAY;
-        } else if (!until || rl__parse_duration(until, &r->until_ms) != 0 ||
-                   r->until_ms == 0) {
+        } else if (!until || rl__parse_duration(until, &r->until_ms) != 0 || r->until_ms == 0) {
             rl__seterr(err, errlen,
                        "until: pause needs \"next_day\" or a duration like \"15m\", \"2h\"");
             return VL_ECONFIG;
@@ -277,8 +266,10 @@ int rl_rules_parse(const json_t *arr, const char *source, rl_rules_t **out, char
 {
     *out = NULL;
     if (!json_is_array(arr)) {
-        rl__seterr(err, errlen, "%s: rules: must be a list of rule objects or a built-in "
-                                "set name", source);
+        rl__seterr(err, errlen,
+                   "%s: rules: must be a list of rule objects or a built-in "
+                   "set name",
+                   source);
         return VL_ECONFIG;
     }
     rl_rules_t *rs = calloc(1, sizeof *rs);
@@ -342,8 +333,8 @@ rl_class_t rl_rule_class(const rl_rule_t *rule)
 
 /* --- built-in sets ---------------------------------------------------------------------- */
 
-static const char *const builtin_names[] = {"generic", "netease", "qq",
-                                            "gmail",   "outlook", "yahoo", NULL};
+static const char *const builtin_names[] = {"generic", "netease", "qq", "gmail",
+                                            "outlook", "yahoo",   NULL};
 static const char *const builtin_json[] = {
     rl__rules_json_generic, rl__rules_json_netease, rl__rules_json_qq,
     rl__rules_json_gmail,   rl__rules_json_outlook, rl__rules_json_yahoo,
@@ -363,8 +354,7 @@ static void builtin_load(void)
             VL_ERROR("%s: line %d: %s", src, jerr.line, jerr.text);
             continue;
         }
-        if (rl_rules_parse(arr, src, &builtin_sets[i], err, sizeof err) != 0)
-            VL_ERROR("%s", err);
+        if (rl_rules_parse(arr, src, &builtin_sets[i], err, sizeof err) != 0) VL_ERROR("%s", err);
         json_decref(arr);
     }
 }
@@ -373,8 +363,7 @@ const rl_rules_t *rl_rules_builtin(const char *name)
 {
     pthread_once(&builtin_once, builtin_load);
     for (size_t i = 0; i < NBUILTIN; i++)
-        if (strcmp(name, builtin_names[i]) == 0)
-            return builtin_sets[i];
+        if (strcmp(name, builtin_names[i]) == 0) return builtin_sets[i];
     return NULL;
 }
 
@@ -387,15 +376,12 @@ const char *const *rl_rules_builtin_names(void)
 
 static bool code_matches(const char *pat, int code)
 {
-    if (!pat[0])
-        return true;
+    if (!pat[0]) return true;
     char c[4];
-    if (code < 100 || code > 999)
-        return false;
+    if (code < 100 || code > 999) return false;
     snprintf(c, sizeof c, "%d", code);
     for (int i = 0; i < 3; i++)
-        if (pat[i] != 'x' && pat[i] != c[i])
-            return false;
+        if (pat[i] != 'x' && pat[i] != c[i]) return false;
     return true;
 }
 
@@ -403,11 +389,9 @@ static bool enhanced_matches(const char *pat, const char *e, size_t elen)
 {
     size_t plen = strlen(pat);
     bool prefix = pat[plen - 1] == '.';
-    if (prefix ? elen < plen : elen != plen)
-        return false;
+    if (prefix ? elen < plen : elen != plen) return false;
     for (size_t i = 0; i < plen; i++)
-        if (pat[i] != e[i] && !(pat[i] == 'x' && isdigit((unsigned char)e[i])))
-            return false;
+        if (pat[i] != e[i] && !(pat[i] == 'x' && isdigit((unsigned char)e[i]))) return false;
     return true;
 }
 
@@ -419,23 +403,18 @@ static size_t enhanced_len(const char *s)
         const char *d = p;
         while (isdigit((unsigned char)*p))
             p++;
-        if (p == d || p - d > 3)
-            return 0;
-        if (part < 2 && *p++ != '.')
-            return 0;
+        if (p == d || p - d > 3) return 0;
+        if (part < 2 && *p++ != '.') return 0;
     }
     return *p == '\0' || isspace((unsigned char)*p) ? (size_t)(p - s) : 0;
 }
 
-static bool rule_matches(const rl_rule_t *rule, const rl_reply_t *r, const char *enh,
-                         size_t elen, const char *text)
+static bool rule_matches(const rl_rule_t *rule, const rl_reply_t *r, const char *enh, size_t elen,
+                         const char *text)
 {
-    if (!code_matches(rule->code, r->code))
-        return false;
-    if (rule->enhanced && (elen == 0 || !enhanced_matches(rule->enhanced, enh, elen)))
-        return false;
-    if (rule->has_re && regexec(&rule->re, text, 0, NULL, 0) != 0)
-        return false;
+    if (!code_matches(rule->code, r->code)) return false;
+    if (rule->enhanced && (elen == 0 || !enhanced_matches(rule->enhanced, enh, elen))) return false;
+    if (rule->has_re && regexec(&rule->re, text, 0, NULL, 0) != 0) return false;
     return true;
 }
 
@@ -446,14 +425,11 @@ const rl_rule_t *rl_rules_match(const rl_rules_t *const chain[], size_t n, const
      * hand the whole text over are both handled: look for the code at the text's start. */
     const char *enh = r->enhanced ? r->enhanced : "";
     size_t elen = strlen(enh);
-    if (elen == 0 && (elen = enhanced_len(text)) > 0)
-        enh = text;
+    if (elen == 0 && (elen = enhanced_len(text)) > 0) enh = text;
     for (size_t c = 0; c < n; c++) {
-        if (!chain[c])
-            continue;
+        if (!chain[c]) continue;
         for (size_t i = 0; i < chain[c]->n; i++)
-            if (rule_matches(&chain[c]->v[i], r, enh, elen, text))
-                return &chain[c]->v[i];
+            if (rule_matches(&chain[c]->v[i], r, enh, elen, text)) return &chain[c]->v[i];
     }
     return NULL;
 }
@@ -462,13 +438,11 @@ const rl_rule_t *rl_rules_match(const rl_rules_t *const chain[], size_t n, const
 
 uint64_t rl_backoff(unsigned attempt, uint64_t base_ms, uint64_t max_ms, uint64_t rnd)
 {
-    if (attempt == 0)
-        attempt = 1;
+    if (attempt == 0) attempt = 1;
     uint64_t d = base_ms;
     for (unsigned i = 1; i < attempt && d < max_ms; i++)
         d = d > max_ms / 2 ? max_ms : d * 2;
-    if (d > max_ms)
-        d = max_ms;
+    if (d > max_ms) d = max_ms;
     uint64_t half = d / 2;
     return d - half + rnd % (half + 1);
 }
@@ -476,8 +450,7 @@ uint64_t rl_backoff(unsigned attempt, uint64_t base_ms, uint64_t max_ms, uint64_
 int rl_decide(const rl_rules_t *const chain[], size_t n, const rl_reply_t *r,
               const rl_decide_ctx_t *ctx, rl_action_t *out)
 {
-    if (r->code < 400 || r->code > 599)
-        return VL_EINVAL;
+    if (r->code < 400 || r->code > 599) return VL_EINVAL;
     memset(out, 0, sizeof *out);
     const rl_rule_t *rule = rl_rules_match(chain, n, r);
     uint64_t retry_after = 0;
@@ -502,8 +475,7 @@ int rl_decide(const rl_rules_t *const chain[], size_t n, const rl_reply_t *r,
     switch (out->cls) {
     case RL_RETRY:
         out->delay_ms = rl_backoff(ctx->attempt, base, max, rnd);
-        if (out->delay_ms < retry_after)
-            out->delay_ms = retry_after;
+        if (out->delay_ms < retry_after) out->delay_ms = retry_after;
         break;
     case RL_RECONNECT:
     case RL_LOWER_CONCURRENCY:
@@ -523,8 +495,7 @@ int rl_decide(const rl_rules_t *const chain[], size_t n, const rl_reply_t *r,
             out->delay_ms = retry_after;
             out->pause_until_ms = (int64_t)(ctx->now_ms + retry_after);
         }
-        if (out->scope == RL_SCOPE_PROVIDER)
-            out->close_connection = true;
+        if (out->scope == RL_SCOPE_PROVIDER) out->close_connection = true;
         break;
     case RL_BOUNCE:
         out->final = true;

@@ -117,13 +117,13 @@ typedef struct rl_action {
 
 /* The inputs of rl_decide besides the reply. */
 typedef struct rl_decide_ctx {
-    uint64_t now_ms;              /* injected clock */
-    unsigned attempt;             /* 1 for the first failure of this recipient */
-    const rl_tz_t *tz;            /* provider's zone for "next_day"; NULL = UTC */
-    uint64_t (*rand)(void *arg);  /* jitter source; NULL = no jitter */
+    uint64_t now_ms;             /* injected clock */
+    unsigned attempt;            /* 1 for the first failure of this recipient */
+    const rl_tz_t *tz;           /* provider's zone for "next_day"; NULL = UTC */
+    uint64_t (*rand)(void *arg); /* jitter source; NULL = no jitter */
     void *rand_arg;
-    uint64_t backoff_base_ms;     /* 0 = 30 s */
-    uint64_t backoff_max_ms;      /* 0 = 4 h */
+    uint64_t backoff_base_ms; /* 0 = 30 s */
+    uint64_t backoff_max_ms;  /* 0 = 4 h */
 } rl_decide_ctx_t;
 
 /* Match r against chain and turn the rule into an action. When nothing matches (a chain

@@ -122,8 +122,7 @@ static rl_tz_t *load(const char *name)
 {
     char err[200];
     rl_tz_t *tz = rl_tz_load(name, err, sizeof err);
-    if (!tz)
-        fail_msg("%s", err);
+    if (!tz) fail_msg("%s", err);
     return tz;
 }
 

@@ -28,11 +28,9 @@ typedef struct fx {
 static int setup(void **state)
 {
     fx_t *f = calloc(1, sizeof *f);
-    if (!f || redisfix_start(&f->rf) != 0)
-        return -1;
+    if (!f || redisfix_start(&f->rf) != 0) return -1;
     f->c = redisConnectUnix(f->rf.sock);
-    if (!f->c || f->c->err)
-        return -1;
+    if (!f->c || f->c->err) return -1;
     struct timeval tv;
     gettimeofday(&tv, NULL);
     f->now = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
@@ -43,8 +41,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fx_t *f = *state;
-    if (f->c)
-        redisFree(f->c);
+    if (f->c) redisFree(f->c);
     redisfix_stop(&f->rf);
     free(f);
     return 0;
@@ -69,8 +66,7 @@ static redisReply *eval(redisContext *c, const char *script, const char *const *
         argv[n++] = args[i];
     redisReply *r = redisCommandArgv(c, (int)n, argv, NULL);
     assert_non_null(r);
-    if (r->type == REDIS_REPLY_ERROR)
-        fail_msg("redis: %s", r->str);
+    if (r->type == REDIS_REPLY_ERROR) fail_msg("redis: %s", r->str);
     assert_int_equal(r->type, REDIS_REPLY_ARRAY);
     return r;
 }
@@ -106,8 +102,7 @@ static void test_gcra_twin(void **state)
             assert_int_equal(r->elements, 2);
             if (r->element[0]->integer != c_ok || (uint64_t)r->element[1]->integer != ra_c)
                 fail_msg("case %zu step %d: C %d/%llu, Lua %lld/%lld", k, step, c_ok,
-                         (unsigned long long)ra_c, r->element[0]->integer,
-                         r->element[1]->integer);
+                         (unsigned long long)ra_c, r->element[0]->integer, r->element[1]->integer);
             granted += (uint64_t)c_ok;
             freeReplyObject(r);
             /* Sometimes jump to exactly the retry time, sometimes wander. */
@@ -208,7 +203,7 @@ static void test_slots(void **state)
     assert_int_equal(slots(f, "acquire", t, "w1:a", 2, &n), 1);
     assert_int_equal(slots(f, "acquire", t, "w2:b", 2, &n), 1);
     assert_int_equal(n, 2);
-    assert_int_equal(slots(f, "acquire", t, "w3:c", 2, &n), 0); /* ceiling reached */
+    assert_int_equal(slots(f, "acquire", t, "w3:c", 2, &n), 0);     /* ceiling reached */
     assert_int_equal(slots(f, "acquire", t + 1, "w1:a", 2, &n), 1); /* re-acquire = renew */
     assert_int_equal(slots(f, "release", t + 2, "w2:b", 2, &n), 1);
     assert_int_equal(n, 1);

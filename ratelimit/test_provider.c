@@ -26,7 +26,8 @@ static const char *const good =
     "  {\"name\": \"corp\", \"domains\": [\"*.corp.example\"], \"route\": \"smtp://[::1]:2525\",\n"
     "   \"rules\": [{\"id\": \"corp-greylist\", \"code\": \"451\", \"text\": \"greylist\",\n"
     "              \"action\": \"retry\", \"retry_after\": 300, \"why\": \"greylisting\"}],\n"
-    "   \"rules_base\": \"outlook\", \"tls\": {\"ca_file\": \"/tmp/ca.pem\", \"insecure\": false}},\n"
+    "   \"rules_base\": \"outlook\", \"tls\": {\"ca_file\": \"/tmp/ca.pem\", \"insecure\": "
+    "false}},\n"
     "  {\"name\": \"rest\", \"domains\": [\"*\"], \"route\": \"smtp://127.0.0.1:2525\",\n"
     "   \"max_connections\": 20, \"rate\": \"1000/s\", \"rules\": \"generic\"}\n"
     "]\n";
@@ -202,9 +203,9 @@ static void test_password_never_printed(void **state)
     char tiny[4];
     assert_int_equal(rl_provider_password(p, tiny, sizeof tiny, err, sizeof err), VL_ETOOBIG);
     assert_null(strstr(err, "s3cret"));
-    assert_int_equal(rl_provider_password(rl_providers_find(ps, "rest"), buf, sizeof buf, err,
-                                          sizeof err),
-                     VL_EINVAL);
+    assert_int_equal(
+        rl_provider_password(rl_providers_find(ps, "rest"), buf, sizeof buf, err, sizeof err),
+        VL_EINVAL);
     rl_providers_free(ps);
 
     /* From a file, trailing newline stripped. */
@@ -255,10 +256,8 @@ static void test_load_file(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_good),
-        cmocka_unit_test(test_match),
-        cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_password_never_printed),
+        cmocka_unit_test(test_parse_good), cmocka_unit_test(test_match),
+        cmocka_unit_test(test_errors),     cmocka_unit_test(test_password_never_printed),
         cmocka_unit_test(test_load_file),
     };
     return cmocka_run_group_tests_name("ratelimit_provider", tests, NULL, NULL);

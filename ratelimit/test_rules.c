@@ -55,8 +55,7 @@ static void test_netease_every_code(void **state)
     int n = 0, bad = 0;
     while (fgets(line, sizeof line, f)) {
         line[strcspn(line, "\n")] = '\0';
-        if (line[0] == '#' || line[0] == '\0')
-            continue;
+        if (line[0] == '#' || line[0] == '\0') continue;
         char *tab = strchr(line, '\t');
         assert_non_null(tab);
         *tab = '\0';
@@ -206,11 +205,14 @@ static void test_rules_parse_errors(void **state)
         {"[{\"id\": \"a\", \"action\": \"fail\", \"why\": \"w\"}]", "at least one"},
         {"[{\"id\": \"a\", \"code\": \"4xx\", \"action\": \"pause\", \"why\": \"w\"}]", "scope"},
         {"[{\"id\": \"a\", \"code\": \"4xx\", \"action\": \"pause\", \"scope\": \"sender\","
-         " \"until\": \"soon\", \"why\": \"w\"}]", "until"},
+         " \"until\": \"soon\", \"why\": \"w\"}]",
+         "until"},
         {"[{\"id\": \"a\", \"code\": \"4xx\", \"action\": \"lower_per_connection\", \"why\": "
-         "\"w\"}]", "cap"},
+         "\"w\"}]",
+         "cap"},
         {"[{\"id\": \"a\", \"code\": \"4xx\", \"action\": \"retry\", \"why\": \"w\", \"colour\": "
-         "1}]", "colour"},
+         "1}]",
+         "colour"},
         {"[{\"id\": \"a\", \"code\": \"4xx\", \"action\": \"retry\"}]", "why"},
         {"{}", "list"},
     };
@@ -238,40 +240,66 @@ static void test_provider_sets(void **state)
         const char *enh, *text;
         rl_class_t want;
     } cases[] = {
-        {"gmail", 421, "4.7.28", "[1.2.3.4] Our system has detected an unusual rate of "
-                                 "unsolicited mail originating from your IP address.", RL_PAUSE},
+        {"gmail", 421, "4.7.28",
+         "[1.2.3.4] Our system has detected an unusual rate of "
+         "unsolicited mail originating from your IP address.",
+         RL_PAUSE},
         {"gmail", 421, "4.7.0", "Try again later, closing connection.", RL_PAUSE},
         {"gmail", 550, "5.1.1", "The email account that you tried to reach does not exist.",
          RL_BOUNCE},
         {"gmail", 552, "5.2.3", "Your message exceeded Google's message size limits.", RL_FAIL},
-        {"gmail", 550, "5.7.26", "This mail has been blocked because the sender is "
-                                 "unauthenticated.", RL_STOP},
-        {"outlook", 421, "4.7.650", "The mail server [1.2.3.4] has been temporarily rate "
-                                    "limited due to IP reputation.", RL_PAUSE},
-        {"outlook", 451, "4.7.500", "Server busy. Please try again later from [1.2.3.4]. "
-                                    "(S77714)", RL_PAUSE},
-        {"outlook", 421, "", "RP-002 (BAY004-MC1F12) Unfortunately, some messages from "
-                             "1.2.3.4 weren't sent.", RL_LOWER_CONCURRENCY},
+        {"gmail", 550, "5.7.26",
+         "This mail has been blocked because the sender is "
+         "unauthenticated.",
+         RL_STOP},
+        {"outlook", 421, "4.7.650",
+         "The mail server [1.2.3.4] has been temporarily rate "
+         "limited due to IP reputation.",
+         RL_PAUSE},
+        {"outlook", 451, "4.7.500",
+         "Server busy. Please try again later from [1.2.3.4]. "
+         "(S77714)",
+         RL_PAUSE},
+        {"outlook", 421, "",
+         "RP-002 (BAY004-MC1F12) Unfortunately, some messages from "
+         "1.2.3.4 weren't sent.",
+         RL_LOWER_CONCURRENCY},
         {"outlook", 550, "5.5.0", "Requested action not taken: mailbox unavailable (S2017062302).",
          RL_BOUNCE},
-        {"outlook", 550, "5.7.1", "Unfortunately, messages from [1.2.3.4] weren't sent. Please "
-                                  "contact your Internet service provider since part of their "
-                                  "network is on our block list (S3150).", RL_STOP},
-        {"yahoo", 421, "4.7.0", "[TSS04] Messages from 1.2.3.4 temporarily deferred due to "
-                                "unexpected volume or user complaints - 4.16.55.1; see "
-                                "https://postmaster.yahooinc.com/error-codes", RL_PAUSE},
-        {"yahoo", 421, "4.7.0", "[TSS09] All messages from 1.2.3.4 will be permanently deferred; "
-                                "Retrying will NOT succeed.", RL_PAUSE},
-        {"yahoo", 553, "5.7.1", "[BL21] Connections will not be accepted from 1.2.3.4, because "
-                                "the ip is in Spamhaus's list", RL_STOP},
-        {"yahoo", 554, "", "delivery error: dd This user doesn't have a yahoo.com account "
-                           "(x@yahoo.com) [0] - mta1.mail.bf1.yahoo.com", RL_BOUNCE},
-        {"qq", 550, "", "Mail content denied. http://service.mail.qq.com/cgi-bin/help?subtype=1"
-                        "&&id=20022&&no=1000726", RL_FAIL},
-        {"qq", 550, "", "Mailbox not found. http://service.mail.qq.com/cgi-bin/help?subtype=1"
-                        "&&id=20022&&no=1000728", RL_BOUNCE},
-        {"qq", 550, "", "Ip frequency limited. http://service.mail.qq.com/cgi-bin/help?subtype=1"
-                        "&&id=20022&&no=1000725", RL_PAUSE},
+        {"outlook", 550, "5.7.1",
+         "Unfortunately, messages from [1.2.3.4] weren't sent. Please "
+         "contact your Internet service provider since part of their "
+         "network is on our block list (S3150).",
+         RL_STOP},
+        {"yahoo", 421, "4.7.0",
+         "[TSS04] Messages from 1.2.3.4 temporarily deferred due to "
+         "unexpected volume or user complaints - 4.16.55.1; see "
+         "https://postmaster.yahooinc.com/error-codes",
+         RL_PAUSE},
+        {"yahoo", 421, "4.7.0",
+         "[TSS09] All messages from 1.2.3.4 will be permanently deferred; "
+         "Retrying will NOT succeed.",
+         RL_PAUSE},
+        {"yahoo", 553, "5.7.1",
+         "[BL21] Connections will not be accepted from 1.2.3.4, because "
+         "the ip is in Spamhaus's list",
+         RL_STOP},
+        {"yahoo", 554, "",
+         "delivery error: dd This user doesn't have a yahoo.com account "
+         "(x@yahoo.com) [0] - mta1.mail.bf1.yahoo.com",
+         RL_BOUNCE},
+        {"qq", 550, "",
+         "Mail content denied. http://service.mail.qq.com/cgi-bin/help?subtype=1"
+         "&&id=20022&&no=1000726",
+         RL_FAIL},
+        {"qq", 550, "",
+         "Mailbox not found. http://service.mail.qq.com/cgi-bin/help?subtype=1"
+         "&&id=20022&&no=1000728",
+         RL_BOUNCE},
+        {"qq", 550, "",
+         "Ip frequency limited. http://service.mail.qq.com/cgi-bin/help?subtype=1"
+         "&&id=20022&&no=1000725",
+         RL_PAUSE},
         {"qq", 451, "", "Too many connections, please try again later", RL_LOWER_CONCURRENCY},
         {"qq", 550, "", "Sender frequency limited", RL_PAUSE},
     };
@@ -280,8 +308,8 @@ static void test_provider_sets(void **state)
         rl_reply_t r = {cases[i].code, cases[i].enh, cases[i].text};
         const rl_rule_t *rule = rl_rules_match(chain, 1, &r);
         if (!rule || rl_rule_class(rule) != cases[i].want)
-            fail_msg("%s case %zu (%d %s): got %s", cases[i].set, i, cases[i].code,
-                     cases[i].text, rule ? rl_rule_id(rule) : "no rule");
+            fail_msg("%s case %zu (%d %s): got %s", cases[i].set, i, cases[i].code, cases[i].text,
+                     rule ? rl_rule_id(rule) : "no rule");
     }
 }
 
@@ -298,8 +326,12 @@ static void test_actions(void **state)
     const rl_rules_t *chain[] = {rl_rules_builtin("netease"), rl_rules_builtin("generic")};
     uint64_t rnd = 0;
     rl_decide_ctx_t ctx = {.now_ms = 1795363200000ULL + 10 * 3600000ULL, /* 10:00 Shanghai */
-                           .attempt = 1, .tz = sh, .rand = fixed_rand, .rand_arg = &rnd,
-                           .backoff_base_ms = 10000, .backoff_max_ms = 3600000};
+                           .attempt = 1,
+                           .tz = sh,
+                           .rand = fixed_rand,
+                           .rand_arg = &rnd,
+                           .backoff_base_ms = 10000,
+                           .backoff_max_ms = 3600000};
     rl_action_t a;
     /* 451 DT:SPM asks for two minutes; the first backoff (5..10 s) is shorter. */
     rl_reply_t spm = {451, "", "DT:SPM ,please try again"};

@@ -24,8 +24,7 @@ static const char *find_server(void)
         size_t n = colon ? (size_t)(colon - env) : strlen(env);
         if (n > 0 && n < sizeof path - 16) {
             snprintf(path, sizeof path, "%.*s/redis-server", (int)n, env);
-            if (access(path, X_OK) == 0)
-                return path;
+            if (access(path, X_OK) == 0) return path;
         }
         env = colon ? colon + 1 : NULL;
     }
@@ -36,13 +35,11 @@ static int ping(const char *sock)
 {
     struct timeval tv = {0, 200000};
     redisContext *c = redisConnectUnixWithTimeout(sock, tv);
-    if (!c)
-        return -1;
+    if (!c) return -1;
     int ok = -1;
     if (!c->err) {
         redisReply *r = redisCommand(c, "PING");
-        if (r && r->type == REDIS_REPLY_STATUS && strcmp(r->str, "PONG") == 0)
-            ok = 0;
+        if (r && r->type == REDIS_REPLY_STATUS && strcmp(r->str, "PONG") == 0) ok = 0;
         freeReplyObject(r);
     }
     redisFree(c);
@@ -87,8 +84,7 @@ int redisfix_start(redisfix_t *f)
     }
     f->pid = pid;
     for (int i = 0; i < 200; i++) {
-        if (ping(f->sock) == 0)
-            return 0;
+        if (ping(f->sock) == 0) return 0;
         int status;
         if (waitpid(pid, &status, WNOHANG) == pid) {
             f->pid = -1;
