@@ -124,8 +124,7 @@ static int sink_arg_u64(const char *opt, const char *s, uint64_t *out)
 static int sink_arg_uint(const char *opt, const char *s, unsigned *out)
 {
     uint64_t v;
-    if (sink_arg_u64(opt, s, &v) != 0)
-        return -1;
+    if (sink_arg_u64(opt, s, &v) != 0) return -1;
     if (v > 100000000) {
         fprintf(stderr, "volley-sink: --%s %s is too large\n", opt, s);
         return -1;
@@ -140,8 +139,8 @@ static int sink_arg_prob(const char *opt, const char *s, double *out)
     errno = 0;
     double v = strtod(s, &end);
     if (errno || end == s || *end || !(v >= 0.0 && v <= 1.0)) {
-        fprintf(stderr, "volley-sink: --%s needs a probability between 0 and 1, not '%s'\n",
-                opt, s);
+        fprintf(stderr, "volley-sink: --%s needs a probability between 0 and 1, not '%s'\n", opt,
+                s);
         return -1;
     }
     *out = v;
@@ -168,7 +167,7 @@ static int sink_parse_listen(struct sink_cfg *cfg, const char *s)
         fprintf(stderr, "volley-sink: bad --listen '%s'\n", s);
         return -1;
     }
-    if (hl == 0) {
+    if (hl == 0 || (hl == 9 && memcmp(h, "localhost", 9) == 0)) {
         snprintf(cfg->listen_host, sizeof cfg->listen_host, "127.0.0.1");
     } else {
         memcpy(cfg->listen_host, h, hl);
@@ -190,8 +189,7 @@ static char *sink_read_password(const char *path)
     char line[1024];
     char *p = fgets(line, sizeof line, f) ? strdup(line) : strdup("");
     fclose(f);
-    if (p)
-        p[strcspn(p, "\r\n")] = '\0';
+    if (p) p[strcspn(p, "\r\n")] = '\0';
     memset(line, 0, sizeof line);
     return p;
 }
@@ -280,8 +278,7 @@ static int sink_parse_args(struct sink_cfg *cfg, int argc, char **argv)
             rc = sink_arg_uint(name, optarg, &cfg->max_rate);
             break;
         case OPT_REJECT_RCPT: {
-            if (cfg->has_reject_rcpt)
-                regfree(&cfg->reject_rcpt);
+            if (cfg->has_reject_rcpt) regfree(&cfg->reject_rcpt);
             int e = regcomp(&cfg->reject_rcpt, optarg, REG_EXTENDED | REG_NOSUB);
             if (e) {
                 char msg[200];
@@ -313,8 +310,7 @@ static int sink_parse_args(struct sink_cfg *cfg, int argc, char **argv)
             sink_usage(stderr);
             return SINK_EX_USAGE;
         }
-        if (rc)
-            return SINK_EX_USAGE;
+        if (rc) return SINK_EX_USAGE;
     }
     if (optind < argc) {
         fprintf(stderr, "volley-sink: unexpected argument '%s'\n", argv[optind]);
@@ -340,8 +336,7 @@ static int sink_parse_args(struct sink_cfg *cfg, int argc, char **argv)
         fprintf(stderr, "volley-sink: --auth-password-file needs --auth-user\n");
         return SINK_EX_USAGE;
     }
-    if (cfg->seed == 0)
-        cfg->seed = 1; /* xorshift's one forbidden state */
+    if (cfg->seed == 0) cfg->seed = 1; /* xorshift's one forbidden state */
     return 0;
 }
 
@@ -364,8 +359,7 @@ int sink__rate_allow(struct sink_server *srv)
      * one must be at least a second old for another to pass. */
     uint64_t now = uv_hrtime() / 1000000;
     uint64_t *oldest = &srv->rate_ring[srv->rate_head];
-    if (*oldest && now - *oldest < 1000)
-        return 0;
+    if (*oldest && now - *oldest < 1000) return 0;
     *oldest = now ? now : 1;
     srv->rate_head = (srv->rate_head + 1) % srv->cfg.max_rate;
     return 1;
@@ -380,8 +374,7 @@ static void sink_grace_cb(uv_timer_t *t)
 
 void sink__message_accepted(struct sink_server *srv)
 {
-    if (!srv->cfg.exit_after || srv->st.messages < srv->cfg.exit_after || srv->stopping)
-        return;
+    if (!srv->cfg.exit_after || srv->st.messages < srv->cfg.exit_after || srv->stopping) return;
     /* Stop accepting; leave when the clients are gone, or after a grace
      * period for those that linger without QUIT. */
     srv->stopping = 1;
@@ -391,23 +384,20 @@ void sink__message_accepted(struct sink_server *srv)
 
 void sink__conn_gone(struct sink_server *srv)
 {
-    if (srv->stopping && !srv->stopped && srv->conns_now == 0)
-        sink_stop(srv);
+    if (srv->stopping && !srv->stopped && srv->conns_now == 0) sink_stop(srv);
 }
 
 /* ---- process lifetime ---- */
 
 static void sink_close_handle(uv_handle_t *h)
 {
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
+    if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
 /* Close everything; uv_run returns once the handles are closed. */
 static void sink_stop(struct sink_server *srv)
 {
-    if (srv->stopped)
-        return;
+    if (srv->stopped) return;
     srv->stopped = 1;
     srv->stopping = 1;
     while (srv->conns)
@@ -433,8 +423,7 @@ static void sink_max_cb(uv_timer_t *t)
 static void sink_on_connection(uv_stream_t *l, int status)
 {
     struct sink_server *srv = l->data;
-    if (status < 0 || srv->stopping)
-        return;
+    if (status < 0 || srv->stopping) return;
     sink__conn_accept(srv);
 }
 
@@ -447,10 +436,10 @@ static int sink_write_stats(struct sink_server *srv)
              "{\"connections\":%" PRIu64 ",\"messages\":%" PRIu64 ",\"recipients\":%" PRIu64
              ",\"bytes\":%" PRIu64 ",\"max_concurrent\":%" PRIu64 ",\"seconds\":%.3f"
              ",\"rejected\":{\"max_conn\":%" PRIu64 ",\"max_msgs_per_conn\":%" PRIu64
-             ",\"max_rcpts_per_conn\":%" PRIu64 ",\"max_rate\":%" PRIu64
-             ",\"reject_rcpt\":%" PRIu64 ",\"random_4xx\":%" PRIu64 ",\"drop_mid_data\":%" PRIu64
-             ",\"size\":%" PRIu64 ",\"auth\":%" PRIu64 ",\"auth_required\":%" PRIu64
-             ",\"tls_required\":%" PRIu64 ",\"syntax\":%" PRIu64 "}"
+             ",\"max_rcpts_per_conn\":%" PRIu64 ",\"max_rate\":%" PRIu64 ",\"reject_rcpt\":%" PRIu64
+             ",\"random_4xx\":%" PRIu64 ",\"drop_mid_data\":%" PRIu64 ",\"size\":%" PRIu64
+             ",\"auth\":%" PRIu64 ",\"auth_required\":%" PRIu64 ",\"tls_required\":%" PRIu64
+             ",\"syntax\":%" PRIu64 "}"
              ",\"tls_handshakes\":%" PRIu64 ",\"tls_failures\":%" PRIu64 "}",
              st->connections, st->messages, st->recipients, st->bytes, st->max_concurrent, secs,
              st->rej_max_conn, st->rej_msgs_per_conn, st->rej_rcpts_per_conn, st->rej_rate,
@@ -459,12 +448,10 @@ static int sink_write_stats(struct sink_server *srv)
              st->tls_failures);
     printf("%s\n", line);
     fflush(stdout);
-    if (!srv->cfg.stats_path)
-        return 0;
+    if (!srv->cfg.stats_path) return 0;
     FILE *f = fopen(srv->cfg.stats_path, "w");
     if (!f || fprintf(f, "%s\n", line) < 0 || fclose(f) != 0) {
-        fprintf(stderr, "volley-sink: cannot write %s: %s\n", srv->cfg.stats_path,
-                strerror(errno));
+        fprintf(stderr, "volley-sink: cannot write %s: %s\n", srv->cfg.stats_path, strerror(errno));
         return -1;
     }
     return 0;
@@ -476,15 +463,13 @@ static int sink_listen(struct sink_server *srv)
     const struct sink_cfg *cfg = &srv->cfg;
     if (uv_ip4_addr(cfg->listen_host, cfg->listen_port, (struct sockaddr_in *)&ss) != 0 &&
         uv_ip6_addr(cfg->listen_host, cfg->listen_port, (struct sockaddr_in6 *)&ss) != 0) {
-        fprintf(stderr, "volley-sink: --listen wants an IP address, not '%s'\n",
-                cfg->listen_host);
+        fprintf(stderr, "volley-sink: --listen wants an IP address, not '%s'\n", cfg->listen_host);
         return SINK_EX_USAGE;
     }
     uv_tcp_init(srv->loop, &srv->listener);
     srv->listener.data = srv;
     int r = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0);
-    if (r == 0)
-        r = uv_listen((uv_stream_t *)&srv->listener, 4096, sink_on_connection);
+    if (r == 0) r = uv_listen((uv_stream_t *)&srv->listener, 4096, sink_on_connection);
     if (r != 0) {
         fprintf(stderr, "volley-sink: cannot listen on %s:%d: %s\n", cfg->listen_host,
                 cfg->listen_port, uv_strerror(r));
@@ -513,8 +498,7 @@ int main(int argc, char **argv)
     static struct sink_server server; /* large (scratch buffer): not on the stack */
     struct sink_server *srv = &server;
     int rc = sink_parse_args(&srv->cfg, argc, argv);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     srv->rng = srv->cfg.seed;
     srv->trace = getenv("VOLLEY_SINK_TRACE") != NULL;
     srv->start_ns = uv_hrtime();
@@ -545,14 +529,12 @@ int main(int argc, char **argv)
     }
     if (srv->cfg.max_rate) {
         srv->rate_ring = calloc(srv->cfg.max_rate, sizeof *srv->rate_ring);
-        if (!srv->rate_ring)
-            return SINK_EX_CONFIG;
+        if (!srv->rate_ring) return SINK_EX_CONFIG;
     }
 
     srv->loop = uv_default_loop();
     rc = sink_listen(srv);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     uv_signal_init(srv->loop, &srv->sigterm);
     uv_signal_init(srv->loop, &srv->sigint);
     srv->sigterm.data = srv->sigint.data = srv;
@@ -566,16 +548,13 @@ int main(int argc, char **argv)
 
     uv_run(srv->loop, UV_RUN_DEFAULT);
 
-    if (srv->log && fclose(srv->log) != 0)
-        rc = 1;
-    if (sink_write_stats(srv) != 0)
-        rc = 1;
+    if (srv->log && fclose(srv->log) != 0) rc = 1;
+    if (sink_write_stats(srv) != 0) rc = 1;
     uv_loop_close(srv->loop);
     tls_ctx_free(srv->tls);
     buf_free(&srv->line);
     free(srv->rate_ring);
-    if (srv->cfg.has_reject_rcpt)
-        regfree(&srv->cfg.reject_rcpt);
+    if (srv->cfg.has_reject_rcpt) regfree(&srv->cfg.reject_rcpt);
     if (srv->cfg.auth_pass) {
         memset(srv->cfg.auth_pass, 0, strlen(srv->cfg.auth_pass));
         free(srv->cfg.auth_pass);

@@ -88,8 +88,6 @@ struct sink_server {
 void sink__conn_accept(struct sink_server *srv);
 /* sink_smtp.c: close a connection now (idempotent). */
 void sink__conn_close(struct sink_conn *c);
-/* sink_smtp.c: the list link of c, for walking srv->conns. */
-struct sink_conn *sink__conn_next(const struct sink_conn *c);
 
 /* sink.c: a uniform random number in [0, 1) from the seeded generator. */
 double sink__rand(struct sink_server *srv);

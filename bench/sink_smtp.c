@@ -42,7 +42,8 @@ static const char *const sink_state_names[SINK_STATE_LAST] = {
     "STOP", "HANDSHAKE", "CMD", "AUTH_PLAIN", "AUTH_LOGIN_USER", "AUTH_LOGIN_PASS", "DATA", "BDAT",
 };
 
-#define SINK_NETEASE_INFO ".For more information, please visit https://feedback.qiye.163.com/bounce/"
+#define SINK_NETEASE_INFO                                                                          \
+    ".For more information, please visit https://feedback.qiye.163.com/bounce/"
 
 struct sink_conn {
     uv_tcp_t tcp; /* first: the handle's address is the connection's */
@@ -66,19 +67,19 @@ struct sink_conn {
     size_t in_len;
     buf_t out, wire, inflight;
 
-    uint64_t read_seq;        /* socket reads so far */
-    uint64_t txn_last_read;   /* read_seq of the transaction's last command */
-    unsigned txn_cmd_reads;   /* distinct reads carrying the transaction's commands */
-    unsigned msgs_on_conn;    /* MAIL commands accepted on this connection */
-    unsigned rcpts_on_conn;   /* RCPT commands accepted on this connection */
-    unsigned txn_rcpts;       /* recipients accepted in this transaction */
-    uint64_t txn_size;        /* content octets (dot-stuffing undone) */
-    uint64_t bdat_remaining;  /* octets of the current chunk still to come */
-    int bdat_reply;           /* 0, or the code to answer the chunk with */
-    uint64_t msg_seq;         /* for queue ids */
-    buf_t env;                /* with --log: from NUL rcpt NUL rcpt NUL ... */
-    buf_t mid;                /* with --log: the Message-ID header value */
-    char login_user[256];     /* AUTH LOGIN: the user name until the password comes */
+    uint64_t read_seq;       /* socket reads so far */
+    uint64_t txn_last_read;  /* read_seq of the transaction's last command */
+    unsigned txn_cmd_reads;  /* distinct reads carrying the transaction's commands */
+    unsigned msgs_on_conn;   /* MAIL commands accepted on this connection */
+    unsigned rcpts_on_conn;  /* RCPT commands accepted on this connection */
+    unsigned txn_rcpts;      /* recipients accepted in this transaction */
+    uint64_t txn_size;       /* content octets (dot-stuffing undone) */
+    uint64_t bdat_remaining; /* octets of the current chunk still to come */
+    int bdat_reply;          /* 0, or the code to answer the chunk with */
+    uint64_t msg_seq;        /* for queue ids */
+    buf_t env;               /* with --log: from NUL rcpt NUL rcpt NUL ... */
+    buf_t mid;               /* with --log: the Message-ID header value */
+    char login_user[256];    /* AUTH LOGIN: the user name until the password comes */
     size_t login_user_len;
 };
 
@@ -87,11 +88,6 @@ static void sink_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b);
 static void sink_flush(struct sink_conn *c);
 static void sink_write_wire(struct sink_conn *c);
 static void sink_greet(struct sink_conn *c);
-
-struct sink_conn *sink__conn_next(const struct sink_conn *c)
-{
-    return c->next;
-}
 
 static void sink_set_state(struct sink_conn *c, enum sink_state st)
 {
@@ -105,8 +101,7 @@ static void sink_set_state(struct sink_conn *c, enum sink_state st)
 
 static void sink_reply_raw(struct sink_conn *c, const char *s, size_t n)
 {
-    if (c->state == SINK_STOP && !c->close_after_flush)
-        return;
+    if (c->state == SINK_STOP && !c->close_after_flush) return;
     if (buf_append(&c->out, s, n) != 0) {
         /* A client that never reads its replies: give up on it. */
         sink__conn_close(c);
@@ -124,8 +119,7 @@ static void sink_replyf(struct sink_conn *c, const char *fmt, ...)
     va_start(ap, fmt);
     int rc = buf_vprintf(&c->out, fmt, ap);
     va_end(ap);
-    if (rc != 0)
-        sink__conn_close(c);
+    if (rc != 0) sink__conn_close(c);
 }
 
 /* Reply, then close once everything queued has been sent. */
@@ -139,8 +133,7 @@ static void sink_reply_and_close(struct sink_conn *c, const char *s, size_t n)
 static void sink_close_cb(uv_handle_t *h)
 {
     struct sink_conn *c = h->data;
-    if (--c->pending_closes > 0)
-        return;
+    if (--c->pending_closes > 0) return;
     tls_conn_free(c->tls);
     free(c->in);
     buf_free(&c->out);
@@ -154,20 +147,17 @@ static void sink_close_cb(uv_handle_t *h)
 
 void sink__conn_close(struct sink_conn *c)
 {
-    if (c->closing)
-        return;
+    if (c->closing) return;
     struct sink_server *srv = c->srv;
     c->closing = 1;
-    c->state = SINK_STOP;
+    sink_set_state(c, SINK_STOP);
     if (c->prev)
         c->prev->next = c->next;
     else
         srv->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    if (c->next) c->next->prev = c->prev;
     srv->conns_now--;
-    if (!c->rejected)
-        srv->conns_admitted--;
+    if (!c->rejected) srv->conns_admitted--;
     uv_read_stop((uv_stream_t *)&c->tcp);
     c->pending_closes = 1;
     if (srv->cfg.delay_ms) {
@@ -183,8 +173,7 @@ static void sink_write_cb(uv_write_t *req, int status)
     struct sink_conn *c = req->data;
     c->writing = 0;
     buf_reset(&c->inflight);
-    if (c->closing)
-        return;
+    if (c->closing) return;
     if (status < 0) {
         sink__conn_close(c);
         return;
@@ -200,27 +189,23 @@ static void sink_write_cb(uv_write_t *req, int status)
  * batch goes out at once), else hand it to uv_write. */
 static void sink_write_wire(struct sink_conn *c)
 {
-    if (c->writing || c->closing)
-        return;
+    if (c->writing || c->closing) return;
     if (c->wire.len == 0) {
-        if (c->close_after_flush && c->out.len == 0)
-            sink__conn_close(c);
+        if (c->close_after_flush && c->out.len == 0) sink__conn_close(c);
         return;
     }
     uv_buf_t b = uv_buf_init(c->wire.data, (unsigned)c->wire.len);
     int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
     if (n == (int)c->wire.len) {
         buf_reset(&c->wire);
-        if (c->close_after_flush && c->out.len == 0)
-            sink__conn_close(c);
+        if (c->close_after_flush && c->out.len == 0) sink__conn_close(c);
         return;
     }
     if (n < 0 && n != UV_EAGAIN) {
         sink__conn_close(c);
         return;
     }
-    if (n > 0)
-        buf_consume(&c->wire, (size_t)n);
+    if (n > 0) buf_consume(&c->wire, (size_t)n);
     buf_t t = c->inflight;
     c->inflight = c->wire;
     c->wire = t;
@@ -237,8 +222,7 @@ static void sink_write_wire(struct sink_conn *c)
 /* Move TLS records waiting in OpenSSL to wire. */
 static int sink_tls_drain(struct sink_conn *c)
 {
-    if (!c->tls)
-        return 0;
+    if (!c->tls) return 0;
     if (tls_conn_take_out(c->tls, &c->wire) < 0) {
         sink__conn_close(c);
         return -1;
@@ -249,8 +233,7 @@ static int sink_tls_drain(struct sink_conn *c)
 /* Move the replies in out to wire (encrypting them under TLS) and send. */
 static void sink_flush(struct sink_conn *c)
 {
-    if (c->closing)
-        return;
+    if (c->closing) return;
     struct sink_server *srv = c->srv;
     /* The log line of a message is on disk before its 250 leaves, so a client
      * that saw the reply can read the log. */
@@ -265,8 +248,7 @@ static void sink_flush(struct sink_conn *c)
                 return;
             }
             buf_reset(&c->out);
-            if (sink_tls_drain(c) != 0)
-                return;
+            if (sink_tls_drain(c) != 0) return;
         } else if (!c->tls) {
             if (c->wire.len == 0) {
                 buf_t t = c->wire; /* swap instead of copying */
@@ -294,8 +276,7 @@ static void sink_delay_cb(uv_timer_t *t)
 /* After a read was processed: send the replies now, or after --delay-ms. */
 static void sink_after_input(struct sink_conn *c)
 {
-    if (c->closing)
-        return;
+    if (c->closing) return;
     if (c->srv->cfg.delay_ms && c->out.len) {
         if (!c->delaying) {
             c->delaying = 1;
@@ -354,21 +335,18 @@ static void sink_scan_headers(struct sink_conn *c, const char *s, size_t n)
     for (size_t i = 0; i < n && !c->hdr_done; i++) {
         char ch = s[i];
         if (ch == '\n') {
-            if (c->hdr_line_len == 0)
-                c->hdr_done = 1; /* the empty line ends the header section */
+            if (c->hdr_line_len == 0) c->hdr_done = 1; /* the empty line ends the header section */
             c->hdr_bol = 1;
             c->hdr_line_len = 0;
             continue;
         }
-        if (ch == '\r')
-            continue;
+        if (ch == '\r') continue;
         if (c->hdr_bol) {
             c->hdr_bol = 0;
             if (ch == ' ' || ch == '\t') {
                 /* A folded continuation: stays captured if its header was. */
             } else {
-                if (c->hdr_capture)
-                    c->hdr_have_mid = 1;
+                if (c->hdr_capture) c->hdr_have_mid = 1;
                 c->hdr_capture = 0;
                 c->hdr_match = !c->hdr_have_mid;
             }
@@ -392,10 +370,8 @@ static void sink_scan_headers(struct sink_conn *c, const char *s, size_t n)
 static void sink_content(struct sink_conn *c, const char *s, size_t n)
 {
     c->txn_size += n;
-    if (c->txn_size > c->srv->cfg.size_limit)
-        c->oversize = 1;
-    if (c->srv->log && !c->hdr_done)
-        sink_scan_headers(c, s, n);
+    if (c->txn_size > c->srv->cfg.size_limit) c->oversize = 1;
+    if (c->srv->log && !c->hdr_done) sink_scan_headers(c, s, n);
 }
 
 static void sink_log_message(struct sink_conn *c)
@@ -415,7 +391,8 @@ static void sink_log_message(struct sink_conn *c)
         rc = rc ? rc : sink__json_str(b, p, l);
         p += l + 1;
     }
-    rc = rc ? rc : buf_printf(b, "],\"size\":%llu,\"message_id\":", (unsigned long long)c->txn_size);
+    rc =
+        rc ? rc : buf_printf(b, "],\"size\":%llu,\"message_id\":", (unsigned long long)c->txn_size);
     const char *id;
     size_t idlen;
     if (rc == 0 && c->mid.len && sink__msgid(c->mid.data, c->mid.len, &id, &idlen) == 0)
@@ -445,8 +422,7 @@ static void sink_end_of_message(struct sink_conn *c)
         srv->st.messages++;
         srv->st.recipients += c->txn_rcpts;
         srv->st.bytes += c->txn_size;
-        if (srv->log)
-            sink_log_message(c);
+        if (srv->log) sink_log_message(c);
         c->msg_seq++;
         sink_replyf(c, "250 2.0.0 Ok: queued as %llX%06llX\r\n", (unsigned long long)c->id,
                     (unsigned long long)c->msg_seq);
@@ -469,19 +445,16 @@ static size_t sink_on_data(struct sink_conn *c, const char *p, size_t n)
     }
     while (s < end) {
         if (c->data_bol && *s == '.') {
-            if (end - s < 2)
-                break;
+            if (end - s < 2) break;
             if (s[1] == '\n' || (s[1] == '\r' && end - s >= 3 && s[2] == '\n')) {
                 s += s[1] == '\n' ? 2 : 3;
                 sink_set_state(c, SINK_CMD);
                 sink_end_of_message(c);
                 return (size_t)(s - p);
             }
-            if (s[1] == '\r' && end - s < 3)
-                break;
+            if (s[1] == '\r' && end - s < 3) break;
             s++; /* a stuffed dot: not part of the content */
-            if (s == end)
-                break;
+            if (s == end) break;
         }
         const char *nl = memchr(s, '\n', (size_t)(end - s));
         const char *seg_end = nl ? nl + 1 : end;
@@ -501,8 +474,7 @@ static size_t sink_on_bdat(struct sink_conn *c, const char *p, size_t n)
         return n;
     }
     size_t k = n < c->bdat_remaining ? n : (size_t)c->bdat_remaining;
-    if (c->bdat_reply == 0)
-        sink_content(c, p, k);
+    if (c->bdat_reply == 0) sink_content(c, p, k);
     c->bdat_remaining -= k;
     if (c->bdat_remaining == 0) {
         sink_set_state(c, SINK_CMD);
@@ -515,10 +487,8 @@ static size_t sink_on_bdat(struct sink_conn *c, const char *p, size_t n)
         else if (c->oversize)
             SINK_REPLY(c, "552 5.3.4 Message size exceeds fixed maximum message size");
         else
-            sink_replyf(c, "250 2.0.0 %llu octets received\r\n",
-                        (unsigned long long)c->txn_size);
-        if (c->bdat_last && c->bdat_reply)
-            sink_txn_reset(c);
+            sink_replyf(c, "250 2.0.0 %llu octets received\r\n", (unsigned long long)c->txn_size);
+        if (c->bdat_last && c->bdat_reply) sink_txn_reset(c);
     }
     return k;
 }
@@ -551,21 +521,15 @@ static void sink_cmd_ehlo(struct sink_conn *c, const char *arg, size_t alen, int
     const char *ext[10];
     char size[40];
     int n = 0;
-    if (cfg->pipelining)
-        ext[n++] = "PIPELINING";
+    if (cfg->pipelining) ext[n++] = "PIPELINING";
     snprintf(size, sizeof size, "SIZE %llu", (unsigned long long)cfg->size_limit);
     ext[n++] = size;
-    if (cfg->eightbit)
-        ext[n++] = "8BITMIME";
-    if (cfg->smtputf8)
-        ext[n++] = "SMTPUTF8";
-    if (cfg->chunking)
-        ext[n++] = "CHUNKING";
-    if (c->srv->tls && !c->tls)
-        ext[n++] = "STARTTLS";
+    if (cfg->eightbit) ext[n++] = "8BITMIME";
+    if (cfg->smtputf8) ext[n++] = "SMTPUTF8";
+    if (cfg->chunking) ext[n++] = "CHUNKING";
+    if (c->srv->tls && !c->tls) ext[n++] = "STARTTLS";
     /* AUTH only where the password cannot be sniffed, if TLS is possible. */
-    if (cfg->auth_user && (c->tls || !c->srv->tls))
-        ext[n++] = "AUTH PLAIN LOGIN";
+    if (cfg->auth_user && (c->tls || !c->srv->tls)) ext[n++] = "AUTH PLAIN LOGIN";
     ext[n++] = "ENHANCEDSTATUSCODES";
     sink_replyf(c, "250-%s\r\n", cfg->hostname);
     for (int i = 0; i < n; i++)
@@ -581,8 +545,7 @@ static int sink_mail_params(struct sink_conn *c, const char *s, size_t n, uint64
     while (i < n) {
         while (i < n && s[i] == ' ')
             i++;
-        if (i == n)
-            break;
+        if (i == n) break;
         size_t b = i;
         while (i < n && s[i] != ' ')
             i++;
@@ -651,8 +614,7 @@ static void sink_cmd_mail(struct sink_conn *c, const char *line, size_t len)
         return;
     }
     uint64_t size = 0;
-    if (sink_mail_params(c, line + 10 + end, len - 10 - end, &size) != 0)
-        return;
+    if (sink_mail_params(c, line + 10 + end, len - 10 - end, &size) != 0) return;
     if (size > cfg->size_limit) {
         srv->st.rej_size++;
         SINK_REPLY(c, "552 5.3.4 Message size exceeds fixed maximum message size");
@@ -706,8 +668,7 @@ static void sink_cmd_rcpt(struct sink_conn *c, const char *line, size_t len)
     for (size_t i = 8 + end; i < len;) {
         while (i < len && line[i] == ' ')
             i++;
-        if (i == len)
-            break;
+        if (i == len) break;
         if (!sink__prefix(line + i, len - i, "NOTIFY=") &&
             !sink__prefix(line + i, len - i, "ORCPT=")) {
             SINK_REPLY(c, "555 5.5.4 Unsupported option");
@@ -753,15 +714,13 @@ static void sink_cmd_rcpt(struct sink_conn *c, const char *line, size_t len)
 static void sink_start_content(struct sink_conn *c)
 {
     struct sink_server *srv = c->srv;
-    if (!c->bdat_seen && srv->cfg.drop_mid_data > 0 &&
-        sink__rand(srv) < srv->cfg.drop_mid_data)
+    if (!c->bdat_seen && srv->cfg.drop_mid_data > 0 && sink__rand(srv) < srv->cfg.drop_mid_data)
         c->drop_data = 1;
 }
 
 static void sink_cmd_data(struct sink_conn *c, size_t len)
 {
-    if (c->in_txn)
-        sink_txn_cmd(c);
+    if (c->in_txn) sink_txn_cmd(c);
     if (len != 4) {
         SINK_REPLY(c, "501 5.5.4 Syntax: DATA");
     } else if (!c->in_txn) {
@@ -807,15 +766,13 @@ static void sink_cmd_bdat(struct sink_conn *c, const char *line, size_t len)
         c->bdat_reply = 554;
     if (c->in_txn) {
         sink_txn_cmd(c);
-        if (!c->bdat_seen)
-            sink_start_content(c);
+        if (!c->bdat_seen) sink_start_content(c);
         c->bdat_seen = 1;
     }
     c->bdat_last = last ? 1 : 0;
     c->bdat_remaining = size;
     sink_set_state(c, SINK_BDAT);
-    if (size == 0)
-        sink_on_bdat(c, "", 0);
+    if (size == 0) sink_on_bdat(c, "", 0);
 }
 
 /* Check a user name and password against the configured ones, in time
@@ -915,8 +872,8 @@ static void sink_cmd_auth(struct sink_conn *c, const char *line, size_t len)
             SINK_REPLY(c, "334 VXNlcm5hbWU6");
             return;
         }
-        ssize_t ul = sink__b64_decode(ir, irl, (unsigned char *)c->login_user,
-                                      sizeof c->login_user);
+        ssize_t ul =
+            sink__b64_decode(ir, irl, (unsigned char *)c->login_user, sizeof c->login_user);
         if (ul < 0) {
             SINK_REPLY(c, "501 5.5.2 Cannot decode response");
             return;
@@ -940,8 +897,8 @@ static void sink_on_auth_line(struct sink_conn *c, const char *line, size_t len)
     if (c->state == SINK_AUTH_PLAIN) {
         sink_auth_plain(c, line, len);
     } else if (c->state == SINK_AUTH_LOGIN_USER) {
-        ssize_t ul = sink__b64_decode(line, len, (unsigned char *)c->login_user,
-                                      sizeof c->login_user);
+        ssize_t ul =
+            sink__b64_decode(line, len, (unsigned char *)c->login_user, sizeof c->login_user);
         if (ul < 0) {
             sink_set_state(c, SINK_CMD);
             SINK_REPLY(c, "501 5.5.2 Cannot decode response");
@@ -984,8 +941,7 @@ static void sink_cmd_starttls(struct sink_conn *c, size_t len)
     SINK_REPLY(c, "220 2.0.0 Ready to start TLS");
     /* The 220 goes out in clear; everything after it is TLS. */
     sink_flush(c);
-    if (c->closing)
-        return;
+    if (c->closing) return;
     c->tls = tls_conn_new(srv->tls, NULL);
     if (!c->tls) {
         sink__conn_close(c);
@@ -1129,8 +1085,7 @@ static void sink_process(struct sink_conn *c)
             } else {
                 used = (size_t)(nl - p) + 1;
                 size_t len = used - 1;
-                if (len && p[len - 1] == '\r')
-                    len--;
+                if (len && p[len - 1] == '\r') len--;
                 if (c->discard_line || len > SINK_MAX_LINE) {
                     c->discard_line = 0;
                     c->srv->st.syntax_errors++;
@@ -1140,14 +1095,11 @@ static void sink_process(struct sink_conn *c)
                 }
             }
         }
-        if (used == 0)
-            break;
+        if (used == 0) break;
         off += used;
     }
-    if (c->closing)
-        return;
-    if (off < c->in_len)
-        memmove(c->in, c->in + off, c->in_len - off);
+    if (c->closing) return;
+    if (off < c->in_len) memmove(c->in, c->in + off, c->in_len - off);
     c->in_len -= off;
 }
 
@@ -1158,8 +1110,7 @@ static void sink_process(struct sink_conn *c)
 static int sink_tls_handshake(struct sink_conn *c)
 {
     int r = tls_conn_handshake(c->tls);
-    if (sink_tls_drain(c) != 0)
-        return -1;
+    if (sink_tls_drain(c) != 0) return -1;
     if (r < 0) {
         c->srv->st.tls_failures++;
         if (c->srv->trace)
@@ -1174,8 +1125,7 @@ static int sink_tls_handshake(struct sink_conn *c)
     if (r == 1) {
         c->srv->st.tls_handshakes++;
         sink_set_state(c, SINK_CMD);
-        if (c->greet_pending)
-            sink_greet(c);
+        if (c->greet_pending) sink_greet(c);
     }
     return 0;
 }
@@ -1188,12 +1138,10 @@ static void sink_on_tls_input(struct sink_conn *c, const char *data, size_t n)
         sink__conn_close(c);
         return;
     }
-    if (c->state == SINK_HANDSHAKE && sink_tls_handshake(c) != 0)
-        return;
+    if (c->state == SINK_HANDSHAKE && sink_tls_handshake(c) != 0) return;
     while (!c->closing && c->state != SINK_HANDSHAKE && c->state != SINK_STOP) {
         ssize_t r = tls_conn_read(c->tls, c->in + c->in_len, SINK_IN_CAP - c->in_len);
-        if (r == 0)
-            break;
+        if (r == 0) break;
         if (r < 0) {
             /* close_notify or an error: nothing more will come. */
             sink_flush(c);
@@ -1204,8 +1152,7 @@ static void sink_on_tls_input(struct sink_conn *c, const char *data, size_t n)
         c->in_len += (size_t)r;
         sink_process(c);
     }
-    if (!c->closing)
-        sink_tls_drain(c);
+    if (!c->closing) sink_tls_drain(c);
 }
 
 /* ---- libuv callbacks ---- */
@@ -1226,8 +1173,7 @@ static void sink_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 static void sink_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
     struct sink_conn *c = s->data;
-    if (nread == 0 || c->closing)
-        return;
+    if (nread == 0 || c->closing) return;
     if (nread < 0) {
         /* The client went away (or reset): nothing to answer any more. */
         sink__conn_close(c);
@@ -1280,8 +1226,7 @@ void sink__conn_accept(struct sink_server *srv)
         c->delay.data = c;
     }
     c->next = srv->conns;
-    if (srv->conns)
-        srv->conns->prev = c;
+    if (srv->conns) srv->conns->prev = c;
     srv->conns = c;
     srv->conns_now++;
     srv->conns_admitted++;
@@ -1290,8 +1235,7 @@ void sink__conn_accept(struct sink_server *srv)
         return;
     }
     srv->st.connections++;
-    if (srv->conns_now > srv->st.max_concurrent)
-        srv->st.max_concurrent = srv->conns_now;
+    if (srv->conns_now > srv->st.max_concurrent) srv->st.max_concurrent = srv->conns_now;
     if (srv->stopping) {
         sink__conn_close(c);
         return;

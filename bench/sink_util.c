@@ -6,16 +6,11 @@
 
 static int sink_b64_val(unsigned char ch)
 {
-    if (ch >= 'A' && ch <= 'Z')
-        return ch - 'A';
-    if (ch >= 'a' && ch <= 'z')
-        return ch - 'a' + 26;
-    if (ch >= '0' && ch <= '9')
-        return ch - '0' + 52;
-    if (ch == '+')
-        return 62;
-    if (ch == '/')
-        return 63;
+    if (ch >= 'A' && ch <= 'Z') return ch - 'A';
+    if (ch >= 'a' && ch <= 'z') return ch - 'a' + 26;
+    if (ch >= '0' && ch <= '9') return ch - '0' + 52;
+    if (ch == '+') return 62;
+    if (ch == '/') return 63;
     return -1;
 }
 
@@ -27,28 +22,24 @@ ssize_t sink__b64_decode(const char *in, size_t n, unsigned char *out, size_t ca
         n--;
         pad++;
     }
-    if (n % 4 == 1 || (pad && (n + pad) % 4 != 0))
-        return -1;
+    if (n % 4 == 1 || (pad && (n + pad) % 4 != 0)) return -1;
     size_t o = 0;
     uint32_t acc = 0;
     int bits = 0;
     for (size_t i = 0; i < n; i++) {
         int v = sink_b64_val((unsigned char)in[i]);
-        if (v < 0)
-            return -1;
+        if (v < 0) return -1;
         acc = (acc << 6) | (uint32_t)v;
         bits += 6;
         if (bits >= 8) {
             bits -= 8;
-            if (o >= cap)
-                return -1;
+            if (o >= cap) return -1;
             out[o++] = (unsigned char)(acc >> bits);
             acc &= (1u << bits) - 1;
         }
     }
     /* Leftover bits must be zero (canonical encoding). */
-    if (acc != 0)
-        return -1;
+    if (acc != 0) return -1;
     return (ssize_t)o;
 }
 
@@ -57,8 +48,7 @@ int sink__parse_path(const char *s, size_t n, const char **addr, size_t *alen, s
     size_t i = 0;
     while (i < n && s[i] == ' ')
         i++;
-    if (i == n)
-        return -1;
+    if (i == n) return -1;
     if (s[i] != '<') {
         /* Bare address: lenient, as many servers are. */
         size_t b = i;
@@ -74,8 +64,7 @@ int sink__parse_path(const char *s, size_t n, const char **addr, size_t *alen, s
     /* A source route (@a,@b:) is to be ignored (RFC 5321 section 4.1.2). */
     if (i < n && s[i] == '@') {
         const char *colon = memchr(s + i, ':', n - i);
-        if (!colon)
-            return -1;
+        if (!colon) return -1;
         i = (size_t)(colon - s) + 1;
         b = i;
     }
@@ -91,8 +80,7 @@ int sink__parse_path(const char *s, size_t n, const char **addr, size_t *alen, s
         else if (ch == '>' && !quoted)
             break;
     }
-    if (i >= n)
-        return -1;
+    if (i >= n) return -1;
     *addr = s + b;
     *alen = i - b;
     *end = i + 1;
@@ -115,8 +103,7 @@ int sink__msgid(const char *s, size_t n, const char **id, size_t *idlen)
         b++;
     while (e > b && isspace((unsigned char)s[e - 1]))
         e--;
-    if (b == e)
-        return -1;
+    if (b == e) return -1;
     *id = s + b;
     *idlen = e - b;
     return 0;
@@ -128,8 +115,7 @@ static size_t sink_utf8_len(const unsigned char *p, size_t n)
     unsigned char c = p[0];
     size_t len;
     uint32_t cp;
-    if (c < 0x80)
-        return 1;
+    if (c < 0x80) return 1;
     if (c >= 0xc2 && c <= 0xdf) {
         len = 2;
         cp = c & 0x1f;
@@ -142,11 +128,9 @@ static size_t sink_utf8_len(const unsigned char *p, size_t n)
     } else {
         return 0;
     }
-    if (len > n)
-        return 0;
+    if (len > n) return 0;
     for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
+        if ((p[i] & 0xc0) != 0x80) return 0;
         cp = (cp << 6) | (p[i] & 0x3f);
     }
     /* Overlong forms, surrogates and values past U+10FFFF. */
@@ -190,19 +174,16 @@ int sink__json_str(buf_t *b, const char *s, size_t n)
             }
         }
     }
-    if (rc == 0)
-        rc = buf_putc(b, '"');
+    if (rc == 0) rc = buf_putc(b, '"');
     return rc;
 }
 
 int sink__parse_u64(const char *s, size_t n, uint64_t *out)
 {
-    if (n == 0 || n > 19)
-        return -1;
+    if (n == 0 || n > 19) return -1;
     uint64_t v = 0;
     for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return -1;
+        if (s[i] < '0' || s[i] > '9') return -1;
         v = v * 10 + (uint64_t)(s[i] - '0');
     }
     *out = v;
@@ -213,8 +194,7 @@ int sink__prefix(const char *s, size_t n, const char *prefix)
 {
     size_t i = 0;
     for (; prefix[i]; i++) {
-        if (i >= n || tolower((unsigned char)s[i]) != tolower((unsigned char)prefix[i]))
-            return 0;
+        if (i >= n || tolower((unsigned char)s[i]) != tolower((unsigned char)prefix[i])) return 0;
     }
     return 1;
 }

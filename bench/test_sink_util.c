@@ -19,8 +19,8 @@ static char *edge_copy(const char *s, size_t n)
     static char *region;
     long pg = sysconf(_SC_PAGESIZE);
     if (!region) {
-        region = mmap(NULL, (size_t)pg * 2, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                      -1, 0);
+        region =
+            mmap(NULL, (size_t)pg * 2, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         assert_true(region != MAP_FAILED);
         assert_int_equal(mprotect(region + pg, (size_t)pg, PROT_NONE), 0);
     }

@@ -22,13 +22,11 @@ static int tt_setup(void **state)
 {
     (void)state;
     snprintf(tt_dir, sizeof tt_dir, "/tmp/volley-tls-XXXXXX");
-    if (!mkdtemp(tt_dir))
-        return -1;
+    if (!mkdtemp(tt_dir)) return -1;
     const char *src = getenv("SRCDIR");
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "sh '%s/tests/support/gen-certs.sh' '%s'", src ? src : ".", tt_dir);
-    if (system(cmd) != 0)
-        return -1;
+    if (system(cmd) != 0) return -1;
     snprintf(tt_ca, sizeof tt_ca, "%s/ca.pem", tt_dir);
     snprintf(tt_other_ca, sizeof tt_other_ca, "%s/other-ca.pem", tt_dir);
     snprintf(tt_cert, sizeof tt_cert, "%s/server.pem", tt_dir);
@@ -51,8 +49,7 @@ static size_t tt_move(tls_conn_t *from, tls_conn_t *to)
     buf_init(&b, 1 << 20);
     ssize_t n = tls_conn_take_out(from, &b);
     assert_true(n >= 0);
-    if (n > 0)
-        assert_int_equal(tls_conn_feed(to, b.data, b.len), 0);
+    if (n > 0) assert_int_equal(tls_conn_feed(to, b.data, b.len), 0);
     buf_free(&b);
     return (size_t)n;
 }
@@ -63,25 +60,19 @@ static int tt_handshake(tls_conn_t *cli, tls_conn_t *srv, int *srv_rc)
 {
     int crc = 0, src = 0;
     for (int round = 0; round < 20; round++) {
-        if (crc == 0)
-            crc = tls_conn_handshake(cli);
+        if (crc == 0) crc = tls_conn_handshake(cli);
         tt_move(cli, srv);
-        if (src == 0)
-            src = tls_conn_handshake(srv);
+        if (src == 0) src = tls_conn_handshake(srv);
         tt_move(srv, cli);
-        if (crc != 0 && src != 0)
-            break;
+        if (crc != 0 && src != 0) break;
         if (crc < 0 || src < 0) {
             /* Let the other end see the alert once more, then stop. */
-            if (crc == 0)
-                crc = tls_conn_handshake(cli);
-            if (src == 0)
-                src = tls_conn_handshake(srv);
+            if (crc == 0) crc = tls_conn_handshake(cli);
+            if (src == 0) src = tls_conn_handshake(srv);
             break;
         }
     }
-    if (srv_rc)
-        *srv_rc = src;
+    if (srv_rc) *srv_rc = src;
     return crc;
 }
 
@@ -262,14 +253,10 @@ static void test_garbage_input(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_handshake_verified),
-        cmocka_unit_test(test_handshake_ip_literal),
-        cmocka_unit_test(test_wrong_host),
-        cmocka_unit_test(test_unknown_ca),
-        cmocka_unit_test(test_insecure),
-        cmocka_unit_test(test_bad_files),
-        cmocka_unit_test(test_app_data_and_close),
-        cmocka_unit_test(test_eof_without_close_notify),
+        cmocka_unit_test(test_handshake_verified), cmocka_unit_test(test_handshake_ip_literal),
+        cmocka_unit_test(test_wrong_host),         cmocka_unit_test(test_unknown_ca),
+        cmocka_unit_test(test_insecure),           cmocka_unit_test(test_bad_files),
+        cmocka_unit_test(test_app_data_and_close), cmocka_unit_test(test_eof_without_close_notify),
         cmocka_unit_test(test_garbage_input),
     };
     return cmocka_run_group_tests_name("tls", tests, tt_setup, tt_teardown);

@@ -64,8 +64,7 @@ static void tls_errq_describe(char *dst, size_t len, const char *what, const cha
 static tls_ctx_t *tls_ctx_alloc(const SSL_METHOD *method, int client)
 {
     tls_ctx_t *ctx = calloc(1, sizeof *ctx);
-    if (!ctx)
-        return NULL;
+    if (!ctx) return NULL;
     ctx->ssl_ctx = SSL_CTX_new(method);
     if (!ctx->ssl_ctx) {
         free(ctx);
@@ -112,8 +111,8 @@ int tls_ctx_client_new(tls_ctx_t **out, const char *ca_file, int insecure, char 
     return 0;
 }
 
-int tls_ctx_server_new(tls_ctx_t **out, const char *cert_file, const char *key_file,
-                       char *errbuf, size_t errlen)
+int tls_ctx_server_new(tls_ctx_t **out, const char *cert_file, const char *key_file, char *errbuf,
+                       size_t errlen)
 {
     *out = NULL;
     ERR_clear_error();
@@ -146,8 +145,7 @@ fail:
 
 void tls_ctx_free(tls_ctx_t *ctx)
 {
-    if (!ctx)
-        return;
+    if (!ctx) return;
     SSL_CTX_free(ctx->ssl_ctx);
     free(ctx);
 }
@@ -168,15 +166,12 @@ static int tls_conn_set_host(tls_conn_t *c, const char *host)
     unsigned char addr[sizeof(struct in6_addr)];
     int is_ip = inet_pton(AF_INET, h, addr) == 1 || inet_pton(AF_INET6, h, addr) == 1;
     if (is_ip) {
-        if (c->ctx->insecure)
-            return 0;
+        if (c->ctx->insecure) return 0;
         X509_VERIFY_PARAM *param = SSL_get0_param(c->ssl);
         return X509_VERIFY_PARAM_set1_ip_asc(param, h) == 1 ? 0 : -1;
     }
-    if (SSL_set_tlsext_host_name(c->ssl, h) != 1)
-        return -1;
-    if (c->ctx->insecure)
-        return 0;
+    if (SSL_set_tlsext_host_name(c->ssl, h) != 1) return -1;
+    if (c->ctx->insecure) return 0;
     /* Wildcards only as the whole left-most label, as RFC 6125 recommends. */
     SSL_set_hostflags(c->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
     return SSL_set1_host(c->ssl, h) == 1 ? 0 : -1;
@@ -186,8 +181,7 @@ tls_conn_t *tls_conn_new(tls_ctx_t *ctx, const char *host)
 {
     ERR_clear_error();
     tls_conn_t *c = calloc(1, sizeof *c);
-    if (!c)
-        return NULL;
+    if (!c) return NULL;
     c->ctx = ctx;
     c->ssl = SSL_new(ctx->ssl_ctx);
     c->rbio = BIO_new(BIO_s_mem());
@@ -220,8 +214,7 @@ tls_conn_t *tls_conn_new(tls_ctx_t *ctx, const char *host)
 
 void tls_conn_free(tls_conn_t *c)
 {
-    if (!c)
-        return;
+    if (!c) return;
     SSL_free(c->ssl); /* frees both BIOs */
     free(c);
     ERR_clear_error();
@@ -263,8 +256,7 @@ int tls_conn_handshake(tls_conn_t *c)
 {
     ERR_clear_error();
     int r = SSL_do_handshake(c->ssl);
-    if (r == 1)
-        return 1;
+    if (r == 1) return 1;
     int e = SSL_get_error(c->ssl, r);
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
         ERR_clear_error();
@@ -290,13 +282,11 @@ int tls_conn_handshake(tls_conn_t *c)
 
 ssize_t tls_conn_read(tls_conn_t *c, void *buf, size_t len)
 {
-    if (len == 0)
-        return 0;
+    if (len == 0) return 0;
     ERR_clear_error();
     int want = len > INT_MAX ? INT_MAX : (int)len;
     int n = SSL_read(c->ssl, buf, want);
-    if (n > 0)
-        return n;
+    if (n > 0) return n;
     int e = SSL_get_error(c->ssl, n);
     switch (e) {
     case SSL_ERROR_WANT_READ:
@@ -357,8 +347,7 @@ void tls_conn_shutdown(tls_conn_t *c)
 ssize_t tls_conn_take_out(tls_conn_t *c, buf_t *dst)
 {
     size_t pending = BIO_ctrl_pending(c->wbio);
-    if (pending == 0)
-        return 0;
+    if (pending == 0) return 0;
     int rc = buf_reserve(dst, pending);
     if (rc) {
         snprintf(c->err, sizeof c->err, "TLS output does not fit its buffer");
@@ -367,10 +356,9 @@ ssize_t tls_conn_take_out(tls_conn_t *c, buf_t *dst)
     size_t total = 0;
     while (total < pending) {
         size_t chunk = pending - total;
-        int n = BIO_read(c->wbio, dst->data + dst->len + total,
-                         chunk > INT_MAX ? INT_MAX : (int)chunk);
-        if (n <= 0)
-            break;
+        int n =
+            BIO_read(c->wbio, dst->data + dst->len + total, chunk > INT_MAX ? INT_MAX : (int)chunk);
+        if (n <= 0) break;
         total += (size_t)n;
     }
     dst->len += total;
