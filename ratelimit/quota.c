@@ -256,10 +256,18 @@ rl_tz_t *rl_tz_load(const char *name, char *err, size_t errlen)
         rl__seterr(err, errlen, "unknown time zone \"%s\" (no %s)", name, path);
         goto fail;
     }
-    unsigned char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf, f);
+    /* TZif files are a few kB; 256 kB bounds a corrupt or hostile one. */
+    size_t cap = 256 * 1024;
+    unsigned char *buf = malloc(cap);
+    if (!buf) {
+        fclose(f);
+        rl__seterr(err, errlen, "out of memory");
+        goto fail;
+    }
+    size_t n = fread(buf, 1, cap, f);
     fclose(f);
     int rc = tz_parse(tz, buf, n);
+    free(buf);
     if (rc) {
         rl__seterr(err, errlen, "time zone \"%s\": %s is not a TZif version 2+ file", name, path);
         goto fail;
