@@ -15,7 +15,14 @@ dir=${1:?usage: gen-certs.sh DIR}
 mkdir -p "$dir"
 cd "$dir"
 
-ossl() { openssl "$@" 2>/dev/null; }
+# Quiet on success; on failure show what openssl said.
+ossl() {
+    if ! openssl "$@" 2>openssl.err; then
+        cat openssl.err >&2
+        exit 1
+    fi
+    rm -f openssl.err
+}
 
 mkca() { # name, common name
     ossl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
