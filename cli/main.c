@@ -13,6 +13,9 @@ struct command {
 
 /* Subcommands in the order `volley help` lists them. */
 static const struct command commands[] = {
+    {"send", cmd_send, "send a campaign (this build: --dry-run only)"},
+    {"check", cmd_check, "validate a campaign: CSV, template, keys; list every error"},
+    {"render", cmd_render, "print the exact message for one CSV row"},
     {"bench", cmd_bench, "benchmark an SMTP server with synthetic messages"},
 };
 

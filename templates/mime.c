@@ -242,6 +242,50 @@ bool mime_is_clean_7bit(const void *src, size_t n)
     return mime_text_cte(src, n, &clean) == MIME_CTE_7BIT && clean;
 }
 
+/* Base64 for text: line ends go in canonical form (CRLF, RFC 2045 6.8), as
+ * QP and 7bit write them, so a bare LF from a CSV field decodes the same
+ * whichever encoding the row needed. */
+static int text_b64_encode(buf_t *out, const void *src, size_t n)
+{
+    const unsigned char *s = src;
+    bool bare = false;
+    for (size_t i = 0; i < n && !bare; i++) {
+        if (s[i] == '\n' && (i == 0 || s[i - 1] != '\r'))
+            bare = true;
+        else if (s[i] == '\r' && (i + 1 == n || s[i + 1] != '\n'))
+            bare = true;
+    }
+    if (!bare)
+        return mime_b64_encode(out, src, n);
+    /* Normalise through a chunk of whole 57-byte lines, so the lines of the
+     * output are the same as for one call over the normalised text. */
+    unsigned char chunk[57 * 64];
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c == '\r' || c == '\n') {
+            if (c == '\r' && i + 1 < n && s[i + 1] == '\n')
+                i++;
+            chunk[k++] = '\r';
+            if (k == sizeof chunk) {
+                int rc = mime_b64_encode(out, chunk, k);
+                if (rc)
+                    return rc;
+                k = 0;
+            }
+            c = '\n';
+        }
+        chunk[k++] = c;
+        if (k == sizeof chunk) {
+            int rc = mime_b64_encode(out, chunk, k);
+            if (rc)
+                return rc;
+            k = 0;
+        }
+    }
+    return k ? mime_b64_encode(out, chunk, k) : 0;
+}
+
 int mime_body_encode(buf_t *out, enum mime_cte cte, const void *src, size_t n)
 {
     switch (cte) {
@@ -250,7 +294,7 @@ int mime_body_encode(buf_t *out, enum mime_cte cte, const void *src, size_t n)
     case MIME_CTE_QP:
         return mime_qp_encode(out, src, n);
     case MIME_CTE_BASE64:
-        return mime_b64_encode(out, src, n);
+        return text_b64_encode(out, src, n);
     }
     return VL_EINVAL;
 }

@@ -68,7 +68,9 @@ bool mime_is_clean_7bit(const void *src, size_t n);
  * such text without copying it. */
 enum mime_cte mime_text_cte(const void *src, size_t n, bool *clean);
 
-/* Append src[0..n) encoded with cte (text rules for QP and 7bit). */
+/* Append text src[0..n) encoded with cte. Line ends (LF, CR or CRLF) come
+ * out as CRLF in every encoding: 7bit and QP write them as CRLF, base64
+ * encodes the text in that canonical form (RFC 2045 6.8). */
 int mime_body_encode(buf_t *out, enum mime_cte cte, const void *src, size_t n);
 
 /* ---- header fields ---- */
