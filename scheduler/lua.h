@@ -1,0 +1,18 @@
+/* lua.h: the scheduler's Redis scripts, compiled in from scheduler/lua/.
+ * Each script's header comment documents its KEYS, ARGV and reply; every key
+ * it touches is in KEYS and all share the campaign's hash tag.
+ *
+ * sched_lua_ingest  add a batch of rows (idempotent)
+ * sched_lua_claim   lease due rows of one provider to a worker
+ * sched_lua_record  record an attempt and the row's state change atomically
+ * sched_lua_reap    return rows whose lease expired to their due sets
+ */
+#ifndef VL_SCHED_LUA_H
+#define VL_SCHED_LUA_H
+
+extern const char sched_lua_ingest[];
+extern const char sched_lua_claim[];
+extern const char sched_lua_record[];
+extern const char sched_lua_reap[];
+
+#endif

@@ -1,0 +1,38 @@
+-- ingest.lua: add a batch of CSV rows to a campaign, idempotently.
+-- A row already present (by row number) is left alone, so rerunning an
+-- interrupted ingest adds nothing twice.
+-- KEYS[1] meta  KEYS[2] row  KEYS[3] res  KEYS[4] count  KEYS[5] providers
+-- KEYS[6..] the due sets of the providers named in ARGV[2..1+#KEYS-5]
+-- ARGV[1] number of rows; after the provider names, 7 values per row:
+--   row, provider index (1-based among the due keys, 0 for none), due_ms,
+--   fields (JSON array), email, status ("pending" | "rejected"), response
+-- Returns the number of rows added.
+local ndue = #KEYS - 5
+local n = tonumber(ARGV[1])
+local at = 2 + ndue
+local added = 0
+for i = 1, ndue do
+    redis.call('SADD', KEYS[5], ARGV[1 + i])
+end
+for _ = 1, n do
+    local row, pidx, due = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2]
+    local fields, email, status, response = ARGV[at + 3], ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
+    at = at + 7
+    local provider = pidx > 0 and ARGV[1 + pidx] or ''
+    local res = cjson.encode({email = email, provider = provider, status = status,
+                              attempts = 0, code = 0, enhanced = '', response = response,
+                              first = 0, last = 0, host = ''})
+    if redis.call('HSETNX', KEYS[3], row, res) == 1 then
+        added = added + 1
+        redis.call('HSET', KEYS[2], row, fields)
+        redis.call('HINCRBY', KEYS[4], 'total', 1)
+        if status == 'pending' then
+            redis.call('ZADD', KEYS[5 + pidx], due, row)
+        else
+            redis.call('HINCRBY', KEYS[4], status, 1)
+            redis.call('HINCRBY', KEYS[4], 'final', 1)
+        end
+    end
+end
+redis.call('HSET', KEYS[1], 'total', redis.call('HGET', KEYS[4], 'total') or 0)
+return added
