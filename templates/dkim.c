@@ -16,6 +16,13 @@
 #include "common/err.h"
 #include "templates/mime.h"
 
+#define ONES8 0x0101010101010101ULL
+
+static inline uint64_t has_zero8(uint64_t v)
+{
+    return (v - ONES8) & ~v & 0x8080808080808080ULL;
+}
+
 struct dkim_key {
     EVP_PKEY *pkey;
     dkim_alg_t alg;
@@ -23,12 +30,18 @@ struct dkim_key {
     char *selector;
 };
 
+struct bcanon;
+static struct bcanon *bc_new(void);
+
 struct dkim_signer {
     size_t nkeys;
     dkim_key_t **keys;
     EVP_PKEY_CTX **rsa; /* per key: initialised for RSA PKCS#1 v1.5 over SHA-256, or NULL */
     EVP_MD_CTX **ed;    /* per key: initialised for Ed25519 one-shot signing, or NULL */
     EVP_MD_CTX *md;     /* SHA-256, reused for body and header hashes */
+    EVP_MD *sha256;     /* fetched once: an implicit fetch per init takes a lock */
+    struct bcanon *bc;  /* body canonicaliser state, reused */
+    char **heads;       /* per key: "DKIM-Signature: v=1; a=...; t=" */
     buf_t canon;        /* scratch: canonical header fields */
 };
 
@@ -182,11 +195,21 @@ int dkim_signer_new(dkim_signer_t **out, dkim_key_t *const *keys, size_t nkeys)
     s->rsa = calloc(nkeys, sizeof *s->rsa);
     s->ed = calloc(nkeys, sizeof *s->ed);
     s->md = EVP_MD_CTX_new();
+    s->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    s->bc = bc_new();
+    s->heads = calloc(nkeys, sizeof *s->heads);
     buf_init(&s->canon, 1 << 20);
-    if (!s->keys || !s->rsa || !s->ed || !s->md)
+    if (!s->keys || !s->rsa || !s->ed || !s->md || !s->sha256 || !s->bc || !s->heads)
         goto fail;
     for (size_t i = 0; i < nkeys; i++) {
         s->keys[i] = keys[i];
+        /* The tags before t= are the same for every message. */
+        size_t hl = strlen(keys[i]->domain) + strlen(keys[i]->selector) + 128;
+        if (!(s->heads[i] = malloc(hl)))
+            goto fail;
+        snprintf(s->heads[i], hl,
+                 "DKIM-Signature: v=1; a=%s; c=relaxed/relaxed; d=%s;\r\n s=%s; t=",
+                 dkim_alg_name(keys[i]->alg), keys[i]->domain, keys[i]->selector);
         if (keys[i]->alg == DKIM_RSA_SHA256) {
             /* Initialised once: every message then costs one EVP_PKEY_sign. */
             EVP_PKEY_CTX *c = EVP_PKEY_CTX_new(keys[i]->pkey, NULL);
@@ -224,9 +247,14 @@ void dkim_signer_free(dkim_signer_t *s)
         if (s->ed)
             EVP_MD_CTX_free(s->ed[i]);
     }
+    for (size_t i = 0; s->heads && i < s->nkeys; i++)
+        free(s->heads[i]);
+    free(s->heads);
     free(s->rsa);
     free(s->ed);
     free(s->keys);
+    free(s->bc);
+    EVP_MD_free(s->sha256);
     EVP_MD_CTX_free(s->md);
     buf_free(&s->canon);
     free(s);
@@ -247,6 +275,11 @@ struct bcanon {
     size_t sl;
     unsigned char stage[8192]; /* output gathered so the sink sees few large writes */
 };
+
+static struct bcanon *bc_new(void)
+{
+    return malloc(sizeof(struct bcanon));
+}
 
 static void bc_flush(struct bcanon *b)
 {
@@ -319,6 +352,16 @@ static void bc_feed(struct bcanon *b, const unsigned char *p, size_t n)
             i++;
         } else {
             size_t j = i + 1;
+            /* Eight bytes at a time while none is SP, TAB or CR (base64 and
+             * most text lines are long runs of such bytes). */
+            while (j + 8 <= n) {
+                uint64_t x;
+                memcpy(&x, p + j, 8);
+                if (has_zero8(x ^ (ONES8 * ' ')) | has_zero8(x ^ (ONES8 * '\t')) |
+                    has_zero8(x ^ (ONES8 * '\r')))
+                    break;
+                j += 8;
+            }
             while (j < n && !bc_special[p[j]])
                 j++;
             bc_release(b);
@@ -365,16 +408,14 @@ int dkim_canon_body(buf_t *out, const void *src, size_t n)
     return rc;
 }
 
-static int body_hash_md(EVP_MD_CTX *md, const struct iovec *iov, size_t n, uint8_t *bh)
+static int body_hash_md(EVP_MD_CTX *md, const EVP_MD *sha, struct bcanon *b,
+                        const struct iovec *iov, size_t n, uint8_t *bh)
 {
-    struct bcanon *b = malloc(sizeof *b);
-    if (!b)
-        return VL_ENOMEM;
     memset(b, 0, offsetof(struct bcanon, stage));
     b->sink = sink_md;
     b->ud = md;
     int rc = 0;
-    if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+    if (EVP_DigestInit_ex(md, sha, NULL) != 1) {
         rc = VL_EIO;
     } else {
         for (size_t i = 0; i < n; i++)
@@ -385,21 +426,22 @@ static int body_hash_md(EVP_MD_CTX *md, const struct iovec *iov, size_t n, uint8
         if (!rc && EVP_DigestFinal_ex(md, bh, &len) != 1)
             rc = VL_EIO;
     }
-    free(b);
     return rc;
 }
 
 int dkim_body_hash(dkim_signer_t *s, const struct iovec *iov, size_t n, uint8_t bh[DKIM_HASH_LEN])
 {
-    return body_hash_md(s->md, iov, n, bh);
+    return body_hash_md(s->md, s->sha256, s->bc, iov, n, bh);
 }
 
 int dkim_body_hash_once(const struct iovec *iov, size_t n, uint8_t bh[DKIM_HASH_LEN])
 {
     EVP_MD_CTX *md = EVP_MD_CTX_new();
-    if (!md)
-        return VL_ENOMEM;
-    int rc = body_hash_md(md, iov, n, bh);
+    struct bcanon *b = malloc(sizeof *b);
+    int rc = VL_ENOMEM;
+    if (md && b)
+        rc = body_hash_md(md, EVP_sha256(), b, iov, n, bh);
+    free(b);
     EVP_MD_CTX_free(md);
     return rc;
 }
@@ -424,7 +466,23 @@ int dkim_canon_header(buf_t *out, const char *f, size_t len)
     *d++ = ':';
     /* The value unfolded, whitespace runs as one SP, none at either end. */
     bool ws = false, started = false;
-    for (const char *p = colon + 1; p < f + len; p++) {
+    const char *end = f + len;
+    for (const char *p = colon + 1; p < end; p++) {
+        /* Runs without whitespace or line ends are copied eight bytes at a time. */
+        if (started && !ws) {
+            while (p + 8 <= end) {
+                uint64_t x;
+                memcpy(&x, p, 8);
+                if (has_zero8(x ^ (ONES8 * ' ')) | has_zero8(x ^ (ONES8 * '\t')) |
+                    has_zero8(x ^ (ONES8 * '\r')) | has_zero8(x ^ (ONES8 * '\n')))
+                    break;
+                memcpy(d, p, 8);
+                d += 8;
+                p += 8;
+            }
+            if (p >= end)
+                break;
+        }
         char c = *p;
         if (c == '\r' || c == '\n')
             continue;
@@ -496,11 +554,23 @@ static bool field_is(const struct field *f, const char *name)
 }
 
 /* Append the signature tags up to and including the empty "b=". */
-static int sig_prefix(buf_t *out, const dkim_key_t *k, const char *hlist, const uint8_t *bh,
+static int sig_prefix(buf_t *out, const char *head, const char *hlist, const uint8_t *bh,
                       time_t now)
 {
-    int rc = buf_printf(out, "DKIM-Signature: v=1; a=%s; c=relaxed/relaxed; d=%s;\r\n s=%s; t=%lld;\r\n h=",
-                        dkim_alg_name(k->alg), k->domain, k->selector, (long long)now);
+    char t[24], tmp[24];
+    size_t tn = 0, n = 0;
+    unsigned long long v = now > 0 ? (unsigned long long)now : 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        t[tn++] = tmp[--n];
+    int rc = buf_puts(out, head);
+    if (!rc)
+        rc = buf_append(out, t, tn);
+    if (!rc)
+        rc = buf_append(out, ";\r\n h=", 7);
     if (rc)
         return rc;
     /* h= folded after a colon when the line gets long. */
@@ -569,14 +639,18 @@ int dkim_sign(dkim_signer_t *s, buf_t *out, const char *hdr, size_t hlen,
             if (rc)
                 return rc;
         }
-        hl += (size_t)snprintf(hlist + hl, sizeof hlist - hl, "%s%s", hl ? ":" : "", name);
+        size_t nl = strlen(name);
+        if (hl)
+            hlist[hl++] = ':';
+        memcpy(hlist + hl, name, nl + 1);
+        hl += nl;
     }
     size_t fields_len = cb->len;
 
     for (size_t k = 0; k < s->nkeys; k++) {
         const dkim_key_t *key = s->keys[k];
         size_t start = out->len;
-        rc = sig_prefix(out, key, hlist, bh, now);
+        rc = sig_prefix(out, s->heads[k], hlist, bh, now);
         if (rc)
             return rc;
         /* Hash the signed fields, then this field with an empty b= and no
@@ -588,7 +662,7 @@ int dkim_sign(dkim_signer_t *s, buf_t *out, const char *hdr, size_t hlen,
         cb->len -= 2;
         uint8_t digest[EVP_MAX_MD_SIZE];
         unsigned int dl = 0;
-        if (EVP_DigestInit_ex(s->md, EVP_sha256(), NULL) != 1 ||
+        if (EVP_DigestInit_ex(s->md, s->sha256, NULL) != 1 ||
             EVP_DigestUpdate(s->md, cb->data, cb->len) != 1 ||
             EVP_DigestFinal_ex(s->md, digest, &dl) != 1)
             return VL_EIO;

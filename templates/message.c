@@ -762,6 +762,41 @@ const char *msg_out_message_id(const msg_out_t *o)
 
 /* ---- rendering ---- */
 
+/* Decimal and hex without printf: these run for every message. */
+static size_t fmt_dec(char *dst, unsigned long long v)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        dst[i] = tmp[n - 1 - i];
+    dst[n] = '\0';
+    return n;
+}
+
+static size_t fmt_hex16(char *dst, uint64_t v)
+{
+    for (int i = 15; i >= 0; i--) {
+        dst[i] = "0123456789abcdef"[v & 15];
+        v >>= 4;
+    }
+    dst[16] = '\0';
+    return 16;
+}
+
+/* Append several strings; NULL ends the list. */
+static int put(buf_t *b, const char *s1, const char *s2, const char *s3, const char *s4)
+{
+    const char *v[4] = {s1, s2, s3, s4};
+    int rc = 0;
+    for (int i = 0; i < 4 && v[i] && !rc; i++)
+        rc = buf_append(b, v[i], strlen(v[i]));
+    return rc;
+}
+
 __attribute__((format(printf, 4, 5))) static int row_error(msg_out_t *o, const char *field,
                                                            int column, const char *fmt, ...)
 {
@@ -926,8 +961,9 @@ static int render_from(msg_out_t *o, const tpl_ctx_t *ctx, char *domain, size_t 
     const msg_factory_t *f = o->f;
     if (f->from.stat) {
         int rc = buf_append(&o->hdr, f->from_line.data, f->from_line.len);
-        memcpy(o->sender, f->from_sender, sizeof o->sender);
-        snprintf(domain, domlen, "%s", f->from_domain);
+        memcpy(o->sender, f->from_sender, strlen(f->from_sender) + 1);
+        memcpy(domain, f->from_domain, strlen(f->from_domain) + 1);
+        (void)domlen; /* both are 256 bytes, like from_domain */
         o->smtputf8 = o->smtputf8 || f->from_utf8;
         return rc;
     }
@@ -1016,14 +1052,17 @@ int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, t
         domlen = info.ascii_domain_len;
         utf8 = info.needs_smtputf8;
     }
-    int n = snprintf(o->recipient, sizeof o->recipient, "%.*s@%.*s", (int)(at - email), email,
-                     (int)domlen, dom);
-    if (n < 0 || (size_t)n >= sizeof o->recipient)
+    size_t local = (size_t)(at - email);
+    if (local + 1 + domlen >= sizeof o->recipient)
         return row_error(o, "email", 0, "the address is too long");
+    memcpy(o->recipient, email, local);
+    o->recipient[local] = '@';
+    memcpy(o->recipient + local + 1, dom, domlen);
+    o->recipient[local + 1 + domlen] = '\0';
     o->smtputf8 = utf8;
 
     /* Built-ins. */
-    o->rowlen = (size_t)snprintf(o->rowstr, sizeof o->rowstr, "%lu", row->row);
+    o->rowlen = fmt_dec(o->rowstr, row->row);
     if (now != o->date_t) {
         o->datelen = mime_date(o->date, now);
         o->date_t = now;
@@ -1036,15 +1075,28 @@ int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, t
     (void)tpl_ctx_push_lookup(&ctx, row_lookup, o);
 
     buf_t *h = &o->hdr;
-    int rc = buf_printf(h, "Date: %s\r\n", o->date);
+    int rc = put(h, "Date: ", o->date, "\r\n", NULL);
     if (rc)
         return rc;
     char from_domain[256];
     if ((rc = render_from(o, &ctx, from_domain, sizeof from_domain)))
         return rc;
-    o->midlen = (size_t)snprintf(o->mid, sizeof o->mid, "%016llx.%lu.%s@%s",
-                                 (unsigned long long)next_rand(o), row->row, f->mid_campaign,
-                                 from_domain);
+    {
+        /* random.row.campaign@from-domain: unique per message, and a rerun of
+         * the same row gets a new one. */
+        char *m = o->mid;
+        m += fmt_hex16(m, next_rand(o));
+        *m++ = '.';
+        m += fmt_dec(m, row->row);
+        *m++ = '.';
+        size_t cl = strlen(f->mid_campaign), dl = strlen(from_domain);
+        memcpy(m, f->mid_campaign, cl);
+        m += cl;
+        *m++ = '@';
+        memcpy(m, from_domain, dl + 1);
+        m += dl;
+        o->midlen = (size_t)(m - o->mid);
+    }
 
     /* Bodies first: the top-level Content-Type of a single dynamic body
      * depends on the encoding its text needs. */
@@ -1089,20 +1141,22 @@ int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, t
         if (rc)
             return rc;
     }
-    rc = buf_printf(h, "Message-ID: <%s>\r\nMIME-Version: 1.0\r\n", o->mid);
+    rc = put(h, "Message-ID: <", o->mid, ">\r\nMIME-Version: 1.0\r\n", NULL);
     if (!rc) {
         if (f->top_hdr)
             rc = buf_puts(h, f->top_hdr);
         else
-            rc = buf_printf(h,
-                            "Content-Type: text/%s; charset=UTF-8\r\n"
-                            "Content-Transfer-Encoding: %s\r\n",
-                            f->top_leaf == SEG_HTML ? "html" : "plain", mime_cte_name(top_cte));
+            rc = put(h, "Content-Type: text/", f->top_leaf == SEG_HTML ? "html" : "plain",
+                     "; charset=UTF-8\r\nContent-Transfer-Encoding: ", mime_cte_name(top_cte));
+        if (!rc && !f->top_hdr)
+            rc = buf_append(h, "\r\n", 2);
     }
     if (!rc && (f->unsub_url.t || f->unsub_mailto.t))
         rc = write_unsubscribe(o, &ctx);
     if (!rc)
-        rc = buf_printf(h, "X-Volley-Row: %s/%lu\r\n", f->campaign, row->row);
+        rc = put(h, "X-Volley-Row: ", f->campaign, "/", o->rowstr);
+    if (!rc)
+        rc = buf_append(h, "\r\n", 2);
     for (size_t i = 0; !rc && i < f->nhdrs; i++) {
         const char *v;
         size_t vn;
