@@ -1,0 +1,908 @@
+#include "scheduler/worker.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "engine/engine.h"
+#include "ratelimit/aimd.h"
+#include "ratelimit/gcra.h"
+#include "ratelimit/lua.h"
+#include "ratelimit/quota.h"
+#include "ratelimit/rules.h"
+#include "scheduler/keys.h"
+#include "scheduler/lua.h"
+
+#define TICK_MS 10
+#define PROGRESS_MS 500
+#define REAP_MS 5000
+#define WINDOW_PER_CONN 2 /* messages in flight per connection: one answered, one queued */
+#define KEYLEN 300
+
+typedef struct prov prov_t;
+typedef struct job job_t;
+
+struct prov {
+    sched_worker_t *w;
+    const rl_provider_t *cfg;
+    eng_pool_t *pool;
+    const rl_rules_t *chain[3];
+    size_t nchain;
+    rl_aimd_t aimd;
+    rl_route_t route;
+    unsigned inflight;   /* claimed and not yet recorded */
+    int busy;            /* a rate/claim round trip is under way */
+    uint64_t next_try_ms;
+    uint64_t suspended_until_ms;
+    int stopped;         /* a configuration problem: a person must act */
+    char reason[512];
+    char key_due[KEYLEN];
+};
+
+struct job {
+    job_t *next;
+    sched_worker_t *w;
+    prov_t *p;
+    eng_msg_t msg;
+    eng_rcpt_status_t st[1];
+    const char *rcpts[1];
+    msg_out_t *out;
+    char row[24];
+    unsigned attempts;
+};
+
+struct sched_worker {
+    uv_loop_t *loop;
+    sched_redis_t *r;
+    sched_worker_opts_t o;
+    char *id;
+    prov_t *provs;
+    size_t nprovs;
+    uv_timer_t tick;
+    int tick_open;
+    uint64_t last_progress, last_reap;
+    job_t *free_jobs;
+    unsigned inflight;
+    int stopping, finished, progress_busy;
+    int closing_pools;
+    int rc;
+    char why[1024];
+    char k_meta[KEYLEN], k_row[KEYLEN], k_res[KEYLEN], k_count[KEYLEN], k_lease[KEYLEN],
+        k_leasep[KEYLEN];
+    /* recent delivery rate */
+    uint64_t rate_t0;
+    long long rate_n0, delivered;
+    double rate;
+};
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t rnd(void *arg)
+{
+    (void)arg;
+    return ((uint64_t)rand() << 32) ^ (uint64_t)rand();
+}
+
+static void maybe_finish(sched_worker_t *w);
+
+/* ---- recording ---------------------------------------------------------- */
+
+static void on_recorded(sched_redis_t *r, redisReply *reply, void *priv, int err,
+                        const char *errstr)
+{
+    (void)r;
+    sched_worker_t *w = priv;
+    if (err || (reply && reply->type == REDIS_REPLY_ERROR))
+        VL_WARN("campaign %s: recording a result failed: %s", w->id,
+                err ? errstr : reply->str);
+}
+
+/* Record a row's outcome: a final status or "deferred" with a retry time. If
+ * Redis is unreachable the row's lease expires and it is tried again: never
+ * lost, at worst sent twice. */
+static void record(sched_worker_t *w, prov_t *p, const char *row, const char *status, int code,
+                   const char *enhanced, const char *response, const char *host, int attempted,
+                   uint64_t retry_at)
+{
+    char code_s[16], now_s[24], retry_s[24];
+    snprintf(code_s, sizeof code_s, "%d", code);
+    snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now_ms());
+    snprintf(retry_s, sizeof retry_s, "%llu", (unsigned long long)retry_at);
+    const char *argv[] = {w->k_lease, w->k_leasep, w->k_res, w->k_count, p->key_due, w->k_meta,
+                          row,        status,      code_s,   enhanced ? enhanced : "",
+                          response ? response : "", now_s, host ? host : "",
+                          attempted ? "1" : "0", retry_s};
+    if (sched_redis_eval(w->r, on_recorded, w, sched_lua_record, 6, 9, argv, NULL))
+        VL_WARN("campaign %s: row %s: Redis unavailable, its lease will bring it back", w->id,
+                row);
+    if (!strcmp(status, "delivered"))
+        w->delivered++;
+}
+
+static void job_free(sched_worker_t *w, job_t *j)
+{
+    j->p->inflight--;
+    w->inflight--;
+    j->next = w->free_jobs;
+    w->free_jobs = j;
+    maybe_finish(w);
+}
+
+/* ---- deciding ----------------------------------------------------------- */
+
+static void suspend_provider(prov_t *p, uint64_t until, const char *why)
+{
+    if (until > p->suspended_until_ms)
+        p->suspended_until_ms = until;
+    snprintf(p->reason, sizeof p->reason, "%s", why);
+    char key[KEYLEN], now_s[24], until_s[24];
+    snprintf(key, sizeof key, SCHED_KEY_P_SUSPEND, p->cfg->name);
+    snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now_ms());
+    snprintf(until_s, sizeof until_s, "%llu", (unsigned long long)until);
+    const char *argv[] = {key, "set", now_s, until_s, why};
+    sched_redis_eval(p->w->r, NULL, NULL, rl_lua_suspend, 1, 4, argv, NULL);
+}
+
+static void apply_learned(prov_t *p, uint64_t now)
+{
+    unsigned conns = rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now);
+    eng_pool_set_max_connections(p->pool, conns);
+    eng_pool_set_caps(p->pool, rl_aimd_get(&p->aimd, RL_LIMIT_MESSAGES_PER_CONNECTION, now),
+                      rl_aimd_get(&p->aimd, RL_LIMIT_RECIPIENTS_PER_CONNECTION, now));
+}
+
+/* Turn an action into the provider's state (AIMD, suspensions). */
+static void act_on_provider(prov_t *p, const rl_action_t *a, const rl_reply_t *rr)
+{
+    uint64_t now = now_ms();
+    char why[400];
+    snprintf(why, sizeof why, "%d %s %s (rule %s)", rr->code, rr->enhanced, rr->text,
+             a->rule_id ? a->rule_id : "?");
+    switch (a->cls) {
+    case RL_LOWER_CONCURRENCY:
+        rl_aimd_decrease(&p->aimd, RL_LIMIT_CONNECTIONS, now,
+                         eng_pool_connections(p->pool) ? eng_pool_connections(p->pool) : 1);
+        apply_learned(p, now);
+        break;
+    case RL_LOWER_PER_CONNECTION: {
+        rl_limit_t lim = rl_limit_from_cap(a->cap);
+        rl_aimd_decrease(&p->aimd, lim, now, rl_aimd_get(&p->aimd, lim, now));
+        apply_learned(p, now);
+        break;
+    }
+    case RL_PAUSE:
+        suspend_provider(p, (uint64_t)a->pause_until_ms, why);
+        break;
+    case RL_STOP:
+        p->stopped = 1;
+        snprintf(p->reason, sizeof p->reason, "%s", why);
+        {
+            char field[1024];
+            snprintf(field, sizeof field, "%s: %s", p->cfg->name, why);
+            sched_redis_cmd(p->w->r, NULL, NULL, "HSET %s stop_reason %s", p->w->k_meta, field);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+static void on_msg_done(eng_msg_t *m, const eng_result_t *res)
+{
+    job_t *j = m->ud;
+    sched_worker_t *w = j->w;
+    prov_t *p = j->p;
+    uint64_t now = now_ms();
+    unsigned attempts = j->attempts + 1;
+    if (res->status == ENG_DELIVERED) {
+        rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now); /* quiet time raises ceilings */
+        record(w, p, j->row, "delivered", res->reply.code, res->reply.enhanced, res->reply.text,
+               res->remote, 1, 0);
+        job_free(w, j);
+        return;
+    }
+    if (res->status == ENG_CANCELLED) {
+        /* Never tried (the worker is stopping): back to due at once. */
+        record(w, p, j->row, "deferred", 0, "", "not tried: the worker stopped", "", 0, now);
+        job_free(w, j);
+        return;
+    }
+    const eng_reply_t *er = res->status == ENG_REJECTED ? &res->reply
+                            : (res->reply.code ? &res->reply : NULL);
+    if (!er && (res->err == VL_ENOTSUP || res->err == VL_ETOOBIG)) {
+        /* The server cannot take this message at all (SMTPUTF8, SIZE). */
+        record(w, p, j->row, "failed", 0, "", res->errstr, res->remote, 1, 0);
+        job_free(w, j);
+        return;
+    }
+    if (!er) {
+        /* No reply: a network or TLS failure, or an unknown outcome. Retry
+         * with backoff; the route's own backoff slows the reconnects. */
+        char resp[300];
+        snprintf(resp, sizeof resp, "%s at %s: %s", eng_status_name(res->status),
+                 eng_stage_name(res->stage), res->errstr ? res->errstr : "");
+        if (attempts >= w->o.max_attempts) {
+            record(w, p, j->row, "failed", 0, "", resp, res->remote, 1, 0);
+        } else {
+            uint64_t delay = rl_backoff(attempts, 1000, 600000, rnd(NULL));
+            record(w, p, j->row, "deferred", 0, "", resp, res->remote, 1, now + delay);
+        }
+        job_free(w, j);
+        return;
+    }
+    rl_reply_t rr = {.code = er->code, .enhanced = er->enhanced, .text = er->text};
+    rl_decide_ctx_t ctx = {.now_ms = now,
+                           .attempt = attempts,
+                           .tz = p->cfg->tz,
+                           .rand = rnd,
+                           .backoff_base_ms = w->o.retry_base_ms};
+    rl_action_t a;
+    if (rl_decide(p->chain, p->nchain, &rr, &ctx, &a) != 0) {
+        a.cls = er->code >= 500 ? RL_FAIL : RL_RETRY;
+        a.delay_ms = 60000;
+        a.final = er->code >= 500;
+        a.suppress = 0;
+    }
+    act_on_provider(p, &a, &rr);
+    const char *status = NULL;
+    switch (a.cls) {
+    case RL_BOUNCE:
+        status = "bounced";
+        break;
+    case RL_FAIL:
+        status = "failed";
+        break;
+    default:
+        status = a.final ? "failed" : NULL;
+        break;
+    }
+    if (!status && attempts >= w->o.max_attempts)
+        status = "failed";
+    if (status) {
+        record(w, p, j->row, status, er->code, er->enhanced, er->text, res->remote, 1, 0);
+        if (a.suppress) {
+            sched_redis_cmd(w->r, NULL, NULL, "SADD %s %s", SCHED_KEY_SUPPRESS, j->rcpts[0]);
+        }
+    } else {
+        uint64_t at = now + a.delay_ms;
+        if (a.cls == RL_PAUSE && a.pause_until_ms > (int64_t)at)
+            at = (uint64_t)a.pause_until_ms;
+        record(w, p, j->row, "deferred", er->code, er->enhanced, er->text, res->remote, 1, at);
+    }
+    job_free(w, j);
+}
+
+/* ---- rendering and submitting ------------------------------------------- */
+
+static job_t *job_get(sched_worker_t *w)
+{
+    job_t *j = w->free_jobs;
+    if (j) {
+        w->free_jobs = j->next;
+        return j;
+    }
+    j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->w = w;
+    if (msg_out_new(&j->out, w->o.factory)) {
+        free(j);
+        return NULL;
+    }
+    return j;
+}
+
+/* Rebuild the CSV row view from the stored fields and submit it. */
+static void submit_row(sched_worker_t *w, prov_t *p, const char *row, const char *fields_json,
+                       const char *res_json)
+{
+    job_t *j = job_get(w);
+    p->inflight++;
+    w->inflight++;
+    if (!j) {
+        /* Out of memory: leave the row leased; its lease brings it back. */
+        p->inflight--;
+        w->inflight--;
+        return;
+    }
+    j->p = p;
+    snprintf(j->row, sizeof j->row, "%s", row);
+    json_t *res = json_loads(res_json, 0, NULL);
+    j->attempts = res ? (unsigned)json_integer_value(json_object_get(res, "attempts")) : 0;
+    json_decref(res);
+    json_t *fields = json_loads(fields_json, 0, NULL);
+    size_t nf = json_is_array(fields) ? json_array_size(fields) : 0;
+    tpl_csv_field_t fv[256];
+    if (nf > 256)
+        nf = 256;
+    for (size_t i = 0; i < nf; i++) {
+        json_t *f = json_array_get(fields, i);
+        fv[i].ptr = json_string_value(f) ? json_string_value(f) : "";
+        fv[i].len = json_string_length(f);
+    }
+    tpl_csv_row_t cr = {0};
+    cr.row = strtoul(row, NULL, 10);
+    cr.nfields = nf;
+    cr.fields = fv;
+    tpl_email_info_t info;
+    const char *why = NULL;
+    if ((size_t)w->o.email_col < nf) {
+        cr.email = fv[w->o.email_col];
+        if (tpl_email_check(cr.email.ptr, cr.email.len, &info) == 0) {
+            cr.needs_smtputf8 = info.needs_smtputf8;
+            cr.idn_domain = info.idn_domain;
+            cr.ascii_domain = info.ascii_domain;
+            cr.ascii_domain_len = strlen(info.ascii_domain);
+        } else {
+            why = info.error ? info.error : "not a valid address";
+        }
+    } else {
+        why = "the row has no email field";
+    }
+    int rc = why ? -1 : msg_render(w->o.factory, j->out, &cr, time(NULL), 0);
+    json_decref(fields);
+    if (rc) {
+        const msg_error_t *e = why ? NULL : msg_out_error(j->out);
+        record(w, p, j->row, "rejected", 0, "", why ? why : (e ? e->message : "render failed"), "",
+               0, 0);
+        job_free(w, j);
+        return;
+    }
+    memset(&j->msg, 0, sizeof j->msg);
+    j->rcpts[0] = msg_out_recipient(j->out);
+    j->msg.mail_from = msg_out_sender(j->out);
+    j->msg.rcpts = j->rcpts;
+    j->msg.nrcpts = 1;
+    j->msg.iov = msg_out_iov(j->out, &j->msg.iovcnt);
+    j->msg.flags = ENG_MSG_CRLF | (msg_out_needs_smtputf8(j->out) ? ENG_MSG_SMTPUTF8 : 0);
+    j->msg.rcpt_status = j->st;
+    j->msg.on_done = on_msg_done;
+    j->msg.ud = j;
+    if (eng_pool_submit(p->pool, &j->msg)) {
+        record(w, p, j->row, "deferred", 0, "", "not tried: the connection pool is closing", "", 0,
+               now_ms());
+        job_free(w, j);
+    }
+}
+
+typedef struct claim_ctx {
+    prov_t *p;
+    redisReply *rows; /* the claim's reply, kept until suppression is known */
+} claim_ctx_t;
+
+static void on_suppress_checked(sched_redis_t *r, redisReply *reply, void *priv, int err,
+                                const char *errstr)
+{
+    claim_ctx_t *cc = priv;
+    prov_t *p = cc->p;
+    sched_worker_t *w = p->w;
+    redisReply *rows = cc->rows;
+    size_t n = rows->elements / 3;
+    for (size_t i = 0; i < n; i++) {
+        const char *row = rows->element[3 * i]->str;
+        int suppressed = !err && reply && reply->type == REDIS_REPLY_ARRAY &&
+                         i < reply->elements && reply->element[i]->integer == 1;
+        if (suppressed) {
+            p->inflight++;
+            w->inflight++;
+            record(w, p, row, "suppressed", 0, "", "the address is on the suppression list", "",
+                   0, 0);
+            p->inflight--;
+            w->inflight--;
+            continue;
+        }
+        submit_row(w, p, row, rows->element[3 * i + 1]->str, rows->element[3 * i + 2]->str);
+    }
+    freeReplyObject(rows);
+    free(cc);
+    p->busy = 0;
+}
+
+/* Lowercased email of a stored result, for the suppression check. */
+static char *res_email(const char *res_json)
+{
+    json_t *res = json_loads(res_json, 0, NULL);
+    const char *e = res ? json_string_value(json_object_get(res, "email")) : NULL;
+    char *out = strdup(e ? e : "");
+    json_decref(res);
+    for (char *q = out; q && *q; q++)
+        if (*q >= 'A' && *q <= 'Z')
+            *q = (char)(*q - 'A' + 'a');
+    return out;
+}
+
+static void on_claimed(sched_redis_t *r, redisReply *reply, void *priv, int err,
+                       const char *errstr)
+{
+    prov_t *p = priv;
+    sched_worker_t *w = p->w;
+    if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements == 0) {
+        if (err || (reply && reply->type == REDIS_REPLY_ERROR))
+            VL_WARN("campaign %s: claim for %s failed: %s", w->id, p->cfg->name,
+                    err ? errstr : reply->str);
+        p->busy = 0;
+        p->next_try_ms = now_ms() + 200; /* nothing due: look again shortly */
+        return;
+    }
+    /* Keep the reply: the row strings are used after the suppression check.
+     * hiredis frees replies after the callback, so take a deep copy. */
+    size_t n = reply->elements / 3;
+    redisReply *copy = calloc(1, sizeof *copy);
+    copy->type = REDIS_REPLY_ARRAY;
+    copy->elements = reply->elements;
+    copy->element = calloc(reply->elements, sizeof *copy->element);
+    for (size_t i = 0; i < reply->elements; i++) {
+        redisReply *e = calloc(1, sizeof *e);
+        e->type = REDIS_REPLY_STRING;
+        e->str = strndup(reply->element[i]->str ? reply->element[i]->str : "",
+                         reply->element[i]->len);
+        e->len = strlen(e->str);
+        copy->element[i] = e;
+    }
+    const char **argv = calloc(n + 1, sizeof *argv);
+    char **emails = calloc(n, sizeof *emails);
+    argv[0] = SCHED_KEY_SUPPRESS;
+    for (size_t i = 0; i < n; i++)
+        argv[i + 1] = emails[i] = res_email(copy->element[3 * i + 2]->str);
+    claim_ctx_t *cc = calloc(1, sizeof *cc);
+    cc->p = p;
+    cc->rows = copy;
+    /* SMISMEMBER needs Redis 6.2; Debian 12 has 7.0. */
+    int rc = sched_redis_eval(w->r, on_suppress_checked, cc,
+                              "local out = {} for i = 1, #ARGV do out[i] = "
+                              "redis.call('SISMEMBER', KEYS[1], ARGV[i]) end return out",
+                              1, (int)n, argv, NULL);
+    for (size_t i = 0; i < n; i++)
+        free(emails[i]);
+    free(emails);
+    free(argv);
+    if (rc)
+        on_suppress_checked(w->r, NULL, cc, rc, "Redis unavailable");
+}
+
+static void claim(prov_t *p, unsigned n)
+{
+    sched_worker_t *w = p->w;
+    char now_s[24], n_s[16], lease_s[16];
+    snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now_ms());
+    snprintf(n_s, sizeof n_s, "%u", n);
+    snprintf(lease_s, sizeof lease_s, "%u", w->o.lease_ms);
+    const char *argv[] = {p->key_due, w->k_lease, w->k_leasep, w->k_row, w->k_res, w->k_meta,
+                          now_s,      n_s,        lease_s,     p->cfg->name};
+    if (sched_redis_eval(w->r, on_claimed, p, sched_lua_claim, 6, 4, argv, NULL)) {
+        p->busy = 0;
+        p->next_try_ms = now_ms() + 500;
+    }
+}
+
+typedef struct take_ctx {
+    prov_t *p;
+    unsigned n;
+} take_ctx_t;
+
+static void on_quota(sched_redis_t *r, redisReply *reply, void *priv, int err, const char *errstr)
+{
+    take_ctx_t *tc = priv;
+    prov_t *p = tc->p;
+    unsigned n = tc->n;
+    free(tc);
+    if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3) {
+        p->busy = 0;
+        p->next_try_ms = now_ms() + 500;
+        return;
+    }
+    if (reply->element[0]->integer != 1) {
+        /* A quota window is full: wait for its end, shared by all workers. */
+        char why[128];
+        snprintf(why, sizeof why, "quota %lld of provider %s is used up",
+                 reply->element[1]->integer, p->cfg->name);
+        suspend_provider(p, (uint64_t)reply->element[2]->integer, why);
+        p->busy = 0;
+        return;
+    }
+    claim(p, n);
+}
+
+static void take_quota(prov_t *p, unsigned n)
+{
+    if (!p->cfg->nquotas) {
+        claim(p, n);
+        return;
+    }
+    uint64_t now = now_ms();
+    char keys[RL_MAX_QUOTAS][KEYLEN], lim[RL_MAX_QUOTAS][24], end[RL_MAX_QUOTAS][24];
+    char now_s[24], n_s[16];
+    const char *argv[3 * RL_MAX_QUOTAS + 2];
+    size_t k = p->cfg->nquotas;
+    for (size_t i = 0; i < k; i++) {
+        rl_window_t win;
+        rl_quota_window(&p->cfg->quotas[i], p->cfg->tz, (int64_t)now, &win);
+        snprintf(keys[i], KEYLEN, SCHED_KEY_P_QUOTA, p->cfg->name, (int)i, win.id);
+        snprintf(lim[i], 24, "%lld", (long long)p->cfg->quotas[i].limit);
+        snprintf(end[i], 24, "%lld", (long long)win.end_ms);
+        argv[i] = keys[i];
+    }
+    snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now);
+    snprintf(n_s, sizeof n_s, "%u", n);
+    argv[k] = now_s;
+    argv[k + 1] = n_s;
+    for (size_t i = 0; i < k; i++) {
+        argv[k + 2 + 2 * i] = lim[i];
+        argv[k + 3 + 2 * i] = end[i];
+    }
+    take_ctx_t *tc = malloc(sizeof *tc);
+    tc->p = p;
+    tc->n = n;
+    if (sched_redis_eval(p->w->r, on_quota, tc, rl_lua_quota, (int)k, (int)(2 + 2 * k), argv,
+                         NULL)) {
+        free(tc);
+        p->busy = 0;
+        p->next_try_ms = now + 500;
+    }
+}
+
+static void on_rate(sched_redis_t *r, redisReply *reply, void *priv, int err, const char *errstr)
+{
+    take_ctx_t *tc = priv;
+    prov_t *p = tc->p;
+    if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 2) {
+        free(tc);
+        p->busy = 0;
+        p->next_try_ms = now_ms() + 500;
+        return;
+    }
+    if (reply->element[0]->integer != 1) {
+        long long retry = reply->element[1]->integer;
+        free(tc);
+        p->busy = 0;
+        p->next_try_ms = now_ms() + (uint64_t)(retry > 0 ? retry : 1);
+        return;
+    }
+    unsigned n = tc->n;
+    free(tc);
+    take_quota(p, n);
+}
+
+/* Ask the provider's shared rate for n tokens, then its quotas, then claim. */
+static void take_rate(prov_t *p, unsigned n)
+{
+    const rl_rate_t *rate = &p->cfg->rate;
+    if (!rate->interval_us) {
+        take_quota(p, n);
+        return;
+    }
+    /* All-or-nothing GCRA: never ask for more than the burst. */
+    uint32_t burst = rate->burst ? rate->burst : 1;
+    if (n > burst)
+        n = burst;
+    char key[KEYLEN], now_s[24], iv[24], b[16], n_s[16];
+    snprintf(key, sizeof key, SCHED_KEY_P_GCRA, p->cfg->name);
+    snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now_ms());
+    snprintf(iv, sizeof iv, "%llu", (unsigned long long)rate->interval_us);
+    snprintf(b, sizeof b, "%u", burst);
+    snprintf(n_s, sizeof n_s, "%u", n);
+    const char *argv[] = {key, now_s, iv, b, n_s};
+    take_ctx_t *tc = malloc(sizeof *tc);
+    tc->p = p;
+    tc->n = n;
+    if (sched_redis_eval(p->w->r, on_rate, tc, rl_lua_gcra, 1, 4, argv, NULL)) {
+        free(tc);
+        p->busy = 0;
+        p->next_try_ms = now_ms() + 500;
+    }
+}
+
+/* ---- the tick ------------------------------------------------------------ */
+
+static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, int err,
+                              const char *errstr)
+{
+    sched_worker_t *w = priv;
+    w->progress_busy = 0;
+    if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 13)
+        return;
+    long long v[12];
+    for (int i = 0; i < 12; i++)
+        v[i] = reply->element[i]->str ? atoll(reply->element[i]->str) : 0;
+    const char *state = reply->element[12]->str ? reply->element[12]->str : "running";
+    const char *ingested = reply->elements > 13 && reply->element[13]->str
+                               ? reply->element[13]->str
+                               : "0";
+    sched_progress_t pr = {.total = v[0],
+                           .final = v[1],
+                           .delivered = v[2],
+                           .bounced = v[3],
+                           .failed = v[4],
+                           .suppressed = v[5],
+                           .rejected = v[6],
+                           .cancelled = v[7],
+                           .deferred = v[8],
+                           .attempts = v[9],
+                           .inflight = w->inflight,
+                           .rate = w->rate,
+                           .state = state};
+    if (w->o.on_progress)
+        w->o.on_progress(&pr, w->o.ud);
+    if (!w->o.until_done || w->stopping)
+        return;
+    int all_final = !strcmp(ingested, "1") && pr.final >= pr.total;
+    if (all_final || !strcmp(state, "done") ||
+        (!strcmp(state, "cancelled") && w->inflight == 0)) {
+        sched_worker_stop(w);
+        return;
+    }
+    /* Only stopped providers have rows left: a person must act. */
+    int any_active = 0, any_stopped = 0;
+    for (size_t i = 0; i < w->nprovs; i++) {
+        if (w->provs[i].stopped)
+            any_stopped = 1;
+        else
+            any_active = 1;
+    }
+    if (any_stopped && (!any_active || w->inflight == 0) && w->inflight == 0) {
+        for (size_t i = 0; i < w->nprovs; i++)
+            if (w->provs[i].stopped) {
+                w->rc = VL_ECONFIG;
+                snprintf(w->why, sizeof w->why, "provider %s stopped: %s",
+                         w->provs[i].cfg->name, w->provs[i].reason);
+            }
+        if (!any_active)
+            sched_worker_stop(w);
+    }
+}
+
+static void progress(sched_worker_t *w, uint64_t now)
+{
+    if (w->progress_busy)
+        return;
+    if (now - w->rate_t0 >= 2000) {
+        w->rate = (double)(w->delivered - w->rate_n0) * 1000.0 / (double)(now - w->rate_t0);
+        w->rate_t0 = now;
+        w->rate_n0 = w->delivered;
+    }
+    /* One script gives a consistent snapshot of counts and state. */
+    const char *argv[] = {w->k_count, w->k_meta};
+    if (sched_redis_eval(w->r, on_progress_reply, w,
+                         "local c = redis.call('HMGET', KEYS[1], 'total', 'final', 'delivered', "
+                         "'bounced', 'failed', 'suppressed', 'rejected', 'cancelled', "
+                         "'deferred', 'attempts', 'x', 'y') "
+                         "local m = redis.call('HMGET', KEYS[2], 'state', 'ingested') "
+                         "c[13] = m[1] or 'running' c[14] = m[2] or '0' "
+                         "for i = 1, 12 do c[i] = c[i] or '0' end return c",
+                         2, 0, argv, NULL) == 0)
+        w->progress_busy = 1;
+}
+
+static void reap(sched_worker_t *w)
+{
+    const char **argv = calloc(3 + 2 * w->nprovs, sizeof *argv);
+    char now_s[24];
+    snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now_ms());
+    size_t k = 0;
+    argv[k++] = w->k_lease;
+    argv[k++] = w->k_leasep;
+    for (size_t i = 0; i < w->nprovs; i++)
+        argv[k++] = w->provs[i].key_due;
+    argv[k++] = now_s;
+    for (size_t i = 0; i < w->nprovs; i++)
+        argv[k++] = w->provs[i].cfg->name;
+    sched_redis_eval(w->r, NULL, NULL, sched_lua_reap, (int)(2 + w->nprovs),
+                     (int)(1 + w->nprovs), argv, NULL);
+    free(argv);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    sched_worker_t *w = t->data;
+    uint64_t now = now_ms();
+    if (now - w->last_progress >= PROGRESS_MS) {
+        w->last_progress = now;
+        progress(w, now);
+    }
+    if (w->stopping || !sched_redis_connected(w->r))
+        return;
+    if (now - w->last_reap >= REAP_MS) {
+        w->last_reap = now;
+        reap(w);
+    }
+    for (size_t i = 0; i < w->nprovs; i++) {
+        prov_t *p = &w->provs[i];
+        if (p->busy || p->stopped || now < p->next_try_ms || now < p->suspended_until_ms)
+            continue;
+        unsigned conns = rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now);
+        eng_pool_set_max_connections(p->pool, conns);
+        unsigned cap = conns * WINDOW_PER_CONN;
+        if (p->inflight >= cap)
+            continue;
+        unsigned n = cap - p->inflight;
+        if (n > w->o.batch)
+            n = w->o.batch;
+        p->busy = 1;
+        take_rate(p, n);
+    }
+}
+
+/* ---- engine events ------------------------------------------------------- */
+
+static void on_eng_event(eng_pool_t *pool, const eng_event_t *ev, void *ud)
+{
+    prov_t *p = ud;
+    uint64_t now = now_ms();
+    if (ev->kind == ENG_EV_READY) {
+        rl_route_success(&p->route);
+        return;
+    }
+    if (ev->kind != ENG_EV_SETUP_FAILED)
+        return;
+    if (ev->reply.code) {
+        rl_reply_t rr = {.code = ev->reply.code, .enhanced = ev->reply.enhanced,
+                         .text = ev->reply.text};
+        rl_decide_ctx_t ctx = {.now_ms = now, .attempt = 1, .tz = p->cfg->tz, .rand = rnd,
+                               .backoff_base_ms = p->w->o.retry_base_ms};
+        rl_action_t a;
+        if (rl_decide(p->chain, p->nchain, &rr, &ctx, &a) == 0)
+            act_on_provider(p, &a, &rr);
+    }
+    char reason[300];
+    snprintf(reason, sizeof reason, "%s at %s: %s%s%s", vl_err_name(ev->err),
+             eng_stage_name(ev->stage), ev->errstr ? ev->errstr : "",
+             ev->reply.code ? " " : "", ev->reply.code ? ev->reply.text : "");
+    uint64_t until = rl_route_failure(&p->route, now, reason, rnd(NULL));
+    if (p->route.suspended)
+        suspend_provider(p, until, p->route.reason);
+}
+
+/* ---- life cycle ------------------------------------------------------------ */
+
+static void on_tick_closed(uv_handle_t *h)
+{
+    sched_worker_t *w = h->data;
+    void (*cb)(int, const char *, void *) = w->o.on_finish;
+    void *ud = w->o.ud;
+    int rc = w->rc;
+    char why[1024];
+    snprintf(why, sizeof why, "%s", w->why);
+    while (w->free_jobs) {
+        job_t *j = w->free_jobs;
+        w->free_jobs = j->next;
+        msg_out_free(j->out);
+        free(j);
+    }
+    free(w->provs);
+    free(w->id);
+    free(w);
+    if (cb)
+        cb(rc, why, ud);
+}
+
+static void on_pool_closed(void *ud)
+{
+    sched_worker_t *w = ud;
+    if (--w->closing_pools == 0)
+        uv_close((uv_handle_t *)&w->tick, on_tick_closed);
+}
+
+/* Every message is recorded: close the pools, then finish. */
+static void maybe_finish(sched_worker_t *w)
+{
+    if (!w->stopping || w->inflight || w->finished)
+        return;
+    w->finished = 1;
+    w->closing_pools = (int)w->nprovs + 1;
+    for (size_t i = 0; i < w->nprovs; i++)
+        eng_pool_close(w->provs[i].pool, 0, on_pool_closed, w);
+    on_pool_closed(w);
+}
+
+void sched_worker_stop(sched_worker_t *w)
+{
+    if (w->stopping)
+        return;
+    w->stopping = 1;
+    maybe_finish(w);
+}
+
+int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
+                       const sched_worker_opts_t *o, char *err, size_t errlen)
+{
+    *out = NULL;
+    sched_worker_t *w = calloc(1, sizeof *w);
+    if (!w) {
+        snprintf(err, errlen, "out of memory");
+        return VL_ENOMEM;
+    }
+    w->loop = loop;
+    w->r = r;
+    w->o = *o;
+    w->id = strdup(o->id);
+    w->o.id = w->id;
+    if (!w->o.batch)
+        w->o.batch = 200;
+    if (!w->o.lease_ms)
+        w->o.lease_ms = 120000;
+    if (!w->o.max_attempts)
+        w->o.max_attempts = 10;
+    if (!w->o.retry_base_ms)
+        w->o.retry_base_ms = 60000;
+    snprintf(w->k_meta, KEYLEN, SCHED_KEY_META, w->id);
+    snprintf(w->k_row, KEYLEN, SCHED_KEY_ROW, w->id);
+    snprintf(w->k_res, KEYLEN, SCHED_KEY_RES, w->id);
+    snprintf(w->k_count, KEYLEN, SCHED_KEY_COUNT, w->id);
+    snprintf(w->k_lease, KEYLEN, SCHED_KEY_LEASE, w->id);
+    snprintf(w->k_leasep, KEYLEN, SCHED_KEY_LEASEP, w->id);
+    w->nprovs = rl_providers_count(o->providers);
+    w->provs = calloc(w->nprovs ? w->nprovs : 1, sizeof *w->provs);
+    int rc = 0;
+    for (size_t i = 0; i < w->nprovs && !rc; i++) {
+        prov_t *p = &w->provs[i];
+        p->w = w;
+        p->cfg = rl_providers_at(o->providers, i);
+        p->nchain = rl_provider_rules(p->cfg, p->chain);
+        snprintf(p->key_due, KEYLEN, SCHED_KEY_DUE, w->id, p->cfg->name);
+        uint32_t conf[RL_LIMIT_LAST] = {0};
+        conf[RL_LIMIT_CONNECTIONS] = p->cfg->max_connections ? p->cfg->max_connections : 1;
+        conf[RL_LIMIT_MESSAGES_PER_CONNECTION] = p->cfg->max_messages_per_connection;
+        conf[RL_LIMIT_RECIPIENTS_PER_CONNECTION] = p->cfg->max_recipients_per_connection;
+        conf[RL_LIMIT_RECIPIENTS_PER_MESSAGE] = p->cfg->max_recipients_per_message;
+        rl_aimd_init(&p->aimd, conf, 0);
+        rl_route_init(&p->route, 0, 0, 0);
+        if (p->cfg->route == RL_ROUTE_MX) {
+            snprintf(err, errlen,
+                     "provider %s: route \"mx\" (direct delivery by MX lookup) is not "
+                     "supported by this version; give an smtp:// or smtps:// route",
+                     p->cfg->name);
+            rc = VL_ECONFIG;
+            break;
+        }
+        eng_route_t er;
+        eng_route_init(&er);
+        er.host = p->cfg->host;
+        er.port = p->cfg->port;
+        er.tls = p->cfg->route == RL_ROUTE_SMTPS ? ENG_TLS_IMPLICIT : ENG_TLS_OPPORTUNISTIC;
+        er.ca_file = o->ca_file ? o->ca_file : p->cfg->tls_ca_file;
+        er.tls_insecure = o->tls_insecure || p->cfg->tls_insecure;
+        er.helo_name = p->cfg->helo;
+        er.max_connections = conf[RL_LIMIT_CONNECTIONS];
+        er.max_msgs_per_conn = conf[RL_LIMIT_MESSAGES_PER_CONNECTION];
+        er.max_rcpts_per_conn = conf[RL_LIMIT_RECIPIENTS_PER_CONNECTION];
+        er.on_event = on_eng_event;
+        er.ud = p;
+        char pw[512] = "";
+        if (p->cfg->auth_user) {
+            char perr[256];
+            if (rl_provider_password(p->cfg, pw, sizeof pw, perr, sizeof perr)) {
+                snprintf(err, errlen, "provider %s: %s", p->cfg->name, perr);
+                rc = VL_ECONFIG;
+                break;
+            }
+            er.user = p->cfg->auth_user;
+            er.password = pw;
+        }
+        rc = eng_pool_new(&p->pool, loop, &er, err, errlen);
+        memset(pw, 0, sizeof pw);
+    }
+    if (rc) {
+        for (size_t i = 0; i < w->nprovs; i++)
+            if (w->provs[i].pool)
+                eng_pool_close(w->provs[i].pool, 1, NULL, NULL);
+        free(w->provs);
+        free(w->id);
+        free(w);
+        return rc;
+    }
+    uv_timer_init(loop, &w->tick);
+    w->tick.data = w;
+    w->rate_t0 = now_ms();
+    uv_timer_start(&w->tick, on_tick, 0, TICK_MS);
+    *out = w;
+    return 0;
+}

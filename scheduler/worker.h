@@ -1,0 +1,62 @@
+/* worker.h: the claim -> render -> submit -> record loop for one campaign.
+ *
+ * A worker runs on the caller's libuv loop beside the engine. For every
+ * provider with due rows it takes tokens from the provider's shared rate and
+ * quotas (Redis, ratelimit/lua), leases a batch of rows (claim.lua), renders
+ * each with the campaign's message factory, submits it to the provider's
+ * connection pool, turns the outcome into an action with the provider's reply
+ * rules (ratelimit/rules.h), and records the result atomically with the row's
+ * state change (record.lua). Rows whose worker dies come back when their
+ * lease expires (reap.lua), so many workers can share one Redis.
+ */
+#ifndef VL_SCHED_WORKER_H
+#define VL_SCHED_WORKER_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "ratelimit/provider.h"
+#include "scheduler/redis.h"
+#include "templates/message.h"
+
+typedef struct sched_worker sched_worker_t;
+
+/* Counts as recorded in Redis ({c:ID}:count), for progress lines. */
+typedef struct sched_progress {
+    long long total, final, delivered, bounced, failed, suppressed, rejected, cancelled;
+    long long deferred, attempts;
+    unsigned inflight;   /* this worker's messages on the wire */
+    double rate;         /* this worker's deliveries per second, recent */
+    const char *state;   /* campaign state: running, paused, cancelled, done */
+} sched_progress_t;
+
+typedef struct sched_worker_opts {
+    const char *id;                  /* campaign id (copied) */
+    const msg_factory_t *factory;    /* borrowed; outlives the worker */
+    const rl_providers_t *providers; /* borrowed */
+    int email_col;                   /* index of `email` among the stored fields */
+    unsigned batch;                  /* rows per claim (0: 200) */
+    uint32_t lease_ms;               /* 0: 120 s */
+    unsigned max_attempts;           /* then a retried row fails (0: 10) */
+    uint64_t retry_base_ms;          /* first backoff of a generic retry (0: 60 s) */
+    int until_done;                  /* finish when the campaign is done (send) */
+    /* TLS overrides for every route (tests against private CAs). */
+    const char *ca_file;
+    int tls_insecure;
+    /* Called about twice a second with fresh counts (optional). */
+    void (*on_progress)(const sched_progress_t *p, void *ud);
+    /* Called once when the worker has stopped: 0 when the campaign is done,
+     * else a VL_E* code with why (a provider stopped, Redis lost for good). */
+    void (*on_finish)(int rc, const char *why, void *ud);
+    void *ud;
+} sched_worker_opts_t;
+
+/* Start a worker for campaign o->id using r (borrowed, must outlive it). */
+int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
+                       const sched_worker_opts_t *o, char *err, size_t errlen);
+
+/* Stop claiming; finish what is in flight, record it, then call on_finish and
+ * free the worker. */
+void sched_worker_stop(sched_worker_t *w);
+
+#endif
