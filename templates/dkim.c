@@ -570,7 +570,7 @@ static int sig_prefix(buf_t *out, const char *head, const char *hlist, const uin
     if (!rc)
         rc = buf_append(out, t, tn);
     if (!rc)
-        rc = buf_append(out, ";\r\n h=", 7);
+        rc = buf_append(out, ";\r\n h=", 6);
     if (rc)
         return rc;
     /* h= folded after a colon when the line gets long. */
