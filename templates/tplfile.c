@@ -263,7 +263,7 @@ static int take_string(struct loader *ld, json_t *v, const char *where, tplf_str
 {
     if (!json_is_string(v)) {
         report(ld, TPLF_DATA, where, "`%s` must be a string", where);
-        return -1;
+        return 1; /* reported */
     }
     dst->len = json_string_length(v);
     dst->s = malloc(dst->len + 1);
@@ -329,7 +329,7 @@ static int load_file_part(struct loader *ld, json_t *obj, const char *where, boo
     char w[300];
     if (!json_is_object(obj)) {
         report(ld, TPLF_DATA, where, "`%s` must be an object", where);
-        return -1;
+        return 1; /* reported */
     }
     const char *key;
     json_t *v;
@@ -344,13 +344,13 @@ static int load_file_part(struct loader *ld, json_t *obj, const char *where, boo
         } else if (!json_is_string(v) || json_string_length(v) == 0) {
             snprintf(w, sizeof w, "%s.%s", where, key);
             report(ld, TPLF_DATA, w, "`%s.%s` must be a non-empty string", where, key);
-            return -1;
+            return 1; /* reported */
         }
     }
     const char *path = json_string_value(json_object_get(obj, "path"));
     if (!path) {
         report(ld, TPLF_DATA, where, "`%s` needs a `path`", where);
-        return -1;
+        return 1; /* reported */
     }
     fp->path = tplf_path_join(ld->t->path, path);
     const char *fname = json_string_value(json_object_get(obj, "filename"));
@@ -397,7 +397,7 @@ static int load_file_part(struct loader *ld, json_t *obj, const char *where, boo
                is_inline ? "inline image" : "attachment", fp->path,
                rc == VL_ENOENT ? "no such file" : rc == VL_ETOOBIG ? "larger than 25 MB"
                                                                   : "not a readable file");
-        return -1;
+        return 1; /* reported */
     }
     fp->data = (unsigned char *)data;
     fp->len = len;
