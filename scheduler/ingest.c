@@ -306,7 +306,7 @@ int sched_ingest(redisContext *c, const sched_ingest_opts_t *o, sched_ingest_sta
         rc = flush(c, o->id, b, sha, st, err, errlen);
     batch_clear(b);
     free(b);
-    if (!rc)
+    if (!rc && !o->partial)
         rc = simple(c, err, errlen, "HSET %s ingested 1", meta);
     return rc;
 }

@@ -33,6 +33,7 @@ typedef struct sched_ingest_opts {
     /* Optional: each row rejected as bad data, with the reason. */
     void (*on_reject)(void *ud, const tpl_csv_row_t *row, const char *why);
     int64_t now_ms;
+    int partial; /* a trial run (--limit): do not mark the campaign fully ingested */
 } sched_ingest_opts_t;
 
 typedef struct sched_ingest_stats {

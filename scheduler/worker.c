@@ -634,7 +634,10 @@ static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, i
         w->o.on_progress(&pr, w->o.ud);
     if (!w->o.until_done || w->stopping)
         return;
-    int all_final = !strcmp(ingested, "1") && pr.final >= pr.total;
+    /* send ingests before its worker starts, so final >= total is the end
+     * (with --limit the campaign is deliberately not fully ingested). */
+    (void)ingested;
+    int all_final = pr.final >= pr.total;
     if (all_final || !strcmp(state, "done") ||
         (!strcmp(state, "cancelled") && w->inflight == 0)) {
         sched_worker_stop(w);
@@ -708,7 +711,11 @@ static void on_tick(uv_timer_t *t)
         w->last_progress = now;
         progress(w, now);
     }
-    if (w->stopping || !sched_redis_connected(w->r))
+    if (w->stopping) {
+        maybe_finish(w);
+        return;
+    }
+    if (!sched_redis_connected(w->r))
         return;
     if (now - w->last_reap >= REAP_MS) {
         w->last_reap = now;
@@ -795,6 +802,13 @@ static void on_pool_closed(void *ud)
 static void maybe_finish(sched_worker_t *w)
 {
     if (!w->stopping || w->inflight || w->finished)
+        return;
+    /* A claim under way would hand us rows; a record under way must reach
+     * Redis before the caller closes it. */
+    for (size_t i = 0; i < w->nprovs; i++)
+        if (w->provs[i].busy)
+            return;
+    if (sched_redis_connected(w->r) && sched_redis_pending(w->r))
         return;
     w->finished = 1;
     w->closing_pools = (int)w->nprovs + 1;
