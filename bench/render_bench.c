@@ -51,8 +51,8 @@ static const char template_json[] =
     "regards,<br>The Volley team</p></body></html>\\n\"\n"
     "}\n";
 
-static const char *const columns[] = {"email", "name", "first_name", "city", "plan", "since",
-                                      "member_id"};
+static const char *const columns[] = {"email", "name",  "first_name", "city",
+                                      "plan",  "since", "member_id"};
 #define NCOL 7
 #define NROWS 1000
 
@@ -71,16 +71,15 @@ static tpl_csv_row_t rows[NROWS];
 
 static void make_rows(void)
 {
-    static const char *const first[] = {"Alice", "Bob", "Carol", "David", "Emma", "Frank",
-                                        "Grace", "Hannah", "伟", "芳"};
+    static const char *const first[] = {"Alice", "Bob",   "Carol",  "David", "Emma",
+                                        "Frank", "Grace", "Hannah", "伟",    "芳"};
     static const char *const last[] = {"Smith", "Jones", "Brown", "Lee", "Kim", "王", "李"};
     static const char *const city[] = {"London", "Paris", "Berlin", "Shanghai", "Toronto"};
     static const char *const plan[] = {"Gold", "Silver", "Bronze"};
     for (int i = 0; i < NROWS; i++) {
         /* Most rows ASCII, one in ten with a Chinese name. */
         const char *f = first[i % 8];
-        if (i % 10 == 9)
-            f = first[8 + i % 2];
+        if (i % 10 == 9) f = first[8 + i % 2];
         const char *l = last[i % 7];
         snprintf(rowtext[i][0], 64, "member%d@example.com", i);
         snprintf(rowtext[i][1], 64, "%s %s", f, l);
@@ -113,8 +112,7 @@ static dkim_key_t *make_key(const char *type, const char *selector)
 {
     EVP_PKEY *pk = !strcmp(type, "RSA") ? EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048)
                                         : EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
-    if (!pk)
-        return NULL;
+    if (!pk) return NULL;
     BIO *bio = BIO_new(BIO_s_mem());
     PEM_write_bio_PrivateKey(bio, pk, NULL, NULL, 0, NULL, NULL);
     char *pem;
@@ -132,8 +130,7 @@ static dkim_key_t *make_key(const char *type, const char *selector)
 static double run(const msg_factory_t *f, long n, unsigned flags, double *avg)
 {
     msg_out_t *o;
-    if (msg_out_new(&o, f))
-        return 0;
+    if (msg_out_new(&o, f)) return 0;
     time_t t = time(NULL);
     unsigned long long total = 0;
     double t0 = now_s();
@@ -164,12 +161,10 @@ static double sign_only(const msg_factory_t *f, dkim_key_t *k, long n)
     static uint8_t bh[NSIGN][DKIM_HASH_LEN];
     msg_out_t *o;
     dkim_signer_t *s;
-    if (msg_out_new(&o, f) || dkim_signer_new(&s, &k, 1))
-        return 0;
+    if (msg_out_new(&o, f) || dkim_signer_new(&s, &k, 1)) return 0;
     time_t t = time(NULL);
     for (int i = 0; i < NSIGN; i++) {
-        if (msg_render(f, o, &rows[i], t, MSG_NO_DKIM))
-            return 0;
+        if (msg_render(f, o, &rows[i], t, MSG_NO_DKIM)) return 0;
         size_t niov;
         const struct iovec *iov = msg_out_iov(o, &niov);
         hlen[i] = iov[0].iov_len - 2; /* without the empty line */
@@ -186,8 +181,7 @@ static double sign_only(const msg_factory_t *f, dkim_key_t *k, long n)
     double t0 = now_s();
     for (long i = 0; i < n; i++) {
         buf_reset(&out);
-        if (dkim_sign(s, &out, hdr[i % NSIGN], hlen[i % NSIGN], bh[i % NSIGN], t))
-            return 0;
+        if (dkim_sign(s, &out, hdr[i % NSIGN], hlen[i % NSIGN], bh[i % NSIGN], t)) return 0;
     }
     double secs = now_s() - t0;
     buf_free(&out);
@@ -207,8 +201,7 @@ static msg_factory_t *factory(const tplf_t *tpl, dkim_key_t **keys, size_t nkeys
                         .keys = keys,
                         .nkeys = nkeys};
     msg_factory_t *f = NULL;
-    if (msg_factory_new(&f, &cfg, diag, NULL))
-        return NULL;
+    if (msg_factory_new(&f, &cfg, diag, NULL)) return NULL;
     return f;
 }
 
@@ -232,31 +225,26 @@ int main(int argc, char **argv)
         }
     }
     char dir[] = "/tmp/render-bench.XXXXXX";
-    if (!mkdtemp(dir))
-        return 1;
+    if (!mkdtemp(dir)) return 1;
     char path[64];
     snprintf(path, sizeof path, "%s/template.json", dir);
     FILE *fp = fopen(path, "w");
-    if (!fp)
-        return 1;
+    if (!fp) return 1;
     fputs(template_json, fp);
     fclose(fp);
     tplf_t *tpl = NULL;
     int rc = tplf_load(&tpl, path, diag, NULL);
     unlink(path);
     rmdir(dir);
-    if (rc)
-        return 1;
+    if (rc) return 1;
     make_rows();
 
     msg_factory_t *f = factory(tpl, NULL, 0);
-    if (!f)
-        return 1;
+    if (!f) return 1;
     double avg = 0;
     run(f, n / 10 + 1, 0, &avg); /* warm caches and buffers */
     double rate = run(f, n, 0, &avg);
-    printf("render: %.0f messages/s (%ld messages, %.0f bytes average, one core)\n", rate, n,
-           avg);
+    printf("render: %.0f messages/s (%ld messages, %.0f bytes average, one core)\n", rate, n, avg);
     msg_factory_free(f);
 
     struct {
@@ -264,14 +252,11 @@ int main(int argc, char **argv)
         long count;
     } algs[] = {{"rsa-2048", "RSA", nrsa}, {"ed25519", "ED25519", ned}};
     for (int i = 0; i < 2; i++) {
-        if (algs[i].count <= 0)
-            continue;
+        if (algs[i].count <= 0) continue;
         dkim_key_t *k = make_key(algs[i].type, "bench");
-        if (!k)
-            return 1;
+        if (!k) return 1;
         f = factory(tpl, &k, 1);
-        if (!f)
-            return 1;
+        if (!f) return 1;
         double srate = sign_only(f, k, algs[i].count);
         printf("dkim %s sign: %.0f messages/s (%ld messages; canonical header hash and "
                "signature, one core)\n",

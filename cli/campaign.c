@@ -30,10 +30,8 @@ __attribute__((format(printf, 4, 5))) static void report(struct loader *ld, enum
     va_end(ap);
     ld->nerr++;
     int line = 0, col = 0;
-    if (where && ld->text)
-        tplf_locate(ld->text, ld->len, where, 0, 0, &line, &col);
-    if (ld->diag)
-        ld->diag(ld->ud, kind, ld->c->path, line, col, msg);
+    if (where && ld->text) tplf_locate(ld->text, ld->len, where, 0, 0, &line, &col);
+    if (ld->diag) ld->diag(ld->ud, kind, ld->c->path, line, col, msg);
 }
 
 /* A string member as an owned copy, or NULL (reported when of the wrong type). */
@@ -42,8 +40,7 @@ static char *get_str(struct loader *ld, json_t *obj, const char *key, const char
 {
     json_t *v = json_object_get(obj, key);
     if (!v) {
-        if (required)
-            report(ld, TPLF_CONFIG, NULL, "the campaign has no `%s`", where);
+        if (required) report(ld, TPLF_CONFIG, NULL, "the campaign has no `%s`", where);
         return NULL;
     }
     if (!json_is_string(v) || json_string_length(v) == 0) {
@@ -55,8 +52,7 @@ static char *get_str(struct loader *ld, json_t *obj, const char *key, const char
 
 static char *resolve(struct loader *ld, char *rel)
 {
-    if (!rel)
-        return NULL;
+    if (!rel) return NULL;
     char *p = tplf_path_join(ld->c->path, rel);
     free(rel);
     return p;
@@ -65,8 +61,7 @@ static char *resolve(struct loader *ld, char *rel)
 static bool valid_id(const char *id)
 {
     size_t n = strlen(id);
-    if (n == 0 || n > 64 || id[0] == '.')
-        return false;
+    if (n == 0 || n > 64 || id[0] == '.') return false;
     for (size_t i = 0; i < n; i++) {
         char c = id[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -89,8 +84,8 @@ static void load_dkim_entry(struct loader *ld, json_t *v, const char *where, cam
     {
         if (strcmp(k, "domain") && strcmp(k, "selector") && strcmp(k, "key")) {
             snprintf(w, sizeof w, "%s.%s", where, k);
-            report(ld, TPLF_CONFIG, w, "unknown key `%s` in `%s` (known: domain, selector, key)",
-                   k, where);
+            report(ld, TPLF_CONFIG, w, "unknown key `%s` in `%s` (known: domain, selector, key)", k,
+                   where);
         }
     }
     snprintf(w, sizeof w, "%s.domain", where);
@@ -191,8 +186,9 @@ int camp_load(campaign_t **out, const char *path, tplf_diag_fn diag, void *ud)
     if (rc) {
         report(&ld, rc == VL_ETOOBIG ? TPLF_CONFIG : TPLF_NOINPUT, NULL,
                "cannot read the campaign file: %s",
-               rc == VL_ENOENT ? "no such file" : rc == VL_ETOOBIG ? "larger than 1 MB"
-                                                                   : "not a readable file");
+               rc == VL_ENOENT    ? "no such file"
+               : rc == VL_ETOOBIG ? "larger than 1 MB"
+                                  : "not a readable file");
         camp_free(c);
         return rc == VL_ETOOBIG ? VL_ECONFIG : rc == VL_ENOMEM ? rc : VL_ENOENT;
     }
@@ -200,8 +196,7 @@ int camp_load(campaign_t **out, const char *path, tplf_diag_fn diag, void *ud)
     json_t *root = json_loadb(ld.text, ld.len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
         ld.nerr++;
-        if (diag)
-            diag(ud, TPLF_CONFIG, path, jerr.line, jerr.column, jerr.text);
+        if (diag) diag(ud, TPLF_CONFIG, path, jerr.line, jerr.column, jerr.text);
     } else if (!json_is_object(root)) {
         report(&ld, TPLF_CONFIG, NULL, "the campaign file must hold a JSON object");
     } else {
@@ -219,15 +214,13 @@ int camp_load(campaign_t **out, const char *path, tplf_diag_fn diag, void *ud)
 
 void camp_free(campaign_t *c)
 {
-    if (!c)
-        return;
+    if (!c) return;
     free(c->path);
     free(c->id);
     free(c->recipients);
     free(c->template_path);
     free(c->providers);
-    if (c->vars)
-        json_decref(c->vars);
+    if (c->vars) json_decref(c->vars);
     free(c->start_at);
     for (size_t i = 0; i < c->ndkim; i++) {
         free(c->dkim[i].domain);
@@ -265,10 +258,8 @@ static void job_diag(void *ud, enum tplf_kind kind, const char *file, int line, 
 {
     camp_job_t *j = ud;
     j->nerrors++;
-    if (rank((int)kind) > rank(j->worst))
-        j->worst = (int)kind;
-    if (j->diag)
-        j->diag(j->ud, kind, file, line, col, msg);
+    if (rank((int)kind) > rank(j->worst)) j->worst = (int)kind;
+    if (j->diag) j->diag(j->ud, kind, file, line, col, msg);
 }
 
 void camp_job_csv_error(camp_job_t *j, const tpl_csv_error_t *e)
@@ -307,20 +298,16 @@ void camp_job_row_error(camp_job_t *j, const msg_error_t *e)
 static int open_keys(camp_job_t *j)
 {
     campaign_t *c = j->c;
-    if (!c->ndkim)
-        return 0;
+    if (!c->ndkim) return 0;
     j->keys = calloc(c->ndkim, sizeof *j->keys);
-    if (!j->keys)
-        return VL_ENOMEM;
+    if (!j->keys) return VL_ENOMEM;
     int bad = 0;
     for (size_t i = 0; i < c->ndkim; i++) {
         camp_dkim_t *d = &c->dkim[i];
-        if (!d->domain || !d->selector || !d->key)
-            continue;
+        if (!d->domain || !d->selector || !d->key) continue;
         char err[400];
         int rc = dkim_key_load(&j->keys[j->nkeys], d->domain, d->selector, d->key, err, sizeof err);
-        if (rc == VL_ENOMEM)
-            return rc;
+        if (rc == VL_ENOMEM) return rc;
         if (rc) {
             char full[600];
             snprintf(full, sizeof full, "%s%s", err,
@@ -342,26 +329,21 @@ int camp_job_open(camp_job_t *j, const char *path, int keep_going, tplf_diag_fn 
     j->diag = diag;
     j->ud = ud;
     int rc = camp_load(&j->c, path, job_diag, j);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     campaign_t *c = j->c;
     int failed = 0;
 
     rc = tplf_load(&j->tpl, c->template_path, job_diag, j);
-    if (rc == VL_ENOMEM)
-        return rc;
+    if (rc == VL_ENOMEM) return rc;
     if (rc) {
         failed = rc;
-        if (!keep_going)
-            return rc;
+        if (!keep_going) return rc;
     }
     rc = open_keys(j);
-    if (rc == VL_ENOMEM)
-        return rc;
+    if (rc == VL_ENOMEM) return rc;
     if (rc) {
         failed = rc;
-        if (!keep_going)
-            return rc;
+        if (!keep_going) return rc;
     }
     if (c->providers) {
         rl_providers_t *ps = NULL;
@@ -371,8 +353,7 @@ int camp_job_open(camp_job_t *j, const char *path, int keep_going, tplf_diag_fn 
         if (rc) {
             job_diag(j, rc == VL_ENOENT ? TPLF_NOINPUT : TPLF_CONFIG, NULL, 0, 0, err);
             failed = rc;
-            if (!keep_going)
-                return rc;
+            if (!keep_going) return rc;
         }
     }
 
@@ -389,17 +370,14 @@ int camp_job_open(camp_job_t *j, const char *path, int keep_going, tplf_diag_fn 
     j->pending_rc = tpl_csv_read(j->csv, &j->pending);
     if (j->pending_rc < 0) {
         const tpl_csv_error_t *e = tpl_csv_fatal(j->csv);
-        if (e)
-            camp_job_csv_error(j, e);
+        if (e) camp_job_csv_error(j, e);
         return j->pending_rc;
     }
     j->first = 1;
-    if (!j->tpl)
-        return failed ? failed : VL_EPARSE;
+    if (!j->tpl) return failed ? failed : VL_EPARSE;
     size_t ncol = tpl_csv_header_ready(j->csv) ? tpl_csv_ncolumns(j->csv) : 0;
     const char **cols = calloc(ncol + 1, sizeof *cols);
-    if (!cols)
-        return VL_ENOMEM;
+    if (!cols) return VL_ENOMEM;
     for (size_t i = 0; i < ncol; i++)
         cols[i] = tpl_csv_column_name(j->csv, i);
     msg_config_t cfg = {
@@ -413,8 +391,7 @@ int camp_job_open(camp_job_t *j, const char *path, int keep_going, tplf_diag_fn 
     };
     rc = msg_factory_new(&j->f, &cfg, job_diag, j);
     free(cols);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     return failed;
 }
 
@@ -425,13 +402,11 @@ int camp_job_next(camp_job_t *j, tpl_csv_row_t **row)
         *row = j->pending;
         return j->pending_rc;
     }
-    if (j->pending_rc == 0)
-        return 0; /* the first read already found the end */
+    if (j->pending_rc == 0) return 0; /* the first read already found the end */
     int rc = tpl_csv_read(j->csv, row);
     if (rc < 0) {
         const tpl_csv_error_t *e = tpl_csv_fatal(j->csv);
-        if (e)
-            camp_job_csv_error(j, e);
+        if (e) camp_job_csv_error(j, e);
     }
     return rc;
 }

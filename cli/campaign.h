@@ -35,7 +35,7 @@ typedef struct campaign {
     char *start_at;      /* owned, or NULL */
     camp_dkim_t *dkim;   /* owned array */
     size_t ndkim;
-    char *state_dir;     /* owned: resolved */
+    char *state_dir; /* owned: resolved */
 } campaign_t;
 
 /* Load the campaign file at path. Every problem goes to diag. Returns 0 and

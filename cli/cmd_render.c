@@ -23,8 +23,9 @@ static void render_usage(FILE *f)
 
 int cmd_render(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"row", required_argument, NULL, 'r'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"row", required_argument, NULL, 'r'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     unsigned long want = 1;
     int c;
     optind = 1;
@@ -62,14 +63,12 @@ int cmd_render(int argc, char **argv)
     unsigned long seen = 0;
     while ((rc = camp_job_next(&j, &row)) == 1) {
         seen = row->row;
-        if (row->row == want)
-            break;
+        if (row->row == want) break;
     }
     int code = EX_OK;
     if (rc < 0) {
         code = camp_exit_code(j.worst);
-        if (!code)
-            code = EX_DATAERR;
+        if (!code) code = EX_DATAERR;
     } else if (rc == 0) {
         fprintf(stderr, "volley render: there is no row %lu: %s has %lu data row%s\n", want,
                 j.c->recipients, seen, seen == 1 ? "" : "s");
@@ -97,8 +96,7 @@ int cmd_render(int argc, char **argv)
             for (size_t i = 0; i < n; i++)
                 if (fwrite(iov[i].iov_base, 1, iov[i].iov_len, stdout) != iov[i].iov_len)
                     code = EX_IOERR;
-            if (fflush(stdout) != 0)
-                code = EX_IOERR;
+            if (fflush(stdout) != 0) code = EX_IOERR;
         }
         msg_out_free(o);
     }

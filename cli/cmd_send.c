@@ -91,8 +91,7 @@ static int dry_run(const char *path, unsigned long limit, int sign)
            sign ? ", signed" : ", without DKIM signatures", msg_factory_static_size(j.f));
     printf("time: %.3f s (%.0f messages/s); peak RSS: %.1f MB\n", secs,
            secs > 0 ? (double)rendered / secs : 0.0, (double)ru.ru_maxrss / 1024.0);
-    if (code == EX_OK && rejected)
-        code = EX_DATAERR;
+    if (code == EX_OK && rejected) code = EX_DATAERR;
     msg_out_free(o);
     camp_job_close(&j);
     return code;
@@ -130,8 +129,7 @@ int cmd_send(int argc, char **argv)
             errno = 0;
             limit = strtoul(optarg, &end, 10);
             if (errno || *end || limit == 0 || optarg[0] == '-') {
-                fprintf(stderr, "volley send: --limit wants a positive number, not '%s'\n",
-                        optarg);
+                fprintf(stderr, "volley send: --limit wants a positive number, not '%s'\n", optarg);
                 return EX_USAGE;
             }
             break;

@@ -49,8 +49,8 @@ struct dkim_signer {
  * names an instance that does not exist, so a From added in transit breaks
  * the signature (oversigning, RFC 6376 8.15). */
 static const char *const signed_fields[] = {
-    "from",         "from",         "to",           "subject",          "date",
-    "message-id",   "mime-version", "content-type", "list-unsubscribe", "list-unsubscribe-post",
+    "from",       "from",         "to",           "subject",          "date",
+    "message-id", "mime-version", "content-type", "list-unsubscribe", "list-unsubscribe-post",
 };
 #define NSIGNED (sizeof signed_fields / sizeof signed_fields[0])
 
@@ -59,11 +59,10 @@ const char *dkim_alg_name(dkim_alg_t alg)
     return alg == DKIM_ED25519_SHA256 ? "ed25519-sha256" : "rsa-sha256";
 }
 
-__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errlen,
-                                                          const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errlen, const char *fmt,
+                                                          ...)
 {
-    if (!err || !errlen)
-        return;
+    if (!err || !errlen) return;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
@@ -74,8 +73,7 @@ __attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errl
  * characters of domain names so nothing can break out of the tag. */
 static bool valid_dns_text(const char *s)
 {
-    if (!*s || strlen(s) > 253)
-        return false;
+    if (!*s || strlen(s) > 253) return false;
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -98,8 +96,7 @@ int dkim_key_from_pem(dkim_key_t **out, const char *domain, const char *selector
         return VL_ECONFIG;
     }
     BIO *bio = BIO_new_mem_buf(pem, (int)len);
-    if (!bio)
-        return VL_ENOMEM;
+    if (!bio) return VL_ENOMEM;
     EVP_PKEY *pkey = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
     BIO_free(bio);
     if (!pkey) {
@@ -124,8 +121,7 @@ int dkim_key_from_pem(dkim_key_t **out, const char *domain, const char *selector
     }
     dkim_key_t *k = calloc(1, sizeof *k);
     if (!k || !(k->domain = strdup(domain)) || !(k->selector = strdup(selector))) {
-        if (k)
-            free(k->domain);
+        if (k) free(k->domain);
         free(k);
         EVP_PKEY_free(pkey);
         return VL_ENOMEM;
@@ -157,15 +153,13 @@ int dkim_key_load(dkim_key_t **out, const char *domain, const char *selector, co
     char why[160] = "";
     int rc = dkim_key_from_pem(out, domain, selector, data, n, why, sizeof why);
     OPENSSL_cleanse(data, sizeof data);
-    if (rc && err && errlen)
-        snprintf(err, errlen, "DKIM key %s: %s", path, why);
+    if (rc && err && errlen) snprintf(err, errlen, "DKIM key %s: %s", path, why);
     return rc;
 }
 
 void dkim_key_free(dkim_key_t *k)
 {
-    if (!k)
-        return;
+    if (!k) return;
     EVP_PKEY_free(k->pkey);
     free(k->domain);
     free(k->selector);
@@ -185,11 +179,9 @@ const char *dkim_key_domain(const dkim_key_t *k)
 int dkim_signer_new(dkim_signer_t **out, dkim_key_t *const *keys, size_t nkeys)
 {
     *out = NULL;
-    if (nkeys == 0)
-        return VL_EINVAL;
+    if (nkeys == 0) return VL_EINVAL;
     dkim_signer_t *s = calloc(1, sizeof *s);
-    if (!s)
-        return VL_ENOMEM;
+    if (!s) return VL_ENOMEM;
     s->nkeys = nkeys;
     s->keys = calloc(nkeys, sizeof *s->keys);
     s->rsa = calloc(nkeys, sizeof *s->rsa);
@@ -199,35 +191,31 @@ int dkim_signer_new(dkim_signer_t **out, dkim_key_t *const *keys, size_t nkeys)
     s->bc = bc_new();
     s->heads = calloc(nkeys, sizeof *s->heads);
     buf_init(&s->canon, 1 << 20);
-    if (!s->keys || !s->rsa || !s->ed || !s->md || !s->sha256 || !s->bc || !s->heads)
-        goto fail;
+    if (!s->keys || !s->rsa || !s->ed || !s->md || !s->sha256 || !s->bc || !s->heads) goto fail;
     for (size_t i = 0; i < nkeys; i++) {
         s->keys[i] = keys[i];
         /* The tags before t= are the same for every message. */
         size_t hl = strlen(keys[i]->domain) + strlen(keys[i]->selector) + 128;
-        if (!(s->heads[i] = malloc(hl)))
-            goto fail;
+        if (!(s->heads[i] = malloc(hl))) goto fail;
         snprintf(s->heads[i], hl,
                  "DKIM-Signature: v=1; a=%s; c=relaxed/relaxed; d=%s;\r\n s=%s; t=",
                  dkim_alg_name(keys[i]->alg), keys[i]->domain, keys[i]->selector);
         if (keys[i]->alg == DKIM_RSA_SHA256) {
             /* Initialised once: every message then costs one EVP_PKEY_sign. */
             EVP_PKEY_CTX *c = EVP_PKEY_CTX_new(keys[i]->pkey, NULL);
-            if (!c)
-                goto fail;
+            if (!c) goto fail;
             s->rsa[i] = c;
-            if (EVP_PKEY_sign_init(c) <= 0 || EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PADDING) <= 0 ||
+            if (EVP_PKEY_sign_init(c) <= 0 ||
+                EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PADDING) <= 0 ||
                 EVP_PKEY_CTX_set_signature_md(c, EVP_sha256()) <= 0)
                 goto fail;
         } else {
             /* Ed25519 signs the SHA-256 of the header data (RFC 8463), with
              * the one-shot EVP_DigestSign the context allows repeatedly. */
             EVP_MD_CTX *c = EVP_MD_CTX_new();
-            if (!c)
-                goto fail;
+            if (!c) goto fail;
             s->ed[i] = c;
-            if (EVP_DigestSignInit(c, NULL, NULL, NULL, keys[i]->pkey) <= 0)
-                goto fail;
+            if (EVP_DigestSignInit(c, NULL, NULL, NULL, keys[i]->pkey) <= 0) goto fail;
         }
     }
     *out = s;
@@ -239,13 +227,10 @@ fail:
 
 void dkim_signer_free(dkim_signer_t *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     for (size_t i = 0; i < s->nkeys; i++) {
-        if (s->rsa)
-            EVP_PKEY_CTX_free(s->rsa[i]);
-        if (s->ed)
-            EVP_MD_CTX_free(s->ed[i]);
+        if (s->rsa) EVP_PKEY_CTX_free(s->rsa[i]);
+        if (s->ed) EVP_MD_CTX_free(s->ed[i]);
     }
     for (size_t i = 0; s->heads && i < s->nkeys; i++)
         free(s->heads[i]);
@@ -283,8 +268,7 @@ static struct bcanon *bc_new(void)
 
 static void bc_flush(struct bcanon *b)
 {
-    if (b->sl && !b->err)
-        b->err = b->sink(b->ud, b->stage, b->sl);
+    if (b->sl && !b->err) b->err = b->sink(b->ud, b->stage, b->sl);
     b->sl = 0;
 }
 
@@ -293,8 +277,7 @@ static void bc_put(struct bcanon *b, const void *p, size_t n)
     if (b->sl + n > sizeof b->stage) {
         bc_flush(b);
         if (n > sizeof b->stage) {
-            if (!b->err)
-                b->err = b->sink(b->ud, p, n);
+            if (!b->err) b->err = b->sink(b->ud, p, n);
             return;
         }
     }
@@ -379,8 +362,7 @@ static void bc_finish(struct bcanon *b)
         bc_put(b, "\r", 1);
     }
     /* A non-empty body ends in exactly one CRLF; an empty one stays empty. */
-    if (b->any)
-        bc_put(b, "\r\n", 2);
+    if (b->any) bc_put(b, "\r\n", 2);
     bc_flush(b);
 }
 
@@ -397,8 +379,7 @@ static int sink_md(void *ud, const void *p, size_t n)
 int dkim_canon_body(buf_t *out, const void *src, size_t n)
 {
     struct bcanon *b = calloc(1, sizeof *b);
-    if (!b)
-        return VL_ENOMEM;
+    if (!b) return VL_ENOMEM;
     b->sink = sink_buf;
     b->ud = out;
     bc_feed(b, src, n);
@@ -423,8 +404,7 @@ static int body_hash_md(EVP_MD_CTX *md, const EVP_MD *sha, struct bcanon *b,
         bc_finish(b);
         unsigned int len = 0;
         rc = b->err;
-        if (!rc && EVP_DigestFinal_ex(md, bh, &len) != 1)
-            rc = VL_EIO;
+        if (!rc && EVP_DigestFinal_ex(md, bh, &len) != 1) rc = VL_EIO;
     }
     return rc;
 }
@@ -439,8 +419,7 @@ int dkim_body_hash_once(const struct iovec *iov, size_t n, uint8_t bh[DKIM_HASH_
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     struct bcanon *b = malloc(sizeof *b);
     int rc = VL_ENOMEM;
-    if (md && b)
-        rc = body_hash_md(md, EVP_sha256(), b, iov, n, bh);
+    if (md && b) rc = body_hash_md(md, EVP_sha256(), b, iov, n, bh);
     free(b);
     EVP_MD_CTX_free(md);
     return rc;
@@ -451,11 +430,9 @@ int dkim_body_hash_once(const struct iovec *iov, size_t n, uint8_t bh[DKIM_HASH_
 int dkim_canon_header(buf_t *out, const char *f, size_t len)
 {
     int rc = buf_reserve(out, len + 2);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     const char *colon = memchr(f, ':', len);
-    if (!colon)
-        return VL_EINVAL;
+    if (!colon) return VL_EINVAL;
     char *d = out->data + out->len;
     /* The name, lowercased, without whitespace before the colon. */
     const char *ne = colon;
@@ -480,18 +457,15 @@ int dkim_canon_header(buf_t *out, const char *f, size_t len)
                 d += 8;
                 p += 8;
             }
-            if (p >= end)
-                break;
+            if (p >= end) break;
         }
         char c = *p;
-        if (c == '\r' || c == '\n')
-            continue;
+        if (c == '\r' || c == '\n') continue;
         if (c == ' ' || c == '\t') {
             ws = true;
             continue;
         }
-        if (ws && started)
-            *d++ = ' ';
+        if (ws && started) *d++ = ' ';
         ws = false;
         started = true;
         *d++ = c;
@@ -527,16 +501,12 @@ static int split_fields(const char *h, size_t hlen, struct field *fs, int max)
                 break;
             }
             e = nl + 1;
-            if (e >= end || (*e != ' ' && *e != '\t'))
-                break;
+            if (e >= end || (*e != ' ' && *e != '\t')) break;
         }
-        if (n == max)
-            return -1;
+        if (n == max) return -1;
         size_t len = (size_t)(e - start);
-        if (len && start[len - 1] == '\n')
-            len--;
-        if (len && start[len - 1] == '\r')
-            len--;
+        if (len && start[len - 1] == '\n') len--;
+        if (len && start[len - 1] == '\r') len--;
         const char *colon = memchr(start, ':', len);
         size_t nl = colon ? (size_t)(colon - start) : len;
         while (nl > 0 && (start[nl - 1] == ' ' || start[nl - 1] == '\t'))
@@ -567,12 +537,9 @@ static int sig_prefix(buf_t *out, const char *head, const char *hlist, const uin
     while (n)
         t[tn++] = tmp[--n];
     int rc = buf_puts(out, head);
-    if (!rc)
-        rc = buf_append(out, t, tn);
-    if (!rc)
-        rc = buf_append(out, ";\r\n h=", 6);
-    if (rc)
-        return rc;
+    if (!rc) rc = buf_append(out, t, tn);
+    if (!rc) rc = buf_append(out, ";\r\n h=", 6);
+    if (rc) return rc;
     /* h= folded after a colon when the line gets long. */
     size_t col = 3;
     const char *p = hlist;
@@ -581,21 +548,17 @@ static int sig_prefix(buf_t *out, const char *head, const char *hlist, const uin
         size_t l = c ? (size_t)(c - p) + 1 : strlen(p);
         if (col + l > 76) {
             rc = buf_append(out, "\r\n ", 3);
-            if (rc)
-                return rc;
+            if (rc) return rc;
             col = 1;
         }
         rc = buf_append(out, p, l);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         col += l;
         p += l;
     }
     rc = buf_puts(out, ";\r\n bh=");
-    if (!rc)
-        rc = mime_b64_encode_raw(out, bh, DKIM_HASH_LEN);
-    if (!rc)
-        rc = buf_puts(out, ";\r\n b=");
+    if (!rc) rc = mime_b64_encode_raw(out, bh, DKIM_HASH_LEN);
+    if (!rc) rc = buf_puts(out, ";\r\n b=");
     return rc;
 }
 
@@ -604,14 +567,11 @@ int dkim_sign(dkim_signer_t *s, buf_t *out, const char *hdr, size_t hlen,
 {
     struct field fs[MAX_FIELDS];
     int nf = split_fields(hdr, hlen, fs, MAX_FIELDS);
-    if (nf < 0)
-        return VL_ETOOBIG;
+    if (nf < 0) return VL_ETOOBIG;
     bool have_from = false;
     for (int i = 0; i < nf; i++)
-        if (field_is(&fs[i], "from"))
-            have_from = true;
-    if (!have_from)
-        return VL_EINVAL;
+        if (field_is(&fs[i], "from")) have_from = true;
+    if (!have_from) return VL_EINVAL;
 
     /* The canonical signed fields, in h= order; each name takes the next
      * instance from the bottom (RFC 6376 5.4.2), absent ones add nothing. */
@@ -631,17 +591,14 @@ int dkim_sign(dkim_signer_t *s, buf_t *out, const char *hdr, size_t hlen,
                 break;
             }
         }
-        if (found < 0 && !repeat)
-            continue;
+        if (found < 0 && !repeat) continue;
         if (found >= 0) {
             used[found] = true;
             rc = dkim_canon_header(cb, fs[found].p, fs[found].len);
-            if (rc)
-                return rc;
+            if (rc) return rc;
         }
         size_t nl = strlen(name);
-        if (hl)
-            hlist[hl++] = ':';
+        if (hl) hlist[hl++] = ':';
         memcpy(hlist + hl, name, nl + 1);
         hl += nl;
     }
@@ -651,14 +608,12 @@ int dkim_sign(dkim_signer_t *s, buf_t *out, const char *hdr, size_t hlen,
         const dkim_key_t *key = s->keys[k];
         size_t start = out->len;
         rc = sig_prefix(out, s->heads[k], hlist, bh, now);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         /* Hash the signed fields, then this field with an empty b= and no
          * final CRLF, in relaxed form. */
         cb->len = fields_len;
         rc = dkim_canon_header(cb, out->data + start, out->len - start);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         cb->len -= 2;
         uint8_t digest[EVP_MAX_MD_SIZE];
         unsigned int dl = 0;
@@ -669,35 +624,29 @@ int dkim_sign(dkim_signer_t *s, buf_t *out, const char *hdr, size_t hlen,
         unsigned char sig[1024];
         size_t siglen = sizeof sig;
         if (key->alg == DKIM_RSA_SHA256) {
-            if (EVP_PKEY_sign(s->rsa[k], sig, &siglen, digest, dl) != 1)
-                return VL_EIO;
+            if (EVP_PKEY_sign(s->rsa[k], sig, &siglen, digest, dl) != 1) return VL_EIO;
         } else {
-            if (EVP_DigestSign(s->ed[k], sig, &siglen, digest, dl) != 1)
-                return VL_EIO;
+            if (EVP_DigestSign(s->ed[k], sig, &siglen, digest, dl) != 1) return VL_EIO;
         }
         /* b= folded: whitespace inside the value is ignored by verifiers. */
         char b64[1400];
         buf_t tmp = {b64, 0, sizeof b64, sizeof b64 - 1};
         rc = mime_b64_encode_raw(&tmp, sig, siglen);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         size_t col = 3, i = 0;
         while (i < tmp.len) {
             size_t take = tmp.len - i;
-            if (take > 76 - col)
-                take = 76 - col;
+            if (take > 76 - col) take = 76 - col;
             rc = buf_append(out, b64 + i, take);
             i += take;
             if (!rc && i < tmp.len) {
                 rc = buf_append(out, "\r\n ", 3);
                 col = 1;
             }
-            if (rc)
-                return rc;
+            if (rc) return rc;
         }
         rc = buf_append(out, "\r\n", 2);
-        if (rc)
-            return rc;
+        if (rc) return rc;
     }
     return 0;
 }

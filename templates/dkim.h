@@ -64,8 +64,7 @@ void dkim_signer_free(dkim_signer_t *s);
 /* The body hash (SHA-256 of the relaxed body) of the body iov[0..n)
  * (borrowed), into bh. The body is hashed as a stream: nothing is copied
  * whole. 0 or VL_ENOMEM. */
-int dkim_body_hash(dkim_signer_t *s, const struct iovec *iov, size_t n,
-                   uint8_t bh[DKIM_HASH_LEN]);
+int dkim_body_hash(dkim_signer_t *s, const struct iovec *iov, size_t n, uint8_t bh[DKIM_HASH_LEN]);
 
 /* The same without a signer (allocates a digest context for the call). */
 int dkim_body_hash_once(const struct iovec *iov, size_t n, uint8_t bh[DKIM_HASH_LEN]);

@@ -34,9 +34,9 @@ struct seg {
 
 /* One Mustache field of the template. */
 struct field {
-    char name[80];           /* "subject", "headers.X-Tag": for messages and locating */
-    tpl_template_t *t;       /* NULL when the template lacks the field */
-    const char *stat;        /* the output when the field has no tags, else NULL */
+    char name[80];     /* "subject", "headers.X-Tag": for messages and locating */
+    tpl_template_t *t; /* NULL when the template lacks the field */
+    const char *stat;  /* the output when the field has no tags, else NULL */
     size_t stat_len;
 };
 
@@ -60,8 +60,8 @@ struct msg_factory {
     char from_domain[256];
     bool from_utf8;
 
-    char *top_hdr;  /* top-level Content-Type (and CTE) lines, or NULL: a dynamic single
-                       body writes its own */
+    char *top_hdr;          /* top-level Content-Type (and CTE) lines, or NULL: a dynamic single
+                               body writes its own */
     enum seg_kind top_leaf; /* SEG_TEXT/HTML when the body is one dynamic leaf, else STATIC */
 
     buf_t statics;
@@ -124,10 +124,8 @@ __attribute__((format(printf, 5, 6))) static void fdiag(msg_factory_t *f, const 
     va_end(ap);
     f->nerr++;
     int line = 0, col = 0;
-    if (field)
-        tplf_locate(f->tpl->text, f->tpl->text_len, field, vline, vcol, &line, &col);
-    if (f->diag)
-        f->diag(f->ud, TPLF_DATA, f->tpl->path, line, col, msg);
+    if (field) tplf_locate(f->tpl->text, f->tpl->text_len, field, vline, vcol, &line, &col);
+    if (f->diag) f->diag(f->ud, TPLF_DATA, f->tpl->path, line, col, msg);
 }
 
 /* ---- lookups ---- */
@@ -216,15 +214,12 @@ static char *to_crlf(const char *s, size_t n, size_t *outlen)
 {
     size_t extra = 0;
     for (size_t i = 0; i < n; i++)
-        if (s[i] == '\n' && (i == 0 || s[i - 1] != '\r'))
-            extra++;
+        if (s[i] == '\n' && (i == 0 || s[i - 1] != '\r')) extra++;
     char *d = malloc(n + extra + 1);
-    if (!d)
-        return NULL;
+    if (!d) return NULL;
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        if (s[i] == '\n' && (i == 0 || s[i - 1] != '\r'))
-            d[k++] = '\r';
+        if (s[i] == '\n' && (i == 0 || s[i - 1] != '\r')) d[k++] = '\r';
         d[k++] = s[i];
     }
     d[k] = '\0';
@@ -258,22 +253,19 @@ static int compile_field(msg_factory_t *f, struct field *fld, const char *name,
                          const tpl_ctx_t *checkctx)
 {
     snprintf(fld->name, sizeof fld->name, "%s", name);
-    if (!src->s)
-        return 0;
+    if (!src->s) return 0;
     if (!body && mime_has_crlf(src->s, src->len)) {
         fdiag(f, name, 0, 0, "`%s` holds a line break; a header value may not", name);
         return 0;
     }
     char *conv = NULL;
     size_t clen = src->len;
-    if (body && !(conv = to_crlf(src->s, src->len, &clen)))
-        return VL_ENOMEM;
+    if (body && !(conv = to_crlf(src->s, src->len, &clen))) return VL_ENOMEM;
     tpl_error_t err;
     memset(&err, 0, sizeof err);
     int rc = tpl_compile(&fld->t, conv ? conv : src->s, clen, partials, &err);
     free(conv);
-    if (rc == VL_ENOMEM)
-        return rc;
+    if (rc == VL_ENOMEM) return rc;
     if (rc) {
         char where[300];
         const char *at = name;
@@ -286,8 +278,7 @@ static int compile_field(msg_factory_t *f, struct field *fld, const char *name,
     }
     struct check_ud cu = {f, name};
     tpl_check(fld->t, checkctx, on_unknown, &cu);
-    if (tpl_is_static(fld->t))
-        fld->stat = tpl_static_text(fld->t, &fld->stat_len);
+    if (tpl_is_static(fld->t)) fld->stat = tpl_static_text(fld->t, &fld->stat_len);
     return 0;
 }
 
@@ -296,8 +287,7 @@ static int add_seg(msg_factory_t *f, struct seg s)
     if (f->nsegs == f->segcap) {
         size_t cap = f->segcap ? f->segcap * 2 : 8;
         struct seg *p = realloc(f->segs, cap * sizeof *p);
-        if (!p)
-            return VL_ENOMEM;
+        if (!p) return VL_ENOMEM;
         f->segs = p;
         f->segcap = cap;
     }
@@ -310,8 +300,7 @@ static int plan_bytes(msg_factory_t *f, const void *p, size_t n)
 {
     size_t off = f->statics.len;
     int rc = buf_append(&f->statics, p, n);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     if (f->nsegs && f->segs[f->nsegs - 1].kind == SEG_STATIC &&
         f->segs[f->nsegs - 1].off + f->segs[f->nsegs - 1].len == off) {
         f->segs[f->nsegs - 1].len += n;
@@ -329,8 +318,7 @@ static int plan_leaf(msg_factory_t *f, enum seg_kind which, bool top)
 {
     const struct field *fld = which == SEG_TEXT ? &f->text : &f->html;
     const char *sub = which == SEG_TEXT ? "plain" : "html";
-    if (!fld->stat)
-        return add_seg(f, (struct seg){which, !top, 0, 0});
+    if (!fld->stat) return add_seg(f, (struct seg){which, !top, 0, 0});
     enum mime_cte cte = mime_text_cte(fld->stat, fld->stat_len, NULL);
     buf_t b;
     buf_init(&b, MSG_MAX_SIZE);
@@ -340,18 +328,14 @@ static int plan_leaf(msg_factory_t *f, enum seg_kind which, bool top)
                         "Content-Type: text/%s; charset=UTF-8\r\n"
                         "Content-Transfer-Encoding: %s\r\n",
                         sub, mime_cte_name(cte));
-        if (!rc)
-            f->top_hdr = buf_take(&b);
+        if (!rc) f->top_hdr = buf_take(&b);
     } else {
         rc = mime_text_part_header(&b, sub, cte);
-        if (!rc)
-            rc = plan_bytes(f, b.data, b.len);
+        if (!rc) rc = plan_bytes(f, b.data, b.len);
     }
     buf_reset(&b);
-    if (!rc)
-        rc = mime_body_encode(&b, cte, fld->stat, fld->stat_len);
-    if (!rc)
-        rc = plan_bytes(f, b.data, b.len);
+    if (!rc) rc = mime_body_encode(&b, cte, fld->stat, fld->stat_len);
+    if (!rc) rc = plan_bytes(f, b.data, b.len);
     buf_free(&b);
     return rc;
 }
@@ -382,16 +366,11 @@ static int plan_alternative(msg_factory_t *f, bool top)
 {
     if (f->text.t && f->html.t) {
         int rc = plan_multipart_head(f, "alternative", 3, top);
-        if (!rc)
-            rc = plan_delim(f, 3, true, false);
-        if (!rc)
-            rc = plan_leaf(f, SEG_TEXT, false);
-        if (!rc)
-            rc = plan_delim(f, 3, false, false);
-        if (!rc)
-            rc = plan_leaf(f, SEG_HTML, false);
-        if (!rc)
-            rc = plan_delim(f, 3, false, true);
+        if (!rc) rc = plan_delim(f, 3, true, false);
+        if (!rc) rc = plan_leaf(f, SEG_TEXT, false);
+        if (!rc) rc = plan_delim(f, 3, false, false);
+        if (!rc) rc = plan_leaf(f, SEG_HTML, false);
+        if (!rc) rc = plan_delim(f, 3, false, true);
         return rc;
     }
     return plan_leaf(f, f->text.t ? SEG_TEXT : SEG_HTML, top);
@@ -403,8 +382,7 @@ static int plan_file(msg_factory_t *f, const tplf_file_part_t *p, bool is_inline
     buf_init(&b, MSG_MAX_SIZE);
     int rc = mime_file_part(&b, p->type, is_inline ? "inline" : "attachment", p->filename,
                             is_inline ? p->cid : NULL, p->data, p->len);
-    if (!rc)
-        rc = plan_bytes(f, b.data, b.len);
+    if (!rc) rc = plan_bytes(f, b.data, b.len);
     buf_free(&b);
     return rc;
 }
@@ -412,45 +390,35 @@ static int plan_file(msg_factory_t *f, const tplf_file_part_t *p, bool is_inline
 static int plan_related(msg_factory_t *f, bool top)
 {
     const tplf_t *t = f->tpl;
-    if (t->ninlines == 0)
-        return plan_alternative(f, top);
+    if (t->ninlines == 0) return plan_alternative(f, top);
     const char *inner = f->text.t && f->html.t ? "multipart/alternative"
                         : f->html.t            ? "text/html"
                                                : "text/plain";
     char type[64];
     snprintf(type, sizeof type, "related; type=\"%s\"", inner);
     int rc = plan_multipart_head(f, type, 2, top);
-    if (!rc)
-        rc = plan_delim(f, 2, true, false);
-    if (!rc)
-        rc = plan_alternative(f, false);
+    if (!rc) rc = plan_delim(f, 2, true, false);
+    if (!rc) rc = plan_alternative(f, false);
     for (size_t i = 0; !rc && i < t->ninlines; i++) {
         rc = plan_delim(f, 2, false, false);
-        if (!rc)
-            rc = plan_file(f, &t->inlines[i], true);
+        if (!rc) rc = plan_file(f, &t->inlines[i], true);
     }
-    if (!rc)
-        rc = plan_delim(f, 2, false, true);
+    if (!rc) rc = plan_delim(f, 2, false, true);
     return rc;
 }
 
 static int plan_body(msg_factory_t *f)
 {
     const tplf_t *t = f->tpl;
-    if (t->nattachments == 0)
-        return plan_related(f, true);
+    if (t->nattachments == 0) return plan_related(f, true);
     int rc = plan_multipart_head(f, "mixed", 1, true);
-    if (!rc)
-        rc = plan_delim(f, 1, true, false);
-    if (!rc)
-        rc = plan_related(f, false);
+    if (!rc) rc = plan_delim(f, 1, true, false);
+    if (!rc) rc = plan_related(f, false);
     for (size_t i = 0; !rc && i < t->nattachments; i++) {
         rc = plan_delim(f, 1, false, false);
-        if (!rc)
-            rc = plan_file(f, &t->attachments[i], false);
+        if (!rc) rc = plan_file(f, &t->attachments[i], false);
     }
-    if (!rc)
-        rc = plan_delim(f, 1, false, true);
+    if (!rc) rc = plan_delim(f, 1, false, true);
     return rc;
 }
 
@@ -466,13 +434,13 @@ static bool envelope_addr(const char *addr, size_t len, const tpl_email_info_t *
 static int prepare_from(msg_factory_t *f)
 {
     const struct field *fld = &f->from;
-    if (!fld->stat)
-        return 0;
+    if (!fld->stat) return 0;
     mime_addr_t a;
     tpl_email_info_t info;
     if (mime_addr_parse(fld->stat, fld->stat_len, &a) ||
         tpl_email_check(a.addr, a.addr_len, &info)) {
-        fdiag(f, "from", 0, 0, "`from` is not an address (`Name <local@domain>` or `local@domain`)");
+        fdiag(f, "from", 0, 0,
+              "`from` is not an address (`Name <local@domain>` or `local@domain`)");
         return 0;
     }
     if (!envelope_addr(a.addr, a.addr_len, &info, f->from_sender, sizeof f->from_sender)) {
@@ -491,8 +459,7 @@ static int prepare_from(msg_factory_t *f)
 static bool valid_campaign_id(const char *id)
 {
     size_t n = strlen(id);
-    if (n == 0 || n > 64)
-        return false;
+    if (n == 0 || n > 64) return false;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)id[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -506,8 +473,7 @@ int msg_factory_new(msg_factory_t **out, const msg_config_t *cfg, tplf_diag_fn d
 {
     *out = NULL;
     msg_factory_t *f = calloc(1, sizeof *f);
-    if (!f)
-        return VL_ENOMEM;
+    if (!f) return VL_ENOMEM;
     f->tpl = cfg->tpl;
     f->diag = diag;
     f->ud = ud;
@@ -518,8 +484,7 @@ int msg_factory_new(msg_factory_t **out, const msg_config_t *cfg, tplf_diag_fn d
     tpl_partials_t *partials = NULL;
     const tplf_t *t = cfg->tpl;
 
-    if (!(f->campaign = strdup(cfg->campaign_id ? cfg->campaign_id : "")))
-        goto fail;
+    if (!(f->campaign = strdup(cfg->campaign_id ? cfg->campaign_id : ""))) goto fail;
     if (!valid_campaign_id(f->campaign)) {
         f->nerr++;
         if (diag)
@@ -530,24 +495,19 @@ int msg_factory_new(msg_factory_t **out, const msg_config_t *cfg, tplf_diag_fn d
         char c = f->campaign[i];
         f->mid_campaign[k] = (c == '.') ? '-' : c;
     }
-    if (cfg->vars)
-        f->vars = json_incref(cfg->vars);
+    if (cfg->vars) f->vars = json_incref(cfg->vars);
     f->ncolumns = cfg->ncolumns;
     f->columns = calloc(cfg->ncolumns + 1, sizeof *f->columns);
     f->collen = calloc(cfg->ncolumns + 1, sizeof *f->collen);
-    if (!f->columns || !f->collen)
-        goto fail;
+    if (!f->columns || !f->collen) goto fail;
     for (size_t i = 0; i < cfg->ncolumns; i++) {
-        if (!(f->columns[i] = strdup(cfg->columns[i])))
-            goto fail;
+        if (!(f->columns[i] = strdup(cfg->columns[i]))) goto fail;
         f->collen[i] = strlen(cfg->columns[i]);
-        if (!strcasecmp(cfg->columns[i], "name"))
-            f->name_col = (int)i;
+        if (!strcasecmp(cfg->columns[i], "name")) f->name_col = (int)i;
     }
     if (cfg->nkeys) {
         f->keys = calloc(cfg->nkeys, sizeof *f->keys);
-        if (!f->keys)
-            goto fail;
+        if (!f->keys) goto fail;
         memcpy(f->keys, cfg->keys, cfg->nkeys * sizeof *f->keys);
         f->nkeys = cfg->nkeys;
     }
@@ -559,16 +519,14 @@ int msg_factory_new(msg_factory_t **out, const msg_config_t *cfg, tplf_diag_fn d
     for (int l = 1; l <= 3; l++)
         mime_boundary(f->boundary[l], seed, l);
 
-    if (!(partials = tpl_partials_new()))
-        goto fail;
+    if (!(partials = tpl_partials_new())) goto fail;
     for (size_t i = 0; i < t->npartials; i++) {
         /* Partials go into bodies: in CRLF form like the bodies' own text. */
         size_t cl;
         char *conv = to_crlf(t->partials[i].src.s, t->partials[i].src.len, &cl);
         int prc = conv ? tpl_partials_add(partials, t->partials[i].name, conv, cl) : VL_ENOMEM;
         free(conv);
-        if (prc)
-            goto fail;
+        if (prc) goto fail;
     }
 
     /* The context every field is checked against: the columns, the vars
@@ -576,8 +534,7 @@ int msg_factory_new(msg_factory_t **out, const msg_config_t *cfg, tplf_diag_fn d
     tpl_ctx_t cc;
     tpl_ctx_init(&cc);
     (void)tpl_ctx_push_lookup(&cc, check_builtin_lookup, f);
-    if (f->vars)
-        (void)tpl_ctx_push_json(&cc, f->vars);
+    if (f->vars) (void)tpl_ctx_push_json(&cc, f->vars);
     (void)tpl_ctx_push_lookup(&cc, check_row_lookup, f);
 
     if ((rc = compile_field(f, &f->from, "from", &t->from, partials, false, &cc)) ||
@@ -587,18 +544,16 @@ int msg_factory_new(msg_factory_t **out, const msg_config_t *cfg, tplf_diag_fn d
         (rc = compile_field(f, &f->html, "html", &t->body_html, partials, true, &cc)) ||
         (rc = compile_field(f, &f->unsub_url, "unsubscribe.url", &t->unsub_url, partials, false,
                             &cc)) ||
-        (rc = compile_field(f, &f->unsub_mailto, "unsubscribe.mailto", &t->unsub_mailto,
-                            partials, false, &cc)))
+        (rc = compile_field(f, &f->unsub_mailto, "unsubscribe.mailto", &t->unsub_mailto, partials,
+                            false, &cc)))
         goto fail;
     rc = VL_ENOMEM;
     f->hdrs = calloc(t->nheaders + 1, sizeof *f->hdrs);
-    if (!f->hdrs)
-        goto fail;
+    if (!f->hdrs) goto fail;
     for (size_t i = 0; i < t->nheaders; i++, f->nhdrs++) {
         char name[300];
         snprintf(name, sizeof name, "headers.%s", t->headers[i].name);
-        if ((rc = compile_field(f, &f->hdrs[i], name, &t->headers[i].value, partials, false,
-                                &cc)))
+        if ((rc = compile_field(f, &f->hdrs[i], name, &t->headers[i].value, partials, false, &cc)))
             goto fail;
     }
     tpl_partials_free(partials);
@@ -607,29 +562,25 @@ int msg_factory_new(msg_factory_t **out, const msg_config_t *cfg, tplf_diag_fn d
         rc = VL_EPARSE;
         goto fail;
     }
-    if ((rc = prepare_from(f)))
-        goto fail;
+    if ((rc = prepare_from(f))) goto fail;
     if (f->nerr) {
         rc = VL_EPARSE;
         goto fail;
     }
 
-    if ((rc = plan_body(f)))
-        goto fail;
+    if ((rc = plan_body(f))) goto fail;
     f->top_leaf = SEG_STATIC;
     f->body_static = true;
     for (size_t i = 0; i < f->nsegs; i++) {
         if (f->segs[i].kind != SEG_STATIC) {
             f->body_static = false;
-            if (!f->top_hdr)
-                f->top_leaf = f->segs[i].kind;
+            if (!f->top_hdr) f->top_leaf = f->segs[i].kind;
         }
     }
     if (f->body_static && f->nkeys) {
         /* A body without variables: its DKIM hash is the same for every message. */
         struct iovec v = {f->statics.data, f->statics.len};
-        if ((rc = dkim_body_hash_once(&v, 1, f->bh)))
-            goto fail;
+        if ((rc = dkim_body_hash_once(&v, 1, f->bh))) goto fail;
     }
     *out = f;
     return 0;
@@ -646,11 +597,9 @@ static void free_field(struct field *fld)
 
 void msg_factory_free(msg_factory_t *f)
 {
-    if (!f)
-        return;
+    if (!f) return;
     free(f->campaign);
-    if (f->vars)
-        json_decref(f->vars);
+    if (f->vars) json_decref(f->vars);
     for (size_t i = 0; f->columns && i < f->ncolumns; i++)
         free(f->columns[i]);
     free(f->columns);
@@ -684,8 +633,7 @@ int msg_out_new(msg_out_t **out, const msg_factory_t *f)
 {
     *out = NULL;
     msg_out_t *o = calloc(1, sizeof *o);
-    if (!o)
-        return VL_ENOMEM;
+    if (!o) return VL_ENOMEM;
     o->f = f;
     buf_init(&o->hdr, HDR_MAX);
     buf_init(&o->dkim, HDR_MAX);
@@ -711,8 +659,7 @@ int msg_out_new(msg_out_t **out, const msg_factory_t *f)
 
 void msg_out_free(msg_out_t *o)
 {
-    if (!o)
-        return;
+    if (!o) return;
     buf_free(&o->hdr);
     buf_free(&o->dkim);
     buf_free(&o->body);
@@ -836,8 +783,7 @@ static int field_value(msg_out_t *o, const struct field *fld, const tpl_ctx_t *c
     }
     buf_reset(&o->tmp);
     int rc = tpl_render(fld->t, ctx, 0, &o->tmp, NULL);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     *val = o->tmp.data ? o->tmp.data : "";
     *len = o->tmp.len;
     return 0;
@@ -849,8 +795,7 @@ static const char injection[] = "the rendered value holds a line break, which a 
 /* Append a span, merging it with the one before when contiguous. */
 static int add_span(msg_out_t *o, enum span_src src, size_t off, size_t len)
 {
-    if (len == 0)
-        return 0;
+    if (len == 0) return 0;
     if (o->nspans) {
         struct span *p = &o->spans[o->nspans - 1];
         if (p->src == src && p->off + p->len == off) {
@@ -870,27 +815,22 @@ static int render_body(msg_out_t *o, const struct seg *s, const tpl_ctx_t *ctx,
     const struct field *fld = s->kind == SEG_TEXT ? &o->f->text : &o->f->html;
     size_t off = o->scratch.len;
     int rc = tpl_render(fld->t, ctx, s->kind == SEG_HTML ? TPL_RENDER_HTML : 0, &o->scratch, NULL);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     size_t len = o->scratch.len - off;
     bool clean;
     enum mime_cte cte = mime_text_cte(o->scratch.data + off, len, &clean);
     if (s->part_header) {
         size_t hoff = o->body.len;
         rc = mime_text_part_header(&o->body, s->kind == SEG_TEXT ? "plain" : "html", cte);
-        if (!rc)
-            rc = add_span(o, SRC_BODY, hoff, o->body.len - hoff);
-        if (rc)
-            return rc;
+        if (!rc) rc = add_span(o, SRC_BODY, hoff, o->body.len - hoff);
+        if (rc) return rc;
     } else {
         *top_cte = cte;
     }
-    if (cte == MIME_CTE_7BIT && clean)
-        return add_span(o, SRC_SCRATCH, off, len);
+    if (cte == MIME_CTE_7BIT && clean) return add_span(o, SRC_SCRATCH, off, len);
     size_t boff = o->body.len;
     rc = mime_body_encode(&o->body, cte, o->scratch.data + off, len);
-    if (!rc)
-        rc = add_span(o, SRC_BODY, boff, o->body.len - boff);
+    if (!rc) rc = add_span(o, SRC_BODY, boff, o->body.len - boff);
     return rc;
 }
 
@@ -898,12 +838,10 @@ static int render_body(msg_out_t *o, const struct seg *s, const tpl_ctx_t *ctx,
  * without spaces or brackets. */
 static bool url_ok(const char *s, size_t n)
 {
-    if (n == 0)
-        return false;
+    if (n == 0) return false;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c <= 32 || c >= 127 || c == '<' || c == '>')
-            return false;
+        if (c <= 32 || c >= 127 || c == '<' || c == '>') return false;
     }
     return true;
 }
@@ -917,8 +855,7 @@ static int write_unsubscribe(msg_out_t *o, const tpl_ctx_t *ctx)
     if (!rc && f->unsub_mailto.t) {
         const char *v;
         size_t n;
-        if ((rc = field_value(o, &f->unsub_mailto, ctx, &v, &n)))
-            return rc;
+        if ((rc = field_value(o, &f->unsub_mailto, ctx, &v, &n))) return rc;
         if (mime_has_crlf(v, n))
             return row_error(o, "unsubscribe.mailto", 0, "unsubscribe.mailto: %s", injection);
         if (n >= 7 && !strncasecmp(v, "mailto:", 7)) {
@@ -936,8 +873,7 @@ static int write_unsubscribe(msg_out_t *o, const tpl_ctx_t *ctx)
     if (!rc && f->unsub_url.t) {
         const char *v;
         size_t n;
-        if ((rc = field_value(o, &f->unsub_url, ctx, &v, &n)))
-            return rc;
+        if ((rc = field_value(o, &f->unsub_url, ctx, &v, &n))) return rc;
         if (mime_has_crlf(v, n))
             return row_error(o, "unsubscribe.url", 0, "unsubscribe.url: %s", injection);
         if (!url_ok(v, n) || n > 900)
@@ -948,11 +884,9 @@ static int write_unsubscribe(msg_out_t *o, const tpl_ctx_t *ctx)
         https = n > 8 && !strncasecmp(v, "https://", 8);
         rc = buf_printf(h, "%s<%.*s>", any ? ",\r\n " : "", (int)n, v);
     }
-    if (!rc)
-        rc = buf_puts(h, "\r\n");
+    if (!rc) rc = buf_puts(h, "\r\n");
     /* One-click (RFC 8058) needs an HTTPS URI to POST to. */
-    if (!rc && https)
-        rc = buf_puts(h, "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n");
+    if (!rc && https) rc = buf_puts(h, "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n");
     return rc;
 }
 
@@ -970,10 +904,8 @@ static int render_from(msg_out_t *o, const tpl_ctx_t *ctx, char *domain, size_t 
     const char *v;
     size_t n;
     int rc = field_value(o, &f->from, ctx, &v, &n);
-    if (rc)
-        return rc;
-    if (mime_has_crlf(v, n))
-        return row_error(o, "from", 0, "from: %s", injection);
+    if (rc) return rc;
+    if (mime_has_crlf(v, n)) return row_error(o, "from", 0, "from: %s", injection);
     mime_addr_t a;
     tpl_email_info_t info;
     if (mime_addr_parse(v, n, &a) || tpl_email_check(a.addr, a.addr_len, &info) ||
@@ -993,10 +925,8 @@ static int render_reply_to(msg_out_t *o, const tpl_ctx_t *ctx)
     const char *v;
     size_t n;
     int rc = field_value(o, &o->f->reply_to, ctx, &v, &n);
-    if (rc)
-        return rc;
-    if (mime_has_crlf(v, n))
-        return row_error(o, "reply_to", 0, "reply_to: %s", injection);
+    if (rc) return rc;
+    if (mime_has_crlf(v, n)) return row_error(o, "reply_to", 0, "reply_to: %s", injection);
     mime_addr_t a;
     tpl_email_info_t info;
     if (mime_addr_parse(v, n, &a) || tpl_email_check(a.addr, a.addr_len, &info))
@@ -1030,10 +960,8 @@ int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, t
     /* The recipient, with its domain in ASCII. */
     const char *email = row->email.ptr;
     size_t elen = row->email.len;
-    if (!email || elen == 0)
-        return row_error(o, "email", 0, "the row has no email address");
-    if (mime_has_crlf(email, elen))
-        return row_error(o, "email", 0, "email: %s", injection);
+    if (!email || elen == 0) return row_error(o, "email", 0, "the row has no email address");
+    if (mime_has_crlf(email, elen)) return row_error(o, "email", 0, "email: %s", injection);
     const char *at = NULL;
     for (size_t i = elen; i > 0; i--)
         if (email[i - 1] == '@') {
@@ -1070,17 +998,14 @@ int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, t
     tpl_ctx_t ctx;
     tpl_ctx_init(&ctx);
     (void)tpl_ctx_push_lookup(&ctx, builtin_lookup, o);
-    if (f->vars)
-        (void)tpl_ctx_push_json(&ctx, f->vars);
+    if (f->vars) (void)tpl_ctx_push_json(&ctx, f->vars);
     (void)tpl_ctx_push_lookup(&ctx, row_lookup, o);
 
     buf_t *h = &o->hdr;
     int rc = put(h, "Date: ", o->date, "\r\n", NULL);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     char from_domain[256];
-    if ((rc = render_from(o, &ctx, from_domain, sizeof from_domain)))
-        return rc;
+    if ((rc = render_from(o, &ctx, from_domain, sizeof from_domain))) return rc;
     {
         /* random.row.campaign@from-domain: unique per message, and a rerun of
          * the same row gets a new one. */
@@ -1107,8 +1032,7 @@ int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, t
             rc = add_span(o, SRC_STATIC, s->off, s->len);
         else
             rc = render_body(o, s, &ctx, &top_cte);
-        if (rc)
-            return rc;
+        if (rc) return rc;
     }
 
     mime_addr_t to = {"", 0, o->recipient, strlen(o->recipient)};
@@ -1124,22 +1048,16 @@ int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, t
             to.name_len--;
     }
     rc = mime_header_addr(h, "To", &to);
-    if (rc == VL_EINVAL)
-        return row_error(o, "name", f->name_col + 1, "name: %s", injection);
-    if (rc)
-        return rc;
-    if (f->reply_to.t && (rc = render_reply_to(o, &ctx)))
-        return rc;
+    if (rc == VL_EINVAL) return row_error(o, "name", f->name_col + 1, "name: %s", injection);
+    if (rc) return rc;
+    if (f->reply_to.t && (rc = render_reply_to(o, &ctx))) return rc;
     if (f->subject.t) {
         const char *v;
         size_t vn;
-        if ((rc = field_value(o, &f->subject, &ctx, &v, &vn)))
-            return rc;
+        if ((rc = field_value(o, &f->subject, &ctx, &v, &vn))) return rc;
         rc = mime_header_text(h, "Subject", v, vn);
-        if (rc == VL_EINVAL)
-            return row_error(o, "subject", 0, "subject: %s", injection);
-        if (rc)
-            return rc;
+        if (rc == VL_EINVAL) return row_error(o, "subject", 0, "subject: %s", injection);
+        if (rc) return rc;
     }
     rc = put(h, "Message-ID: <", o->mid, ">\r\nMIME-Version: 1.0\r\n", NULL);
     if (!rc) {
@@ -1148,27 +1066,21 @@ int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, t
         else
             rc = put(h, "Content-Type: text/", f->top_leaf == SEG_HTML ? "html" : "plain",
                      "; charset=UTF-8\r\nContent-Transfer-Encoding: ", mime_cte_name(top_cte));
-        if (!rc && !f->top_hdr)
-            rc = buf_append(h, "\r\n", 2);
+        if (!rc && !f->top_hdr) rc = buf_append(h, "\r\n", 2);
     }
-    if (!rc && (f->unsub_url.t || f->unsub_mailto.t))
-        rc = write_unsubscribe(o, &ctx);
-    if (!rc)
-        rc = put(h, "X-Volley-Row: ", f->campaign, "/", o->rowstr);
-    if (!rc)
-        rc = buf_append(h, "\r\n", 2);
+    if (!rc && (f->unsub_url.t || f->unsub_mailto.t)) rc = write_unsubscribe(o, &ctx);
+    if (!rc) rc = put(h, "X-Volley-Row: ", f->campaign, "/", o->rowstr);
+    if (!rc) rc = buf_append(h, "\r\n", 2);
     for (size_t i = 0; !rc && i < f->nhdrs; i++) {
         const char *v;
         size_t vn;
-        if ((rc = field_value(o, &f->hdrs[i], &ctx, &v, &vn)))
-            return rc;
+        if ((rc = field_value(o, &f->hdrs[i], &ctx, &v, &vn))) return rc;
         const char *name = f->tpl->headers[i].name;
         rc = mime_header_text(h, name, v, vn);
         if (rc == VL_EINVAL)
             return row_error(o, f->hdrs[i].name, 0, "%s: %s", f->hdrs[i].name, injection);
     }
-    if (rc)
-        return rc;
+    if (rc) return rc;
 
     /* The iovecs: signature, header block, then the body spans. */
     size_t ni = 0;
@@ -1183,23 +1095,20 @@ int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, t
         uint8_t bh[DKIM_HASH_LEN];
         const uint8_t *bhp = f->bh;
         if (!f->body_static) {
-            if ((rc = dkim_body_hash(o->signer, o->iov + 2, ni, bh)))
-                return rc;
+            if ((rc = dkim_body_hash(o->signer, o->iov + 2, ni, bh))) return rc;
             bhp = bh;
         }
         if ((rc = dkim_sign(o->signer, &o->dkim, h->data, h->len, bhp, now)))
             return rc == VL_EINVAL ? VL_EIO : rc;
     }
-    if ((rc = buf_append(h, "\r\n", 2)))
-        return rc;
+    if ((rc = buf_append(h, "\r\n", 2))) return rc;
     size_t first = 1;
     if (o->dkim.len) {
         o->iov[0] = (struct iovec){o->dkim.data, o->dkim.len};
         first = 0;
     }
     o->iov[1] = (struct iovec){h->data, h->len};
-    if (first == 1)
-        memmove(o->iov, o->iov + 1, (ni + 1) * sizeof *o->iov);
+    if (first == 1) memmove(o->iov, o->iov + 1, (ni + 1) * sizeof *o->iov);
     o->niov = ni + 2 - first;
     o->size = iov_total(o->iov, o->niov);
     if (o->size > MSG_MAX_SIZE)

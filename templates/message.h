@@ -54,8 +54,8 @@ typedef struct msg_config {
                                    reference */
     const char *const *columns; /* the CSV header's column names, copied */
     size_t ncolumns;
-    dkim_key_t *const *keys;    /* DKIM keys, borrowed: must outlive the factory and its
-                                   output objects; NULL/0 to send unsigned */
+    dkim_key_t *const *keys; /* DKIM keys, borrowed: must outlive the factory and its
+                                output objects; NULL/0 to send unsigned */
     size_t nkeys;
 } msg_config_t;
 
@@ -66,9 +66,9 @@ typedef struct msg_error {
     unsigned long row;
     unsigned long line; /* the row's physical line in the CSV, 0 when unknown */
     int column;
-    char field[64];     /* the template field: "subject", "headers.X-Tag", "from", ... */
-    char message[256];  /* e.g. "subject: the rendered value holds a line break; a header
-                           value may not (header injection)" */
+    char field[64];    /* the template field: "subject", "headers.X-Tag", "from", ... */
+    char message[256]; /* e.g. "subject: the rendered value holds a line break; a header
+                          value may not (header injection)" */
 } msg_error_t;
 
 /* Build a factory. Every problem (template compile errors, unknown
@@ -112,10 +112,10 @@ const msg_error_t *msg_out_error(const msg_out_t *o);
  * bytes). */
 const struct iovec *msg_out_iov(const msg_out_t *o, size_t *n); /* the message bytes */
 size_t msg_out_size(const msg_out_t *o);                        /* their total */
-const char *msg_out_sender(const msg_out_t *o);    /* envelope from: the From address,
-                                                      domain in ASCII; NUL-terminated */
-const char *msg_out_recipient(const msg_out_t *o); /* the row's address, domain in ASCII */
-int msg_out_needs_smtputf8(const msg_out_t *o);    /* a UTF-8 local part in either address */
+const char *msg_out_sender(const msg_out_t *o);                 /* envelope from: the From address,
+                                                                   domain in ASCII; NUL-terminated */
+const char *msg_out_recipient(const msg_out_t *o);  /* the row's address, domain in ASCII */
+int msg_out_needs_smtputf8(const msg_out_t *o);     /* a UTF-8 local part in either address */
 const char *msg_out_message_id(const msg_out_t *o); /* without <>; NUL-terminated */
 
 #endif

@@ -92,8 +92,7 @@ int mime_b64_encode(buf_t *out, const void *src, size_t n)
 {
     size_t need = mime_b64_encoded_len(n);
     int rc = buf_reserve(out, need);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     const unsigned char *s = src;
     char *d = out->data + out->len;
     /* 57 input bytes make exactly one 76-character line. */
@@ -113,8 +112,7 @@ int mime_b64_encode(buf_t *out, const void *src, size_t n)
 int mime_b64_encode_raw(buf_t *out, const void *src, size_t n)
 {
     int rc = buf_reserve(out, (n + 2) / 3 * 4);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     out->len += b64_block(out->data + out->len, src, n);
     out->data[out->len] = '\0';
     return 0;
@@ -133,8 +131,7 @@ int mime_qp_encode(buf_t *out, const void *src, size_t n)
     /* Worst case: every byte as =XX, plus a soft break every 25 of them. */
     size_t worst = n * 3 + (n * 3 / 75 + 1) * 3 + 2;
     int rc = buf_reserve(out, worst);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     const unsigned char *s = src;
     char *d = out->data + out->len;
     size_t col = 0;
@@ -147,12 +144,10 @@ int mime_qp_encode(buf_t *out, const void *src, size_t n)
             i += 8;
             col += 8;
         }
-        if (i >= n)
-            break;
+        if (i >= n) break;
         unsigned char c = s[i];
         if (c == '\n' || (c == '\r' && i + 1 < n && s[i + 1] == '\n')) {
-            if (c == '\r')
-                i++;
+            if (c == '\r') i++;
             *d++ = '\r';
             *d++ = '\n';
             col = 0;
@@ -190,8 +185,7 @@ int mime_qp_encode(buf_t *out, const void *src, size_t n)
 int mime_7bit_encode(buf_t *out, const void *src, size_t n)
 {
     int rc = buf_reserve(out, n * 2);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     const unsigned char *s = src;
     char *d = out->data + out->len;
     for (size_t i = 0; i < n; i++) {
@@ -199,8 +193,7 @@ int mime_7bit_encode(buf_t *out, const void *src, size_t n)
         if (c == '\r') {
             *d++ = '\r';
             *d++ = '\n';
-            if (i + 1 < n && s[i + 1] == '\n')
-                i++;
+            if (i + 1 < n && s[i + 1] == '\n') i++;
         } else if (c == '\n') {
             *d++ = '\r';
             *d++ = '\n';
@@ -216,12 +209,11 @@ int mime_7bit_encode(buf_t *out, const void *src, size_t n)
 /* Byte classes for the text scan: 0 ordinary printable ASCII; 1 '='; 2 line
  * ends; 3 bytes that 7bit may not carry (controls, NUL, 8-bit). */
 static const unsigned char text_class[256] = {
-    [0] = 3,    [1] = 3,    [2] = 3,    [3] = 3,    [4] = 3,    [5] = 3,    [6] = 3,
-    [7] = 3,    [8] = 3,    [9] = 0,    [10] = 2,   [11] = 3,   [12] = 3,   [13] = 2,
-    [14] = 3,   [15] = 3,   [16] = 3,   [17] = 3,   [18] = 3,   [19] = 3,   [20] = 3,
-    [21] = 3,   [22] = 3,   [23] = 3,   [24] = 3,   [25] = 3,   [26] = 3,   [27] = 3,
-    [28] = 3,   [29] = 3,   [30] = 3,   [31] = 3,   ['='] = 1,  [127] = 3,
-    [128 ... 255] = 3,
+    [0] = 3,  [1] = 3,  [2] = 3,  [3] = 3,  [4] = 3,   [5] = 3,   [6] = 3,
+    [7] = 3,  [8] = 3,  [9] = 0,  [10] = 2, [11] = 3,  [12] = 3,  [13] = 2,
+    [14] = 3, [15] = 3, [16] = 3, [17] = 3, [18] = 3,  [19] = 3,  [20] = 3,
+    [21] = 3, [22] = 3, [23] = 3, [24] = 3, [25] = 3,  [26] = 3,  [27] = 3,
+    [28] = 3, [29] = 3, [30] = 3, [31] = 3, ['='] = 1, [127] = 3, [128 ... 255] = 3,
 };
 
 enum mime_cte mime_text_cte(const void *src, size_t n, bool *clean)
@@ -232,11 +224,9 @@ enum mime_cte mime_text_cte(const void *src, size_t n, bool *clean)
     for (size_t i = 0; i < n; i++) {
         while (i + 8 <= n && plain8(load64(s + i), 0x20))
             i += 8;
-        if (i >= n)
-            break;
+        if (i >= n) break;
         unsigned char k = text_class[s[i]];
-        if (k == 0)
-            continue;
+        if (k == 0) continue;
         if (k == 1) {
             enc++;
         } else if (k == 3) {
@@ -244,34 +234,25 @@ enum mime_cte mime_text_cte(const void *src, size_t n, bool *clean)
             bad7 = true;
         } else if (s[i] == '\n' || (i + 1 < n && s[i + 1] == '\n')) {
             /* A line end (LF or CRLF): measure the line just finished. */
-            if (s[i] == '\n' && (i == 0 || s[i - 1] != '\r'))
-                bare = true;
+            if (s[i] == '\n' && (i == 0 || s[i - 1] != '\r')) bare = true;
             size_t end = s[i] == '\r' ? i : (i > 0 && s[i - 1] == '\r' ? i - 1 : i);
-            if (end >= line_start && end - line_start > maxline)
-                maxline = end - line_start;
-            if (s[i] == '\r')
-                i++;
+            if (end >= line_start && end - line_start > maxline) maxline = end - line_start;
+            if (s[i] == '\r') i++;
             line_start = i + 1;
-            if (line_start + 4 <= n && !memcmp(s + line_start, "--=_", 4))
-                boundary = true;
+            if (line_start + 4 <= n && !memcmp(s + line_start, "--=_", 4)) boundary = true;
         } else {
             bare = true; /* a CR without LF */
             enc++;
         }
     }
-    if (n - line_start > maxline)
-        maxline = n - line_start;
-    if (n >= 4 && !memcmp(s, "--=_", 4))
-        boundary = true;
+    if (n - line_start > maxline) maxline = n - line_start;
+    if (n >= 4 && !memcmp(s, "--=_", 4)) boundary = true;
     bool ok7 = !bad7 && maxline <= MIME_HARD_LINE_MAX && !boundary;
-    if (clean)
-        *clean = ok7 && !bare;
-    if (ok7)
-        return MIME_CTE_7BIT;
+    if (clean) *clean = ok7 && !bare;
+    if (ok7) return MIME_CTE_7BIT;
     /* Quoted-printable costs two extra characters per encoded byte; base64
      * a third of the size. Soft breaks add about the same to both. */
-    if (n + 2 * enc <= (n + 2) / 3 * 4)
-        return MIME_CTE_QP;
+    if (n + 2 * enc <= (n + 2) / 3 * 4) return MIME_CTE_QP;
     return MIME_CTE_BASE64;
 }
 
@@ -294,8 +275,7 @@ static int text_b64_encode(buf_t *out, const void *src, size_t n)
         else if (s[i] == '\r' && (i + 1 == n || s[i + 1] != '\n'))
             bare = true;
     }
-    if (!bare)
-        return mime_b64_encode(out, src, n);
+    if (!bare) return mime_b64_encode(out, src, n);
     /* Normalise through a chunk of whole 57-byte lines, so the lines of the
      * output are the same as for one call over the normalised text. */
     unsigned char chunk[57 * 64];
@@ -303,13 +283,11 @@ static int text_b64_encode(buf_t *out, const void *src, size_t n)
     for (size_t i = 0; i < n; i++) {
         unsigned char c = s[i];
         if (c == '\r' || c == '\n') {
-            if (c == '\r' && i + 1 < n && s[i + 1] == '\n')
-                i++;
+            if (c == '\r' && i + 1 < n && s[i + 1] == '\n') i++;
             chunk[k++] = '\r';
             if (k == sizeof chunk) {
                 int rc = mime_b64_encode(out, chunk, k);
-                if (rc)
-                    return rc;
+                if (rc) return rc;
                 k = 0;
             }
             c = '\n';
@@ -317,8 +295,7 @@ static int text_b64_encode(buf_t *out, const void *src, size_t n)
         chunk[k++] = c;
         if (k == sizeof chunk) {
             int rc = mime_b64_encode(out, chunk, k);
-            if (rc)
-                return rc;
+            if (rc) return rc;
             k = 0;
         }
     }
@@ -347,12 +324,10 @@ bool mime_has_crlf(const char *s, size_t n)
 
 bool mime_valid_field_name(const char *s, size_t n)
 {
-    if (n == 0)
-        return false;
+    if (n == 0) return false;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c < 33 || c > 126 || c == ':')
-            return false;
+        if (c < 33 || c > 126 || c == ':') return false;
     }
     return true;
 }
@@ -364,19 +339,17 @@ static size_t utf8_len(const unsigned char *s, size_t avail)
 {
     unsigned char c = s[0];
     size_t len = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
-    if (len > avail)
-        return 1;
+    if (len > avail) return 1;
     for (size_t i = 1; i < len; i++)
-        if ((s[i] & 0xC0) != 0x80)
-            return 1;
+        if ((s[i] & 0xC0) != 0x80) return 1;
     return len;
 }
 
 /* Characters RFC 2047 5(3) lets a Q-encoded word carry literally anywhere. */
 static inline bool q_literal(unsigned char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '!' || c == '*' || c == '+' || c == '-' || c == '/';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '!' ||
+           c == '*' || c == '+' || c == '-' || c == '/';
 }
 
 static size_t q_cost(unsigned char c)
@@ -397,8 +370,7 @@ int mime_encoded_words(buf_t *out, size_t *col, const char *str, size_t n)
     while (i < n) {
         if (!first || *col + overhead + 4 > MIME_LINE_MAX) {
             int rc = buf_append(out, "\r\n ", 3);
-            if (rc)
-                return rc;
+            if (rc) return rc;
             *col = 1;
         }
         first = false;
@@ -411,25 +383,21 @@ int mime_encoded_words(buf_t *out, size_t *col, const char *str, size_t n)
             if (useq) {
                 for (size_t k = 0; k < cl; k++)
                     add += q_cost(s[j + k]);
-                if (cost + add > budget)
-                    break;
+                if (cost + add > budget) break;
                 cost += add;
             } else {
                 size_t bytes = j - i + cl;
-                if ((bytes + 2) / 3 * 4 > budget)
-                    break;
+                if ((bytes + 2) / 3 * 4 > budget) break;
             }
             j += cl;
         }
         if (j == i) /* budget below one character: cannot happen at column 1 */
             j = i + utf8_len(s + i, n - i);
         int rc = buf_reserve(out, overhead + (j - i) * 3 + 4);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         size_t before = out->len;
         rc = buf_append(out, useq ? "=?UTF-8?Q?" : "=?UTF-8?B?", 10);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         if (useq) {
             char *d = out->data + out->len;
             for (size_t k = i; k < j; k++) {
@@ -449,8 +417,7 @@ int mime_encoded_words(buf_t *out, size_t *col, const char *str, size_t n)
             out->len += b64_block(out->data + out->len, s + i, j - i);
         }
         rc = buf_append(out, "?=", 2);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         *col += out->len - before;
         i = j;
     }
@@ -465,10 +432,8 @@ static bool text_needs_words(const char *s, size_t n, size_t first_col)
     size_t run = first_col;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if ((c < 32 && c != '\t') || c >= 127)
-            return true;
-        if (c == '=' && i + 1 < n && s[i + 1] == '?')
-            return true;
+        if ((c < 32 && c != '\t') || c >= 127) return true;
+        if (c == '=' && i + 1 < n && s[i + 1] == '?') return true;
         if (c == ' ' || c == '\t') {
             run = 0;
         } else if (++run > MIME_HARD_LINE_MAX - 2) {
@@ -494,13 +459,11 @@ static int fold_ascii(buf_t *out, size_t *col, const char *s, size_t n)
          * (a line of nothing but spaces is not allowed) or the line is new. */
         if (ws > 0 && j > i + ws && *col + (j - i) > 78 && *col > 1) {
             int rc = buf_append(out, "\r\n", 2);
-            if (rc)
-                return rc;
+            if (rc) return rc;
             *col = 0;
         }
         int rc = buf_append(out, s + i, j - i);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         *col += j - i;
         i = j;
     }
@@ -509,13 +472,11 @@ static int fold_ascii(buf_t *out, size_t *col, const char *s, size_t n)
 
 int mime_header_text(buf_t *out, const char *name, const char *value, size_t n)
 {
-    if (mime_has_crlf(value, n))
-        return VL_EINVAL;
+    if (mime_has_crlf(value, n)) return VL_EINVAL;
     size_t nl = strlen(name);
     size_t before = out->len;
     int rc = buf_append(out, name, nl);
-    if (!rc)
-        rc = buf_append(out, ": ", 2);
+    if (!rc) rc = buf_append(out, ": ", 2);
     size_t col = nl + 2;
     if (!rc) {
         if (text_needs_words(value, n, col))
@@ -523,12 +484,10 @@ int mime_header_text(buf_t *out, const char *name, const char *value, size_t n)
         else
             rc = fold_ascii(out, &col, value, n);
     }
-    if (!rc)
-        rc = buf_append(out, "\r\n", 2);
+    if (!rc) rc = buf_append(out, "\r\n", 2);
     if (rc) {
         out->len = before;
-        if (out->data)
-            out->data[before] = '\0';
+        if (out->data) out->data[before] = '\0';
     }
     return rc;
 }
@@ -567,19 +526,16 @@ int mime_addr_parse(const char *s, size_t n, mime_addr_t *a)
             break;
         }
     }
-    if (inq)
-        return VL_EPARSE;
+    if (inq) return VL_EPARSE;
     memset(a, 0, sizeof *a);
     if (!lt) {
-        if (memchr(p, '>', (size_t)(end - p)) || p == end)
-            return VL_EPARSE;
+        if (memchr(p, '>', (size_t)(end - p)) || p == end) return VL_EPARSE;
         a->addr = p;
         a->addr_len = (size_t)(end - p);
         a->name = p;
         return 0;
     }
-    if (end[-1] != '>' || end - 1 <= lt)
-        return VL_EPARSE;
+    if (end[-1] != '>' || end - 1 <= lt) return VL_EPARSE;
     const char *ap = skip_ws(lt + 1, end - 1);
     const char *ae = trim_end(ap, end - 1);
     if (ap == ae || memchr(ap, '<', (size_t)(ae - ap)) || memchr(ap, '>', (size_t)(ae - ap)))
@@ -613,8 +569,7 @@ int mime_header_addr(buf_t *out, const char *name, const mime_addr_t *a)
     size_t nl = strlen(name);
     size_t col = nl + 2;
     int rc = buf_append(out, name, nl);
-    if (!rc)
-        rc = buf_append(out, ": ", 2);
+    if (!rc) rc = buf_append(out, ": ", 2);
     if (!rc && a->name_len > 0) {
         /* Remove the backslash escapes a quoted name may carry, so the name
          * is re-encoded from its real characters. */
@@ -630,19 +585,15 @@ int mime_header_addr(buf_t *out, const char *name, const mime_addr_t *a)
         }
         if (!rc) {
             for (size_t i = 0; i < a->name_len; i++) {
-                if (nm[i] == '\\' && i + 1 < a->name_len)
-                    i++;
+                if (nm[i] == '\\' && i + 1 < a->name_len) i++;
                 dst[nlen++] = nm[i];
             }
             bool ascii = true, plain = true;
             for (size_t i = 0; i < nlen; i++) {
                 unsigned char c = (unsigned char)dst[i];
-                if (c < 32 || c >= 127)
-                    ascii = false;
-                if (!phrase_plain(c))
-                    plain = false;
-                if (c == '=' && i + 1 < nlen && dst[i + 1] == '?')
-                    ascii = false;
+                if (c < 32 || c >= 127) ascii = false;
+                if (!phrase_plain(c)) plain = false;
+                if (c == '=' && i + 1 < nlen && dst[i + 1] == '?') ascii = false;
             }
             if (!ascii || col + nlen + 2 > 900) {
                 rc = mime_encoded_words(out, &col, dst, nlen);
@@ -652,13 +603,10 @@ int mime_header_addr(buf_t *out, const char *name, const mime_addr_t *a)
             } else {
                 rc = buf_putc(out, '"');
                 for (size_t i = 0; !rc && i < nlen; i++) {
-                    if (dst[i] == '"' || dst[i] == '\\')
-                        rc = buf_putc(out, '\\');
-                    if (!rc)
-                        rc = buf_putc(out, dst[i]);
+                    if (dst[i] == '"' || dst[i] == '\\') rc = buf_putc(out, '\\');
+                    if (!rc) rc = buf_putc(out, dst[i]);
                 }
-                if (!rc)
-                    rc = buf_putc(out, '"');
+                if (!rc) rc = buf_putc(out, '"');
                 col += nlen + 2;
             }
         }
@@ -667,21 +615,16 @@ int mime_header_addr(buf_t *out, const char *name, const mime_addr_t *a)
             rc = buf_append(out, "\r\n", 2);
             col = 0;
         }
-        if (!rc)
-            rc = buf_append(out, " <", 2);
-        if (!rc)
-            rc = buf_append(out, a->addr, a->addr_len);
-        if (!rc)
-            rc = buf_putc(out, '>');
+        if (!rc) rc = buf_append(out, " <", 2);
+        if (!rc) rc = buf_append(out, a->addr, a->addr_len);
+        if (!rc) rc = buf_putc(out, '>');
     } else if (!rc) {
         rc = buf_append(out, a->addr, a->addr_len);
     }
-    if (!rc)
-        rc = buf_append(out, "\r\n", 2);
+    if (!rc) rc = buf_append(out, "\r\n", 2);
     if (rc) {
         out->len = before;
-        if (out->data)
-            out->data[before] = '\0';
+        if (out->data) out->data[before] = '\0';
     }
     return rc;
 }
@@ -710,37 +653,29 @@ static bool all_ascii_printable(const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c < 32 || c >= 127)
-            return false;
+        if (c < 32 || c >= 127) return false;
     }
     return true;
 }
 
 int mime_param(buf_t *out, size_t *col, const char *attr, const char *val, size_t n)
 {
-    if (mime_has_crlf(val, n))
-        return VL_EINVAL;
+    if (mime_has_crlf(val, n)) return VL_EINVAL;
     int rc = param_start(out, col);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     size_t al = strlen(attr);
     const unsigned char *s = (const unsigned char *)val;
     if (all_ascii_printable(val, n) && al + n + 4 < MIME_HARD_LINE_MAX) {
         bool tok = n > 0;
         for (size_t i = 0; i < n; i++)
-            if (!token_char(s[i]))
-                tok = false;
+            if (!token_char(s[i])) tok = false;
         rc = buf_printf(out, "%s=", attr);
-        if (!rc && !tok)
-            rc = buf_putc(out, '"');
+        if (!rc && !tok) rc = buf_putc(out, '"');
         for (size_t i = 0; !rc && i < n; i++) {
-            if (!tok && (s[i] == '"' || s[i] == '\\'))
-                rc = buf_putc(out, '\\');
-            if (!rc)
-                rc = buf_putc(out, (char)s[i]);
+            if (!tok && (s[i] == '"' || s[i] == '\\')) rc = buf_putc(out, '\\');
+            if (!rc) rc = buf_putc(out, (char)s[i]);
         }
-        if (!rc && !tok)
-            rc = buf_putc(out, '"');
+        if (!rc && !tok) rc = buf_putc(out, '"');
         *col += al + n + 3;
         return rc;
     }
@@ -753,16 +688,14 @@ int mime_param(buf_t *out, size_t *col, const char *attr, const char *val, size_
     for (int sec = 0; i < n || sec == 0; sec++) {
         if (sec > 0) {
             rc = param_start(out, col);
-            if (rc)
-                return rc;
+            if (rc) return rc;
         }
         char head[96];
-        int hl = single ? snprintf(head, sizeof head, "%s*=UTF-8''", attr)
+        int hl = single     ? snprintf(head, sizeof head, "%s*=UTF-8''", attr)
                  : sec == 0 ? snprintf(head, sizeof head, "%s*0*=UTF-8''", attr)
                             : snprintf(head, sizeof head, "%s*%d*=", attr, sec);
         rc = buf_append(out, head, (size_t)hl);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         *col += (size_t)hl;
         /* Keep one column for the ';' that may follow. */
         size_t budget = *col + 1 < MIME_LINE_MAX ? MIME_LINE_MAX - 1 - *col : 0;
@@ -772,8 +705,7 @@ int mime_param(buf_t *out, size_t *col, const char *attr, const char *val, size_
             size_t cost = 0;
             for (size_t k = 0; k < cl; k++)
                 cost += attr_char(s[i + k]) ? 1 : 3;
-            if (!single && used + cost > budget && used > 0)
-                break;
+            if (!single && used + cost > budget && used > 0) break;
             for (size_t k = 0; k < cl; k++) {
                 unsigned char c = s[i + k];
                 if (attr_char(c)) {
@@ -782,33 +714,26 @@ int mime_param(buf_t *out, size_t *col, const char *attr, const char *val, size_
                     char pct[3] = {'%', hexdig[c >> 4], hexdig[c & 15]};
                     rc = buf_append(out, pct, 3);
                 }
-                if (rc)
-                    return rc;
+                if (rc) return rc;
             }
             used += cost;
             i += cl;
         }
         *col += used;
-        if (single)
-            break;
+        if (single) break;
     }
     return 0;
 }
 
 int mime_param_2047(buf_t *out, size_t *col, const char *attr, const char *val, size_t n)
 {
-    if (all_ascii_printable(val, n))
-        return mime_param(out, col, attr, val, n);
-    if (mime_has_crlf(val, n))
-        return VL_EINVAL;
+    if (all_ascii_printable(val, n)) return mime_param(out, col, attr, val, n);
+    if (mime_has_crlf(val, n)) return VL_EINVAL;
     int rc = param_start(out, col);
-    if (!rc)
-        rc = buf_printf(out, "%s=\"", attr);
+    if (!rc) rc = buf_printf(out, "%s=\"", attr);
     *col += strlen(attr) + 2;
-    if (!rc)
-        rc = mime_encoded_words(out, col, val, n);
-    if (!rc)
-        rc = buf_putc(out, '"');
+    if (!rc) rc = mime_encoded_words(out, col, val, n);
+    if (!rc) rc = buf_putc(out, '"');
     *col += 1;
     return rc;
 }
@@ -824,22 +749,17 @@ int mime_file_part(buf_t *out, const char *type, const char *disposition, const 
         return VL_EINVAL;
     size_t col;
     int rc = buf_printf(out, "Content-Type: %s", type);
-    if (!rc && filename)
-        rc = mime_param_2047(out, &col, "name", filename, fl);
+    if (!rc && filename) rc = mime_param_2047(out, &col, "name", filename, fl);
     if (!rc)
-        rc = buf_printf(out, "\r\nContent-Transfer-Encoding: base64\r\n"
-                             "Content-Disposition: %s",
+        rc = buf_printf(out,
+                        "\r\nContent-Transfer-Encoding: base64\r\n"
+                        "Content-Disposition: %s",
                         disposition);
-    if (!rc && filename)
-        rc = mime_param(out, &col, "filename", filename, fl);
-    if (!rc)
-        rc = buf_append(out, "\r\n", 2);
-    if (!rc && cid)
-        rc = buf_printf(out, "Content-ID: <%s>\r\n", cid);
-    if (!rc)
-        rc = buf_append(out, "\r\n", 2);
-    if (!rc)
-        rc = mime_b64_encode(out, data, n);
+    if (!rc && filename) rc = mime_param(out, &col, "filename", filename, fl);
+    if (!rc) rc = buf_append(out, "\r\n", 2);
+    if (!rc && cid) rc = buf_printf(out, "Content-ID: <%s>\r\n", cid);
+    if (!rc) rc = buf_append(out, "\r\n", 2);
+    if (!rc) rc = mime_b64_encode(out, data, n);
     return rc;
 }
 
@@ -847,14 +767,10 @@ int mime_text_part_header(buf_t *out, const char *subtype, enum mime_cte cte)
 {
     /* Appends rather than printf: this runs for every personalised body. */
     int rc = buf_append(out, "Content-Type: text/", 19);
-    if (!rc)
-        rc = buf_puts(out, subtype);
-    if (!rc)
-        rc = buf_append(out, "; charset=UTF-8\r\nContent-Transfer-Encoding: ", 44);
-    if (!rc)
-        rc = buf_puts(out, mime_cte_name(cte));
-    if (!rc)
-        rc = buf_append(out, "\r\n\r\n", 4);
+    if (!rc) rc = buf_puts(out, subtype);
+    if (!rc) rc = buf_append(out, "; charset=UTF-8\r\nContent-Transfer-Encoding: ", 44);
+    if (!rc) rc = buf_puts(out, mime_cte_name(cte));
+    if (!rc) rc = buf_append(out, "\r\n\r\n", 4);
     return rc;
 }
 

@@ -116,10 +116,11 @@ static void test_key_errors(void **state)
     char *pem = make_pem("ED25519");
     assert_int_equal(dkim_key_from_pem(&k, "exa mple.com", "s", pem, strlen(pem), err, sizeof err),
                      VL_ECONFIG);
-    assert_int_equal(dkim_key_from_pem(&k, "example.com", "s;x=1", pem, strlen(pem), err,
-                                       sizeof err),
-                     VL_ECONFIG);
-    assert_int_equal(dkim_key_from_pem(&k, "example.com", "s", pem, strlen(pem), err, sizeof err), 0);
+    assert_int_equal(
+        dkim_key_from_pem(&k, "example.com", "s;x=1", pem, strlen(pem), err, sizeof err),
+        VL_ECONFIG);
+    assert_int_equal(dkim_key_from_pem(&k, "example.com", "s", pem, strlen(pem), err, sizeof err),
+                     0);
     assert_int_equal(dkim_key_alg(k), DKIM_ED25519_SHA256);
     dkim_key_free(k);
     free(pem);
@@ -135,8 +136,7 @@ static const char *find_field(const char *h, const char *name, size_t *len)
         const char *e = p;
         for (;;) {
             e = strstr(e, "\r\n");
-            if (!e || (e[2] != ' ' && e[2] != '\t'))
-                break;
+            if (!e || (e[2] != ' ' && e[2] != '\t')) break;
             e += 2;
         }
         if (!strncasecmp(p, name, nl) && p[nl] == ':') {
@@ -165,8 +165,7 @@ static int verify(const char *sigs, const char *hdr, const char *pem, const uint
     const char *h = strstr(s, " h=");
     size_t k = 0;
     for (h += 3; *h != ';'; h++)
-        if (*h != ' ' && *h != '\r' && *h != '\n')
-            hl[k++] = *h;
+        if (*h != ' ' && *h != '\r' && *h != '\n') hl[k++] = *h;
     hl[k] = '\0';
     buf_t data;
     buf_init(&data, 1 << 20);
@@ -191,8 +190,7 @@ static int verify(const char *sigs, const char *hdr, const char *pem, const uint
     char clean[900];
     size_t cl = 0;
     for (; bv < sig + sl; bv++)
-        if (*bv != ' ' && *bv != '\r' && *bv != '\n' && *bv != '\t')
-            clean[cl++] = *bv;
+        if (*bv != ' ' && *bv != '\r' && *bv != '\n' && *bv != '\t') clean[cl++] = *bv;
     clean[cl] = '\0';
     int rawlen = EVP_DecodeBlock(raw, (unsigned char *)clean, (int)cl);
     while (cl > 0 && clean[--cl] == '=')
@@ -313,7 +311,7 @@ static void test_two_keys(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_canon_rfc_example), cmocka_unit_test(test_canon_body_edges),
+        cmocka_unit_test(test_canon_rfc_example),  cmocka_unit_test(test_canon_body_edges),
         cmocka_unit_test(test_body_hash_streamed), cmocka_unit_test(test_key_errors),
         cmocka_unit_test(test_sign_rsa),           cmocka_unit_test(test_sign_ed25519),
         cmocka_unit_test(test_two_keys),

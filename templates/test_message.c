@@ -101,9 +101,9 @@ static void test_structure_and_sharing(void **state)
     assert_non_null(strstr(m, mid));
     assert_non_null(strstr(msg_out_message_id(o), ".1.c1@example.com"));
     /* Nesting: mixed > related > alternative > text, html; image; attachment. */
-    const char *order[] = {"multipart/mixed", "multipart/related", "multipart/alternative",
-                           "text/plain",      "text/html",         "image/png",
-                           "Content-Disposition: attachment"};
+    const char *order[] = {
+        "multipart/mixed", "multipart/related", "multipart/alternative",          "text/plain",
+        "text/html",       "image/png",         "Content-Disposition: attachment"};
     const char *p = m;
     for (int i = 0; i < 7; i++) {
         p = strstr(p, order[i]);

@@ -18,16 +18,11 @@
 
 static int b64val(int c)
 {
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
     return -1;
 }
 
@@ -39,8 +34,7 @@ static size_t b64dec(const char *s, size_t n, unsigned char *out)
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         int v = b64val((unsigned char)s[i]);
-        if (v < 0)
-            continue;
+        if (v < 0) continue;
         acc = acc << 6 | (uint32_t)v;
         bits += 6;
         if (bits >= 8) {
@@ -97,8 +91,7 @@ static size_t words_decode(const char *s, size_t n, unsigned char *out)
     const char *p = s, *end = s + n;
     while (p < end) {
         const char *w = strstr(p, "=?UTF-8?");
-        if (!w || w >= end)
-            break;
+        if (!w || w >= end) break;
         char kind = w[8];
         const char *q = w + 10;
         const char *e = strstr(q, "?=");
@@ -142,15 +135,14 @@ static void test_b64_vectors(void **state)
 {
     (void)state;
     static const char *const in[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
-    static const char *const want[] = {"",           "Zg==\r\n",     "Zm8=\r\n",    "Zm9v\r\n",
-                                       "Zm9vYg==\r\n", "Zm9vYmE=\r\n", "Zm9vYmFy\r\n"};
+    static const char *const want[] = {
+        "", "Zg==\r\n", "Zm8=\r\n", "Zm9v\r\n", "Zm9vYg==\r\n", "Zm9vYmE=\r\n", "Zm9vYmFy\r\n"};
     for (int i = 0; i < 7; i++) {
         buf_t b;
         buf_init(&b, 1000);
         assert_int_equal(mime_b64_encode(&b, in[i], strlen(in[i])), 0);
         assert_int_equal(b.len, strlen(want[i]));
-        if (b.len)
-            assert_memory_equal(b.data, want[i], b.len);
+        if (b.len) assert_memory_equal(b.data, want[i], b.len);
         assert_int_equal(mime_b64_encoded_len(strlen(in[i])), b.len);
         buf_free(&b);
     }
@@ -172,8 +164,7 @@ static void test_b64_lines_exact(void **state)
         for (size_t i = 0; i + 78 <= b.len; i += 78)
             assert_memory_equal(b.data + i + 76, "\r\n", 2);
         assert_int_equal(b64dec(b.data ? b.data : "", b.len, dec), n);
-        if (n)
-            assert_memory_equal(dec, src, n);
+        if (n) assert_memory_equal(dec, src, n);
         buf_free(&b);
         free(src);
         free(dec);
@@ -202,8 +193,7 @@ static void test_qp_lines_roundtrip(void **state)
     buf_init(&src, 1 << 20);
     for (int i = 0; i < 300; i++) {
         assert_int_equal(buf_puts(&src, i % 7 == 0 ? "中文=x " : "word "), 0);
-        if (i % 50 == 49)
-            assert_int_equal(buf_puts(&src, "  \r\n"), 0);
+        if (i % 50 == 49) assert_int_equal(buf_puts(&src, "  \r\n"), 0);
     }
     buf_t b;
     buf_init(&b, 1 << 20);
@@ -213,8 +203,7 @@ static void test_qp_lines_roundtrip(void **state)
         assert_true((unsigned char)b.data[i] < 128);
     /* No line ends in whitespace. */
     for (size_t i = 1; i < b.len; i++)
-        if (b.data[i] == '\r')
-            assert_true(b.data[i - 1] != ' ' && b.data[i - 1] != '\t');
+        if (b.data[i] == '\r') assert_true(b.data[i - 1] != ' ' && b.data[i - 1] != '\t');
     unsigned char *dec = malloc(src.len + 1);
     size_t dl = qpdec(b.data, b.len, dec);
     assert_int_equal(dl, src.len);
@@ -262,7 +251,8 @@ static void test_2047_folding(void **state)
     /* Long Chinese (B), accented Latin (Q), mixed with 4-byte emoji. */
     const char *vals[] = {
         "你好，世界！这是一个很长的主题，用来测试折叠是否会拆开多字节字符，一二三四五六七八九十",
-        "Caf\xc3\xa9 cr\xc3\xa8me br\xc3\xbbl\xc3\xa9" "e for the whole team, with a rather long "
+        "Caf\xc3\xa9 cr\xc3\xa8me br\xc3\xbbl\xc3\xa9"
+        "e for the whole team, with a rather long "
         "subject line",
         "\xf0\x9f\x8e\x89 Party \xf0\x9f\x8e\x89\xf0\x9f\x8e\x89\xf0\x9f\x8e\x89\xf0\x9f\x8e\x89"
         "\xf0\x9f\x8e\x89\xf0\x9f\x8e\x89\xf0\x9f\x8e\x89\xf0\x9f\x8e\x89\xf0\x9f\x8e\x89 time",
@@ -303,8 +293,7 @@ static void test_header_ascii(void **state)
     char unf[500];
     size_t u = 0;
     for (size_t i = 8; i + 2 < b.len; i++)
-        if (b.data[i] != '\r' && b.data[i] != '\n')
-            unf[u++] = b.data[i];
+        if (b.data[i] != '\r' && b.data[i] != '\n') unf[u++] = b.data[i];
     unf[u] = '\0';
     assert_string_equal(unf, v);
     /* "=?" in plain text would be decoded by readers: it is encoded. */
@@ -397,8 +386,7 @@ static void test_2231_params(void **state)
     const char *p = b.data;
     while ((p = strstr(p, "filename*"))) {
         const char *v = strchr(p, '=') + 1;
-        if (!strncmp(v, "UTF-8''", 7))
-            v += 7;
+        if (!strncmp(v, "UTF-8''", 7)) v += 7;
         size_t start = dl;
         while (*v && *v != ';' && *v != '\r') {
             if (*v == '%') {
@@ -433,7 +421,8 @@ static void test_file_part_and_date(void **state)
     (void)state;
     buf_t b;
     buf_init(&b, 10000);
-    assert_int_equal(mime_file_part(&b, "image/png", "inline", "logo.png", "logo", "\x89PNG", 4), 0);
+    assert_int_equal(mime_file_part(&b, "image/png", "inline", "logo.png", "logo", "\x89PNG", 4),
+                     0);
     assert_non_null(strstr(b.data, "Content-Type: image/png;\r\n name=logo.png\r\n"));
     assert_non_null(strstr(b.data, "Content-Transfer-Encoding: base64\r\n"));
     assert_non_null(strstr(b.data, "Content-Disposition: inline;\r\n filename=logo.png\r\n"));
@@ -454,11 +443,11 @@ static void test_file_part_and_date(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_b64_vectors),      cmocka_unit_test(test_b64_lines_exact),
-        cmocka_unit_test(test_qp_exact),         cmocka_unit_test(test_qp_lines_roundtrip),
-        cmocka_unit_test(test_text_cte),         cmocka_unit_test(test_2047_folding),
-        cmocka_unit_test(test_header_ascii),     cmocka_unit_test(test_header_injection),
-        cmocka_unit_test(test_addresses),        cmocka_unit_test(test_2231_params),
+        cmocka_unit_test(test_b64_vectors),        cmocka_unit_test(test_b64_lines_exact),
+        cmocka_unit_test(test_qp_exact),           cmocka_unit_test(test_qp_lines_roundtrip),
+        cmocka_unit_test(test_text_cte),           cmocka_unit_test(test_2047_folding),
+        cmocka_unit_test(test_header_ascii),       cmocka_unit_test(test_header_injection),
+        cmocka_unit_test(test_addresses),          cmocka_unit_test(test_2231_params),
         cmocka_unit_test(test_file_part_and_date),
     };
     return cmocka_run_group_tests_name("mime", tests, NULL, NULL);

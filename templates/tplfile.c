@@ -27,8 +27,7 @@ int tplf_read_file(const char *path, size_t max, char **data, size_t *len)
     *data = NULL;
     *len = 0;
     FILE *f = fopen(path, "rb");
-    if (!f)
-        return errno == ENOENT || errno == ENOTDIR ? VL_ENOENT : VL_EIO;
+    if (!f) return errno == ENOENT || errno == ENOTDIR ? VL_ENOENT : VL_EIO;
     struct stat st;
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
         fclose(f);
@@ -58,14 +57,12 @@ int tplf_read_file(const char *path, size_t max, char **data, size_t *len)
 
 char *tplf_path_join(const char *base, const char *rel)
 {
-    if (rel[0] == '/')
-        return strdup(rel);
+    if (rel[0] == '/') return strdup(rel);
     const char *slash = strrchr(base, '/');
     size_t dl = slash ? (size_t)(slash - base) + 1 : 0;
     size_t rl = strlen(rel);
     char *p = malloc(dl + rl + 1);
-    if (!p)
-        return NULL;
+    if (!p) return NULL;
     memcpy(p, base, dl);
     memcpy(p + dl, rel, rl + 1);
     return p;
@@ -74,13 +71,20 @@ char *tplf_path_join(const char *base, const char *rel)
 const char *tplf_guess_type(const char *filename)
 {
     static const char *const map[][2] = {
-        {"png", "image/png"},        {"jpg", "image/jpeg"},
-        {"jpeg", "image/jpeg"},      {"gif", "image/gif"},
-        {"webp", "image/webp"},      {"svg", "image/svg+xml"},
-        {"pdf", "application/pdf"},  {"txt", "text/plain"},
-        {"csv", "text/csv"},         {"html", "text/html"},
-        {"htm", "text/html"},        {"zip", "application/zip"},
-        {"ics", "text/calendar"},    {"json", "application/json"},
+        {"png", "image/png"},
+        {"jpg", "image/jpeg"},
+        {"jpeg", "image/jpeg"},
+        {"gif", "image/gif"},
+        {"webp", "image/webp"},
+        {"svg", "image/svg+xml"},
+        {"pdf", "application/pdf"},
+        {"txt", "text/plain"},
+        {"csv", "text/csv"},
+        {"html", "text/html"},
+        {"htm", "text/html"},
+        {"zip", "application/zip"},
+        {"ics", "text/calendar"},
+        {"json", "application/json"},
         {"doc", "application/msword"},
         {"docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"},
         {"xls", "application/vnd.ms-excel"},
@@ -90,8 +94,7 @@ const char *tplf_guess_type(const char *filename)
     const char *dot = strrchr(filename, '.');
     if (dot && !strchr(dot, '/'))
         for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
-            if (!strcasecmp(dot + 1, map[i][0]))
-                return map[i][1];
+            if (!strcasecmp(dot + 1, map[i][0])) return map[i][1];
     return "application/octet-stream";
 }
 
@@ -124,51 +127,42 @@ static void skip_string(struct scan *sc, char *key, size_t keymax)
         sc->i++;
     }
     sc->i++;
-    if (key)
-        key[kl] = '\0';
+    if (key) key[kl] = '\0';
 }
 
 static void walk(struct scan *sc, char *path, size_t plen, int depth)
 {
     skip_ws(sc);
-    if (sc->i >= sc->n || depth > 64)
-        return;
-    if (!strcmp(path, sc->target) && sc->found == (size_t)-1)
-        sc->found = sc->i;
+    if (sc->i >= sc->n || depth > 64) return;
+    if (!strcmp(path, sc->target) && sc->found == (size_t)-1) sc->found = sc->i;
     char c = sc->s[sc->i];
     if (c == '{' || c == '[') {
         char close = c == '{' ? '}' : ']';
         sc->i++;
         for (int idx = 0;; idx++) {
             skip_ws(sc);
-            if (sc->i >= sc->n)
-                return;
+            if (sc->i >= sc->n) return;
             if (sc->s[sc->i] == close) {
                 sc->i++;
                 return;
             }
             char comp[256];
             if (c == '{') {
-                if (sc->s[sc->i] != '"')
-                    return;
+                if (sc->s[sc->i] != '"') return;
                 skip_string(sc, comp, sizeof comp);
                 skip_ws(sc);
-                if (sc->i < sc->n && sc->s[sc->i] == ':')
-                    sc->i++;
+                if (sc->i < sc->n && sc->s[sc->i] == ':') sc->i++;
             } else {
                 snprintf(comp, sizeof comp, "%d", idx);
             }
             size_t cl = strlen(comp);
-            if (plen + cl + 2 >= 1024)
-                return; /* deeper than any path we look for */
-            if (plen)
-                path[plen] = '.';
+            if (plen + cl + 2 >= 1024) return; /* deeper than any path we look for */
+            if (plen) path[plen] = '.';
             memcpy(path + plen + (plen ? 1 : 0), comp, cl + 1);
             walk(sc, path, plen + (plen ? 1 : 0) + cl, depth + 1);
             path[plen] = '\0';
             skip_ws(sc);
-            if (sc->i < sc->n && sc->s[sc->i] == ',')
-                sc->i++;
+            if (sc->i < sc->n && sc->s[sc->i] == ',') sc->i++;
         }
     } else if (c == '"') {
         skip_string(sc, NULL, 0);
@@ -184,8 +178,7 @@ int tplf_locate(const char *text, size_t len, const char *path, int vline, int v
     char pbuf[1024] = "";
     struct scan sc = {text, len, 0, path, (size_t)-1};
     walk(&sc, pbuf, 0, 0);
-    if (sc.found == (size_t)-1)
-        return VL_EINVAL;
+    if (sc.found == (size_t)-1) return VL_EINVAL;
     int l = 1, c = 1;
     for (size_t i = 0; i < sc.found; i++) {
         if (text[i] == '\n') {
@@ -250,13 +243,10 @@ __attribute__((format(printf, 4, 5))) static void report(struct loader *ld, enum
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     ld->nerr++;
-    if (kind == TPLF_NOINPUT)
-        ld->missing = true;
+    if (kind == TPLF_NOINPUT) ld->missing = true;
     int line = 0, col = 0;
-    if (where)
-        tplf_locate(ld->t->text, ld->t->text_len, where, 0, 0, &line, &col);
-    if (ld->diag)
-        ld->diag(ld->ud, kind, ld->t->path, line, col, msg);
+    if (where) tplf_locate(ld->t->text, ld->t->text_len, where, 0, 0, &line, &col);
+    if (ld->diag) ld->diag(ld->ud, kind, ld->t->path, line, col, msg);
 }
 
 static int take_string(struct loader *ld, json_t *v, const char *where, tplf_str_t *dst)
@@ -267,8 +257,7 @@ static int take_string(struct loader *ld, json_t *v, const char *where, tplf_str
     }
     dst->len = json_string_length(v);
     dst->s = malloc(dst->len + 1);
-    if (!dst->s)
-        return VL_ENOMEM;
+    if (!dst->s) return VL_ENOMEM;
     memcpy(dst->s, json_string_value(v), dst->len + 1);
     return 0;
 }
@@ -276,12 +265,10 @@ static int take_string(struct loader *ld, json_t *v, const char *where, tplf_str
 static bool valid_mime_type(const char *s)
 {
     const char *slash = strchr(s, '/');
-    if (!slash || slash == s || !slash[1] || strchr(slash + 1, '/'))
-        return false;
+    if (!slash || slash == s || !slash[1] || strchr(slash + 1, '/')) return false;
     for (const char *p = s; *p; p++) {
         unsigned char c = (unsigned char)*p;
-        if (c <= 32 || c >= 127 || (c != '/' && strchr("()<>@,;:\\\"[]?=", c)))
-            return false;
+        if (c <= 32 || c >= 127 || (c != '/' && strchr("()<>@,;:\\\"[]?=", c))) return false;
     }
     return true;
 }
@@ -311,8 +298,7 @@ static const char *reserved_header(const char *name)
         {"received", "servers on the way write it"},
     };
     for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
-        if (!strcasecmp(name, reserved[i][0]))
-            return reserved[i][1];
+        if (!strcasecmp(name, reserved[i][0])) return reserved[i][1];
     return NULL;
 }
 
@@ -357,8 +343,7 @@ static int load_file_part(struct loader *ld, json_t *obj, const char *where, boo
     fp->filename = strdup(fname ? fname : base_name(path));
     const char *type = json_string_value(json_object_get(obj, "type"));
     fp->type = strdup(type ? type : tplf_guess_type(fp->filename ? fp->filename : path));
-    if (!fp->path || !fp->filename || !fp->type)
-        return VL_ENOMEM;
+    if (!fp->path || !fp->filename || !fp->type) return VL_ENOMEM;
     if (!valid_mime_type(fp->type)) {
         snprintf(w, sizeof w, "%s.type", where);
         report(ld, TPLF_DATA, w, "`%s` is not a MIME type (type/subtype)", fp->type);
@@ -382,21 +367,20 @@ static int load_file_part(struct loader *ld, json_t *obj, const char *where, boo
                 report(ld, TPLF_DATA, w, "cid `%s` must be printable ASCII without spaces or <>",
                        cid);
             }
-            if (!(fp->cid = strdup(cid)))
-                return VL_ENOMEM;
+            if (!(fp->cid = strdup(cid))) return VL_ENOMEM;
         }
     }
     char *data = NULL;
     size_t len = 0;
     int rc = tplf_read_file(fp->path, TPLF_FILE_MAX, &data, &len);
-    if (rc == VL_ENOMEM)
-        return rc;
+    if (rc == VL_ENOMEM) return rc;
     if (rc) {
         snprintf(w, sizeof w, "%s.path", where);
         report(ld, rc == VL_ETOOBIG ? TPLF_DATA : TPLF_NOINPUT, w, "cannot read %s %s: %s",
                is_inline ? "inline image" : "attachment", fp->path,
-               rc == VL_ENOENT ? "no such file" : rc == VL_ETOOBIG ? "larger than 25 MB"
-                                                                  : "not a readable file");
+               rc == VL_ENOENT    ? "no such file"
+               : rc == VL_ETOOBIG ? "larger than 25 MB"
+                                  : "not a readable file");
         return 1; /* reported */
     }
     fp->data = (unsigned char *)data;
@@ -413,15 +397,13 @@ static int load_parts(struct loader *ld, json_t *arr, const char *key, bool is_i
     }
     size_t cnt = json_array_size(arr);
     *out = calloc(cnt ? cnt : 1, sizeof **out);
-    if (!*out)
-        return VL_ENOMEM;
+    if (!*out) return VL_ENOMEM;
     *n = cnt;
     for (size_t i = 0; i < cnt; i++) {
         char where[64];
         snprintf(where, sizeof where, "%s.%zu", key, i);
         int rc = load_file_part(ld, json_array_get(arr, i), where, is_inline, &(*out)[i]);
-        if (rc == VL_ENOMEM)
-            return rc;
+        if (rc == VL_ENOMEM) return rc;
     }
     return 0;
 }
@@ -436,12 +418,10 @@ static int load_object_strings(struct loader *ld, json_t *obj, const char *key, 
     tplf_t *t = ld->t;
     if (headers) {
         t->headers = calloc(cnt ? cnt : 1, sizeof *t->headers);
-        if (!t->headers)
-            return VL_ENOMEM;
+        if (!t->headers) return VL_ENOMEM;
     } else {
         t->partials = calloc(cnt ? cnt : 1, sizeof *t->partials);
-        if (!t->partials)
-            return VL_ENOMEM;
+        if (!t->partials) return VL_ENOMEM;
     }
     const char *name;
     json_t *v;
@@ -451,10 +431,8 @@ static int load_object_strings(struct loader *ld, json_t *obj, const char *key, 
         snprintf(where, sizeof where, "%s.%s", key, name);
         tplf_str_t s = {0};
         int rc = take_string(ld, v, where, &s);
-        if (rc == VL_ENOMEM)
-            return rc;
-        if (rc)
-            continue;
+        if (rc == VL_ENOMEM) return rc;
+        if (rc) continue;
         char *nm = strdup(name);
         if (!nm) {
             free(s.s);
@@ -495,8 +473,7 @@ static int load_unsubscribe(struct loader *ld, json_t *obj)
         else
             report(ld, TPLF_DATA, where, "unknown key `%s` in `unsubscribe` (known: url, mailto)",
                    key);
-        if (rc == VL_ENOMEM)
-            return rc;
+        if (rc == VL_ENOMEM) return rc;
     }
     if (!ld->t->unsub_url.s && !ld->t->unsub_mailto.s)
         report(ld, TPLF_DATA, "unsubscribe", "`unsubscribe` needs a `url` or a `mailto`");
@@ -536,12 +513,10 @@ static int load_root(struct loader *ld, json_t *root)
                    "unknown key `%s` (known: from, reply_to, subject, headers, text, html, "
                    "inline, attachments, partials, unsubscribe)",
                    key);
-        if (rc == VL_ENOMEM)
-            return rc;
+        if (rc == VL_ENOMEM) return rc;
         rc = 0;
     }
-    if (!json_object_get(root, "from"))
-        report(ld, TPLF_DATA, NULL, "the template has no `from`");
+    if (!json_object_get(root, "from")) report(ld, TPLF_DATA, NULL, "the template has no `from`");
     if (!json_object_get(root, "text") && !json_object_get(root, "html"))
         report(ld, TPLF_DATA, NULL, "the template needs a `text` or an `html` body (or both)");
     return 0;
@@ -564,8 +539,9 @@ int tplf_load(tplf_t **out, const char *path, tplf_diag_fn diag, void *ud)
         }
         report(&ld, rc == VL_ENOENT || rc == VL_EIO ? TPLF_NOINPUT : TPLF_DATA, NULL,
                "cannot read the template: %s",
-               rc == VL_ENOENT ? "no such file" : rc == VL_ETOOBIG ? "larger than 16 MB"
-                                                                   : "not a readable file");
+               rc == VL_ENOENT    ? "no such file"
+               : rc == VL_ETOOBIG ? "larger than 16 MB"
+                                  : "not a readable file");
         tplf_free(t);
         return rc == VL_ETOOBIG ? VL_EPARSE : VL_ENOENT;
     }
@@ -573,8 +549,7 @@ int tplf_load(tplf_t **out, const char *path, tplf_diag_fn diag, void *ud)
     json_t *root = json_loadb(t->text, t->text_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
         ld.nerr++;
-        if (diag)
-            diag(ud, TPLF_DATA, path, jerr.line, jerr.column, jerr.text);
+        if (diag) diag(ud, TPLF_DATA, path, jerr.line, jerr.column, jerr.text);
         tplf_free(t);
         return VL_EPARSE;
     }
@@ -585,8 +560,7 @@ int tplf_load(tplf_t **out, const char *path, tplf_diag_fn diag, void *ud)
         rc = load_root(&ld, root);
     }
     json_decref(root);
-    if (!rc && ld.nerr)
-        rc = ld.missing ? VL_ENOENT : VL_EPARSE;
+    if (!rc && ld.nerr) rc = ld.missing ? VL_ENOENT : VL_EPARSE;
     if (rc) {
         tplf_free(t);
         return rc;
@@ -609,8 +583,7 @@ static void free_parts(tplf_file_part_t *p, size_t n)
 
 void tplf_free(tplf_t *t)
 {
-    if (!t)
-        return;
+    if (!t) return;
     free(t->path);
     free(t->text);
     free(t->from.s);

@@ -27,8 +27,8 @@ enum tplf_kind {
 
 /* One diagnostic: file (may be NULL), 1-based line and column (0 when not
  * known), a message without the location. All borrowed for the call. */
-typedef void (*tplf_diag_fn)(void *ud, enum tplf_kind kind, const char *file, int line,
-                             int column, const char *message);
+typedef void (*tplf_diag_fn)(void *ud, enum tplf_kind kind, const char *file, int line, int column,
+                             const char *message);
 
 typedef struct tplf_str {
     char *s; /* owned, NUL-terminated; NULL when the key is absent */
@@ -41,11 +41,11 @@ typedef struct tplf_header {
 } tplf_header_t;
 
 typedef struct tplf_file_part {
-    char *path;     /* owned: resolved against the template's directory */
-    char *filename; /* owned: the name shown to the reader (attachments: `filename`
-                       or the base name of path; inline: the base name) */
-    char *type;     /* owned: the MIME type, given or guessed from the extension */
-    char *cid;      /* owned: inline images only, else NULL */
+    char *path;          /* owned: resolved against the template's directory */
+    char *filename;      /* owned: the name shown to the reader (attachments: `filename`
+                            or the base name of path; inline: the base name) */
+    char *type;          /* owned: the MIME type, given or guessed from the extension */
+    char *cid;           /* owned: inline images only, else NULL */
     unsigned char *data; /* owned: the file's bytes */
     size_t len;
 } tplf_file_part_t;
