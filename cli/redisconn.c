@@ -1,0 +1,216 @@
+/* redisconn.c: opening the Redis of a campaign; see redisconn.h. */
+#include "cli/redisconn.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli/exitcodes.h"
+#include "common/err.h"
+#include "scheduler/keys.h"
+#include "scheduler/redis.h"
+#include "scheduler/redisproc.h"
+
+struct cli_redis {
+    redisContext *c;
+    sched_rproc_t *proc; /* the embedded server, or NULL */
+    campaign_t *camp;    /* the campaign file, or NULL */
+    char *id;            /* owned copy of the campaign id, or NULL */
+    char where[512];
+};
+
+enum { DEFAULT_TIMEOUT_MS = 5000 };
+
+void cli_redis_redact(const char *url, char *dst, size_t n)
+{
+    if (n == 0) return;
+    const char *scheme = strstr(url, "://");
+    const char *auth = scheme ? scheme + 3 : url;
+    const char *at = strchr(auth, '@');
+    const char *slash = strchr(auth, '/');
+    /* Only an '@' before the path separates credentials from the host. */
+    if (!scheme || !at || (slash && slash < at)) {
+        snprintf(dst, n, "%s", url);
+        return;
+    }
+    const char *colon = memchr(auth, ':', (size_t)(at - auth));
+    if (!colon) {
+        snprintf(dst, n, "%s", url);
+        return;
+    }
+    snprintf(dst, n, "%.*s:***%s", (int)(colon - url), url, at);
+}
+
+int cli_redis_reply_error(redisContext *c, const redisReply *r, const char *what, char *err,
+                          size_t errlen)
+{
+    if (!r || c->err) {
+        snprintf(err, errlen, "Redis: %s: %s", what, c->err ? c->errstr : "no reply");
+        return EX_UNAVAILABLE;
+    }
+    snprintf(err, errlen, "Redis: %s: %.*s", what, (int)r->len, r->str ? r->str : "");
+    return EX_SOFTWARE;
+}
+
+static int connect_url(cli_redis_t *r, const char *url, int timeout_ms, char *err, size_t errlen)
+{
+    char why[256] = "";
+    r->c = sched_redis_connect_sync(url, timeout_ms > 0 ? timeout_ms : DEFAULT_TIMEOUT_MS, why,
+                                    sizeof why);
+    if (!r->c) {
+        snprintf(err, errlen, "cannot reach Redis at %s: %s", r->where,
+                 why[0] ? why : "connection failed");
+        return EX_UNAVAILABLE;
+    }
+    return EX_OK;
+}
+
+int cli_redis_open_url(cli_redis_t **out, const char *url, int timeout_ms, char *err, size_t errlen)
+{
+    *out = NULL;
+    cli_redis_t *r = calloc(1, sizeof *r);
+    if (!r) {
+        snprintf(err, errlen, "out of memory");
+        return EX_OSERR;
+    }
+    cli_redis_redact(url, r->where, sizeof r->where);
+    int rc = connect_url(r, url, timeout_ms, err, errlen);
+    if (rc) {
+        cli_redis_close(r);
+        return rc;
+    }
+    *out = r;
+    return EX_OK;
+}
+
+/* A campaign file argument: load it, reporting its problems on stderr. */
+static int load_campaign(cli_redis_t *r, const char *path, char *err, size_t errlen)
+{
+    int rc = camp_load(&r->camp, path, camp_print_diag, stderr);
+    if (rc == VL_ENOENT) {
+        snprintf(err, errlen, "no campaign file %s", path);
+        return EX_NOINPUT;
+    }
+    if (rc == VL_ENOMEM) {
+        snprintf(err, errlen, "out of memory");
+        return EX_OSERR;
+    }
+    if (rc) {
+        snprintf(err, errlen, "the campaign file %s does not load (see above)", path);
+        return EX_CONFIG;
+    }
+    r->id = strdup(r->camp->id);
+    if (!r->id) {
+        snprintf(err, errlen, "out of memory");
+        return EX_OSERR;
+    }
+    return EX_OK;
+}
+
+/* With --redis, an argument that names an existing regular file is taken as
+ * the campaign file (its id is used); anything else is the id itself. */
+static int is_campaign_file(const char *arg)
+{
+    struct stat st;
+    return (strchr(arg, '/') || strstr(arg, ".json")) && stat(arg, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+int cli_redis_open_campaign(cli_redis_t **out, const char *arg, const char *url, unsigned flags,
+                            int timeout_ms, char *err, size_t errlen)
+{
+    *out = NULL;
+    cli_redis_t *r = calloc(1, sizeof *r);
+    if (!r) {
+        snprintf(err, errlen, "out of memory");
+        return EX_OSERR;
+    }
+    int rc = EX_OK;
+    if (url) {
+        if (is_campaign_file(arg))
+            rc = load_campaign(r, arg, err, errlen);
+        else if (!(r->id = strdup(arg)))
+            rc = EX_OSERR;
+        if (!rc) {
+            cli_redis_redact(url, r->where, sizeof r->where);
+            rc = connect_url(r, url, timeout_ms, err, errlen);
+        }
+    } else {
+        rc = load_campaign(r, arg, err, errlen);
+        struct stat st;
+        if (!rc && !(flags & CLI_REDIS_CREATE) && stat(r->camp->state_dir, &st) != 0) {
+            snprintf(err, errlen, "campaign %s has never been sent (no state in %s)", r->id,
+                     r->camp->state_dir);
+            rc = EX_NOINPUT;
+        }
+        if (!rc) {
+            char why[256] = "";
+            snprintf(r->where, sizeof r->where, "embedded redis in %s", r->camp->state_dir);
+            if (sched_rproc_start(&r->proc, r->camp->state_dir, why, sizeof why)) {
+                snprintf(err, errlen, "cannot start the campaign's redis-server in %s: %s",
+                         r->camp->state_dir, why[0] ? why : "failed");
+                rc = EX_UNAVAILABLE;
+            }
+        }
+        if (!rc) rc = connect_url(r, sched_rproc_socket(r->proc), timeout_ms, err, errlen);
+    }
+    if (rc == EX_OSERR && !err[0]) snprintf(err, errlen, "out of memory");
+    if (!rc && (flags & CLI_REDIS_KNOWN)) rc = cli_redis_require_campaign(r, err, errlen);
+    if (rc) {
+        cli_redis_close(r);
+        return rc;
+    }
+    *out = r;
+    return EX_OK;
+}
+
+int cli_redis_require_campaign(cli_redis_t *r, char *err, size_t errlen)
+{
+    char key[300];
+    snprintf(key, sizeof key, SCHED_KEY_META, r->id);
+    redisReply *rep = redisCommand(r->c, "EXISTS %s", key);
+    if (!rep || rep->type != REDIS_REPLY_INTEGER) {
+        int rc = cli_redis_reply_error(r->c, rep, "EXISTS", err, errlen);
+        if (rep) freeReplyObject(rep);
+        return rc;
+    }
+    long long n = rep->integer;
+    freeReplyObject(rep);
+    if (n == 0) {
+        snprintf(err, errlen, "unknown campaign '%s' (nothing in %s)", r->id, r->where);
+        return EX_NOINPUT;
+    }
+    return EX_OK;
+}
+
+redisContext *cli_redis_ctx(const cli_redis_t *r)
+{
+    return r->c;
+}
+
+const char *cli_redis_id(const cli_redis_t *r)
+{
+    return r->id;
+}
+
+const campaign_t *cli_redis_campaign(const cli_redis_t *r)
+{
+    return r->camp;
+}
+
+const char *cli_redis_where(const cli_redis_t *r)
+{
+    return r->where;
+}
+
+void cli_redis_close(cli_redis_t *r)
+{
+    if (!r) return;
+    if (r->c) redisFree(r->c);
+    /* After the connection is gone, so the server's SHUTDOWN sees no client. */
+    sched_rproc_stop(r->proc);
+    camp_free(r->camp);
+    free(r->id);
+    free(r);
+}

@@ -1,0 +1,1013 @@
+/* report.c: campaign reports streamed from Redis; see report.h. */
+#include "cli/report.h"
+
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/buf.h"
+#include "common/err.h"
+#include "scheduler/keys.h"
+
+enum {
+    BATCH = 1000,       /* rows per HMGET */
+    FIELD_MAX = 8192,   /* longest string field kept from a result (responses) */
+    TEXT_KEEP = 160,    /* bytes of a reply text kept in the per-code counters */
+    TEXT_SLOTS = 12,    /* counters per code: the top 3 are about right with 4x */
+    TOP_TEXTS = 3,      /* texts shown per code */
+    MAX_PROVIDERS = 64, /* provider rows of the summary; the rest is "(other)" */
+    NCODES = 1000,      /* reply codes 0..999 */
+};
+
+/* ------------------------------------------------------------------------
+ * One row's result, parsed from its JSON without allocating per row.
+ */
+
+typedef struct row {
+    unsigned long row;
+    int present; /* a result exists in :res */
+    buf_t email, provider, status, enhanced, response;
+    long long attempts, code, first, last;
+} row_t;
+
+static void row_init(row_t *r)
+{
+    memset(r, 0, sizeof *r);
+    buf_init(&r->email, FIELD_MAX);
+    buf_init(&r->provider, FIELD_MAX);
+    buf_init(&r->status, 64);
+    buf_init(&r->enhanced, 64);
+    buf_init(&r->response, FIELD_MAX);
+}
+
+static void row_free(row_t *r)
+{
+    buf_free(&r->email);
+    buf_free(&r->provider);
+    buf_free(&r->status);
+    buf_free(&r->enhanced);
+    buf_free(&r->response);
+}
+
+static void row_clear(row_t *r)
+{
+    r->present = 0;
+    buf_reset(&r->email);
+    buf_reset(&r->provider);
+    buf_reset(&r->status);
+    buf_reset(&r->enhanced);
+    buf_reset(&r->response);
+    r->attempts = r->code = r->first = r->last = 0;
+}
+
+typedef struct jp {
+    const char *p, *end;
+} jp_t;
+
+static void jp_ws(jp_t *j)
+{
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
+        j->p++;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+static int read_hex4(jp_t *j, unsigned *out)
+{
+    if (j->end - j->p < 4) return -1;
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        int h = hexval(j->p[i]);
+        if (h < 0) return -1;
+        v = v << 4 | (unsigned)h;
+    }
+    j->p += 4;
+    *out = v;
+    return 0;
+}
+
+/* Append code point cp as UTF-8; a string past its cap is cut (silently: the
+ * report shows what fits), which is why append errors are ignored here. */
+static void put_utf8(buf_t *b, unsigned cp)
+{
+    char t[4];
+    size_t n;
+    if (cp < 0x80) {
+        t[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        t[0] = (char)(0xC0 | cp >> 6);
+        t[1] = (char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        t[0] = (char)(0xE0 | cp >> 12);
+        t[1] = (char)(0x80 | (cp >> 6 & 0x3F));
+        t[2] = (char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        t[0] = (char)(0xF0 | cp >> 18);
+        t[1] = (char)(0x80 | (cp >> 12 & 0x3F));
+        t[2] = (char)(0x80 | (cp >> 6 & 0x3F));
+        t[3] = (char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    if (buf_append(b, t, n)) return;
+}
+
+/* A JSON string at j->p (at its opening quote) into b (NULL: skip it). */
+static int jp_string(jp_t *j, buf_t *b)
+{
+    if (j->p >= j->end || *j->p != '"') return -1;
+    j->p++;
+    while (j->p < j->end) {
+        const char *s = j->p;
+        while (j->p < j->end && *j->p != '"' && *j->p != '\\')
+            j->p++;
+        if (b && j->p > s && buf_append(b, s, (size_t)(j->p - s)))
+            b = NULL; /* over the cap: keep what fits, drop the rest */
+        if (j->p >= j->end) return -1;
+        if (*j->p == '"') {
+            j->p++;
+            return 0;
+        }
+        j->p++; /* the backslash */
+        if (j->p >= j->end) return -1;
+        char e = *j->p++;
+        char c = 0;
+        switch (e) {
+        case '"':
+            c = '"';
+            break;
+        case '\\':
+            c = '\\';
+            break;
+        case '/':
+            c = '/';
+            break;
+        case 'b':
+            c = '\b';
+            break;
+        case 'f':
+            c = '\f';
+            break;
+        case 'n':
+            c = '\n';
+            break;
+        case 'r':
+            c = '\r';
+            break;
+        case 't':
+            c = '\t';
+            break;
+        case 'u': {
+            unsigned cp;
+            if (read_hex4(j, &cp)) return -1;
+            if (cp >= 0xD800 && cp < 0xDC00 && j->end - j->p >= 6 && j->p[0] == '\\' &&
+                j->p[1] == 'u') {
+                jp_t save = *j;
+                unsigned lo;
+                j->p += 2;
+                if (!read_hex4(j, &lo) && lo >= 0xDC00 && lo < 0xE000)
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                else
+                    *j = save;
+            }
+            if (cp >= 0xD800 && cp < 0xE000) cp = 0xFFFD; /* a lone surrogate */
+            if (b) put_utf8(b, cp);
+            continue;
+        }
+        default:
+            return -1;
+        }
+        if (b && buf_putc(b, c)) b = NULL;
+    }
+    return -1;
+}
+
+static int jp_number(jp_t *j, long long *out)
+{
+    char tmp[64];
+    size_t n = 0;
+    while (j->p < j->end && n < sizeof tmp - 1 && strchr("+-0123456789.eE", *j->p))
+        tmp[n++] = *j->p++;
+    if (n == 0) return -1;
+    tmp[n] = '\0';
+    char *e;
+    double d = strtod(tmp, &e);
+    if (*e) return -1;
+    *out = (long long)d;
+    return 0;
+}
+
+/* Skip any JSON value (nested ones too, for keys this report ignores). */
+static int jp_skip(jp_t *j)
+{
+    jp_ws(j);
+    if (j->p >= j->end) return -1;
+    char c = *j->p;
+    if (c == '"') return jp_string(j, NULL);
+    if (c == '{' || c == '[') {
+        char close = c == '{' ? '}' : ']';
+        j->p++;
+        jp_ws(j);
+        if (j->p < j->end && *j->p == close) {
+            j->p++;
+            return 0;
+        }
+        for (;;) {
+            if (c == '{') {
+                jp_ws(j);
+                if (jp_string(j, NULL)) return -1;
+                jp_ws(j);
+                if (j->p >= j->end || *j->p++ != ':') return -1;
+            }
+            if (jp_skip(j)) return -1;
+            jp_ws(j);
+            if (j->p >= j->end) return -1;
+            if (*j->p == ',') {
+                j->p++;
+                continue;
+            }
+            if (*j->p++ != close) return -1;
+            return 0;
+        }
+    }
+    long long dummy;
+    if (!strncmp(j->p, "true", 4) || !strncmp(j->p, "null", 4)) {
+        j->p += 4;
+        return 0;
+    }
+    if (!strncmp(j->p, "false", 5)) {
+        j->p += 5;
+        return 0;
+    }
+    return jp_number(j, &dummy);
+}
+
+/* Parse a result object (see scheduler/keys.h) into r. 0 or -1. */
+static int parse_result(const char *s, size_t len, row_t *r)
+{
+    jp_t j = {s, s + len};
+    buf_t key;
+    char keymem[32];
+    jp_ws(&j);
+    if (j.p >= j.end || *j.p++ != '{') return -1;
+    jp_ws(&j);
+    if (j.p < j.end && *j.p == '}') return 0;
+    for (;;) {
+        jp_ws(&j);
+        /* Keys are short; copy into a small stack buffer through a capped buf. */
+        buf_init(&key, sizeof keymem - 1);
+        int rc = jp_string(&j, &key);
+        snprintf(keymem, sizeof keymem, "%s", key.data ? key.data : "");
+        buf_free(&key);
+        if (rc) return -1;
+        jp_ws(&j);
+        if (j.p >= j.end || *j.p++ != ':') return -1;
+        jp_ws(&j);
+        buf_t *sv = NULL;
+        long long *nv = NULL;
+        if (!strcmp(keymem, "email"))
+            sv = &r->email;
+        else if (!strcmp(keymem, "provider"))
+            sv = &r->provider;
+        else if (!strcmp(keymem, "status"))
+            sv = &r->status;
+        else if (!strcmp(keymem, "enhanced"))
+            sv = &r->enhanced;
+        else if (!strcmp(keymem, "response"))
+            sv = &r->response;
+        else if (!strcmp(keymem, "attempts"))
+            nv = &r->attempts;
+        else if (!strcmp(keymem, "code"))
+            nv = &r->code;
+        else if (!strcmp(keymem, "first"))
+            nv = &r->first;
+        else if (!strcmp(keymem, "last"))
+            nv = &r->last;
+        if (sv && j.p < j.end && *j.p == '"') {
+            buf_reset(sv);
+            rc = jp_string(&j, sv);
+        } else if (nv && j.p < j.end && (*j.p == '-' || (*j.p >= '0' && *j.p <= '9'))) {
+            rc = jp_number(&j, nv);
+        } else if (nv && j.p < j.end && *j.p == '"') {
+            /* A number written as a string: accept it. */
+            char tmp[32];
+            buf_t t;
+            buf_init(&t, sizeof tmp - 1);
+            rc = jp_string(&j, &t);
+            *nv = t.data ? strtoll(t.data, NULL, 10) : 0;
+            buf_free(&t);
+        } else {
+            rc = jp_skip(&j);
+        }
+        if (rc) return -1;
+        jp_ws(&j);
+        if (j.p >= j.end) return -1;
+        if (*j.p == ',') {
+            j.p++;
+            continue;
+        }
+        return *j.p == '}' ? 0 : -1;
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Output helpers. Every writer checks ferror() once at the end.
+ */
+
+static const char *str_or(const buf_t *b)
+{
+    return b->data ? b->data : "";
+}
+
+/* RFC 3339 UTC with milliseconds into dst (at least 32 bytes); "" for 0. */
+static void fmt_time(long long ms, char *dst, size_t n)
+{
+    if (ms <= 0) {
+        dst[0] = '\0';
+        return;
+    }
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    size_t len = strftime(dst, n, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(dst + len, n - len, ".%03dZ", (int)(ms % 1000));
+}
+
+/* The length of the valid UTF-8 sequence at s (n bytes left), or 0. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    size_t len;
+    unsigned min;
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF)
+        len = 2, min = 0x80;
+    else if (c >= 0xE0 && c <= 0xEF)
+        len = 3, min = 0x800;
+    else if (c >= 0xF0 && c <= 0xF4)
+        len = 4, min = 0x10000;
+    else
+        return 0;
+    if (n < len) return 0;
+    unsigned cp = c & (0x3F >> (len - 1));
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80) return 0;
+        cp = cp << 6 | (s[i] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp < 0xE000)) return 0;
+    return len;
+}
+
+static void csv_field(FILE *f, const char *s)
+{
+    if (!strpbrk(s, ",\"\r\n")) {
+        fputs(s, f);
+        return;
+    }
+    putc('"', f);
+    for (; *s; s++) {
+        if (*s == '"') putc('"', f);
+        putc(*s, f);
+    }
+    putc('"', f);
+}
+
+/* A JSON string; invalid UTF-8 bytes become U+FFFD so the line stays JSON. */
+static void json_str(FILE *f, const char *s)
+{
+    size_t n = strlen(s);
+    const unsigned char *p = (const unsigned char *)s;
+    putc('"', f);
+    for (size_t i = 0; i < n;) {
+        unsigned c = p[i];
+        if (c == '"' || c == '\\') {
+            putc('\\', f);
+            putc((int)c, f);
+        } else if (c == '\n') {
+            fputs("\\n", f);
+        } else if (c == '\r') {
+            fputs("\\r", f);
+        } else if (c == '\t') {
+            fputs("\\t", f);
+        } else if (c < 0x20 || c == 0x7F) {
+            fprintf(f, "\\u%04x", c);
+        } else if (c >= 0x80) {
+            size_t l = utf8_len(p + i, n - i);
+            if (l == 0) {
+                fputs("\\ufffd", f);
+                i++;
+                continue;
+            }
+            fwrite(p + i, 1, l, f);
+            i += l;
+            continue;
+        } else {
+            putc((int)c, f);
+        }
+        i++;
+    }
+    putc('"', f);
+}
+
+static void html_str(FILE *f, const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (max && n > max) n = max;
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        unsigned c = p[i];
+        switch (c) {
+        case '&':
+            fputs("&amp;", f);
+            break;
+        case '<':
+            fputs("&lt;", f);
+            break;
+        case '>':
+            fputs("&gt;", f);
+            break;
+        case '"':
+            fputs("&quot;", f);
+            break;
+        case '\'':
+            fputs("&#39;", f);
+            break;
+        default:
+            if (c >= 0x80) {
+                size_t l = utf8_len(p + i, n - i);
+                if (l == 0) {
+                    fputs("&#xFFFD;", f);
+                    i++;
+                    continue;
+                }
+                fwrite(p + i, 1, l, f);
+                i += l;
+                continue;
+            }
+            putc(c < 0x20 && c != '\n' ? ' ' : (int)c, f);
+        }
+        i++;
+    }
+}
+
+/* Plain text on one line: control characters become spaces, cut at max. */
+static void text_str(FILE *f, const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    for (size_t i = 0; i < n && i < max; i++)
+        putc((unsigned char)s[i] < 0x20 ? ' ' : s[i], f);
+    if (n > max) fputs("...", f);
+}
+
+/* ------------------------------------------------------------------------
+ * The summary: bounded tables filled row by row.
+ */
+
+static const char *const states[] = {"delivered", "bounced",   "failed",  "suppressed",
+                                     "rejected",  "cancelled", "pending", "deferred"};
+enum { NSTATES = sizeof states / sizeof states[0], ST_PENDING = 6, ST_OTHER = NSTATES };
+
+typedef struct text_slot {
+    char text[TEXT_KEEP + 1];
+    uint64_t count;
+} text_slot_t;
+
+typedef struct code_stat {
+    uint64_t count;
+    text_slot_t *slots; /* TEXT_SLOTS of them, allocated when the code is first seen */
+} code_stat_t;
+
+typedef struct prov_stat {
+    char name[64];
+    uint64_t n[NSTATES + 1];
+    uint64_t rows;
+} prov_stat_t;
+
+typedef struct summary {
+    uint64_t rows;
+    uint64_t n[NSTATES + 1];
+    uint64_t attempts;
+    long long first, last;
+    prov_stat_t prov[MAX_PROVIDERS + 1]; /* the last one is "(other)" */
+    size_t nprov;
+    code_stat_t codes[NCODES];
+    int oom;
+} summary_t;
+
+static int state_index(const char *s)
+{
+    for (int i = 0; i < NSTATES; i++)
+        if (!strcmp(s, states[i])) return i;
+    return ST_OTHER;
+}
+
+/* Count one text for a code with the space-saving algorithm: a text already
+ * counted goes up by one; a new one takes a free slot or replaces the least
+ * counted, inheriting its count. The top few texts of a skewed distribution
+ * come out right in a table of a few times their number. */
+static void count_text(summary_t *s, code_stat_t *cs, const char *enh, const char *text)
+{
+    if (!cs->slots && !(cs->slots = calloc(TEXT_SLOTS, sizeof *cs->slots))) {
+        s->oom = 1;
+        return;
+    }
+    char key[TEXT_KEEP + 1];
+    snprintf(key, sizeof key, "%s%s%s", enh, enh[0] ? " " : "", text);
+    size_t min = 0;
+    for (size_t i = 0; i < TEXT_SLOTS; i++) {
+        text_slot_t *t = &cs->slots[i];
+        if (t->count && !strcmp(t->text, key)) {
+            t->count++;
+            return;
+        }
+        if (t->count < cs->slots[min].count) min = i;
+    }
+    text_slot_t *t = &cs->slots[min];
+    memcpy(t->text, key, sizeof key);
+    t->count++;
+}
+
+static void summary_add(summary_t *s, const row_t *r)
+{
+    int st = r->present ? state_index(str_or(&r->status)) : ST_PENDING;
+    s->rows++;
+    s->n[st]++;
+    s->attempts += (uint64_t)(r->attempts > 0 ? r->attempts : 0);
+    if (r->first > 0 && (s->first == 0 || r->first < s->first)) s->first = r->first;
+    if (r->last > s->last) s->last = r->last;
+    const char *pname = str_or(&r->provider);
+    if (!pname[0]) pname = "(none)";
+    prov_stat_t *p = NULL;
+    for (size_t i = 0; i < s->nprov; i++)
+        if (!strcmp(s->prov[i].name, pname)) {
+            p = &s->prov[i];
+            break;
+        }
+    if (!p) {
+        if (s->nprov < MAX_PROVIDERS) {
+            p = &s->prov[s->nprov++];
+            snprintf(p->name, sizeof p->name, "%s", pname);
+        } else {
+            p = &s->prov[MAX_PROVIDERS];
+            snprintf(p->name, sizeof p->name, "(other)");
+        }
+    }
+    p->rows++;
+    p->n[st]++;
+    if (r->code > 0 && r->code < NCODES) {
+        code_stat_t *cs = &s->codes[r->code];
+        cs->count++;
+        count_text(s, cs, str_or(&r->enhanced), str_or(&r->response));
+    }
+}
+
+static void summary_free(summary_t *s)
+{
+    for (size_t i = 0; i < NCODES; i++)
+        free(s->codes[i].slots);
+}
+
+/* The top k slots of a code, by count, as indexes into slots. */
+static size_t top_texts(const code_stat_t *cs, size_t *idx, size_t k)
+{
+    size_t n = 0;
+    if (!cs->slots) return 0;
+    for (size_t i = 0; i < TEXT_SLOTS; i++) {
+        if (!cs->slots[i].count) continue;
+        size_t at = n < k ? n++ : k;
+        if (at == k && cs->slots[i].count <= cs->slots[idx[k - 1]].count) continue;
+        if (at == k) at = k - 1;
+        while (at > 0 && cs->slots[idx[at - 1]].count < cs->slots[i].count) {
+            idx[at] = idx[at - 1];
+            at--;
+        }
+        idx[at] = i;
+    }
+    return n;
+}
+
+/* ------------------------------------------------------------------------
+ * Reading from Redis.
+ */
+
+typedef struct meta {
+    unsigned long long total;
+    char state[32];
+    long long created, started, finished;
+    int ingested;
+    char stop_reason[512];
+} meta_t;
+
+static int fail_reply(redisContext *c, redisReply *r, const char *what, char *err, size_t errlen)
+{
+    if (!r || c->err)
+        snprintf(err, errlen, "Redis: %s: %s", what, c->err ? c->errstr : "no reply");
+    else
+        snprintf(err, errlen, "Redis: %s: %.*s", what, (int)r->len, r->str ? r->str : "");
+    if (r) freeReplyObject(r);
+    return VL_EREDIS;
+}
+
+static int read_meta(redisContext *c, const char *id, meta_t *m, char *err, size_t errlen)
+{
+    char key[300];
+    memset(m, 0, sizeof *m);
+    snprintf(key, sizeof key, SCHED_KEY_META, id);
+    redisReply *r = redisCommand(c, "HGETALL %s", key);
+    if (!r || r->type != REDIS_REPLY_ARRAY) return fail_reply(c, r, "HGETALL meta", err, errlen);
+    if (r->elements == 0) {
+        freeReplyObject(r);
+        snprintf(err, errlen, "unknown campaign '%s'", id);
+        return VL_ENOENT;
+    }
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        const char *k = r->element[i]->str, *v = r->element[i + 1]->str;
+        if (!k || !v) continue;
+        if (!strcmp(k, "total"))
+            m->total = strtoull(v, NULL, 10);
+        else if (!strcmp(k, "state"))
+            snprintf(m->state, sizeof m->state, "%s", v);
+        else if (!strcmp(k, "created_ms"))
+            m->created = strtoll(v, NULL, 10);
+        else if (!strcmp(k, "started_ms"))
+            m->started = strtoll(v, NULL, 10);
+        else if (!strcmp(k, "finished_ms"))
+            m->finished = strtoll(v, NULL, 10);
+        else if (!strcmp(k, "ingested"))
+            m->ingested = !strcmp(v, "1");
+        else if (!strcmp(k, "stop_reason"))
+            snprintf(m->stop_reason, sizeof m->stop_reason, "%s", v);
+    }
+    freeReplyObject(r);
+    return 0;
+}
+
+typedef int (*row_fn)(void *ud, const row_t *r);
+
+/* Call fn for rows 1..total, read BATCH at a time; one row_t is reused. */
+static int each_row(redisContext *c, const char *id, unsigned long long total, row_fn fn, void *ud,
+                    char *err, size_t errlen)
+{
+    char key[300];
+    snprintf(key, sizeof key, SCHED_KEY_RES, id);
+    const char *argv[BATCH + 2];
+    size_t argl[BATCH + 2];
+    char nums[BATCH][24];
+    row_t r;
+    row_init(&r);
+    int rc = 0;
+    for (unsigned long long from = 1; from <= total && !rc; from += BATCH) {
+        size_t n = total - from + 1 < BATCH ? (size_t)(total - from + 1) : BATCH;
+        argv[0] = "HMGET";
+        argl[0] = 5;
+        argv[1] = key;
+        argl[1] = strlen(key);
+        for (size_t i = 0; i < n; i++) {
+            int l = snprintf(nums[i], sizeof nums[i], "%llu", from + i);
+            argv[2 + i] = nums[i];
+            argl[2 + i] = (size_t)l;
+        }
+        redisReply *rep = redisCommandArgv(c, (int)n + 2, argv, argl);
+        if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != n) {
+            rc = fail_reply(c, rep, "HMGET res", err, errlen);
+            break;
+        }
+        for (size_t i = 0; i < n && !rc; i++) {
+            redisReply *e = rep->element[i];
+            row_clear(&r);
+            r.row = (unsigned long)(from + i);
+            if (e->type == REDIS_REPLY_STRING) {
+                r.present = 1;
+                if (parse_result(e->str, e->len, &r)) {
+                    /* Say so in the report rather than stop it: the other rows
+                     * are still worth having. */
+                    row_clear(&r);
+                    r.present = 1;
+                    if (buf_puts(&r.status, "unknown") ||
+                        buf_puts(&r.response, "(unreadable result in Redis)"))
+                        rc = VL_ENOMEM;
+                }
+            } else if (buf_puts(&r.status, "pending")) {
+                rc = VL_ENOMEM;
+            }
+            if (!rc) rc = fn(ud, &r);
+        }
+        freeReplyObject(rep);
+    }
+    row_free(&r);
+    if (rc == VL_ENOMEM)
+        snprintf(err, errlen, "out of memory");
+    else if (rc == VL_EIO && !err[0])
+        snprintf(err, errlen, "write error");
+    return rc;
+}
+
+/* ------------------------------------------------------------------------
+ * The formats.
+ */
+
+static int csv_row(void *ud, const row_t *r)
+{
+    FILE *f = ud;
+    char t1[40], t2[40];
+    fmt_time(r->first, t1, sizeof t1);
+    fmt_time(r->last, t2, sizeof t2);
+    fprintf(f, "%lu,", r->row);
+    csv_field(f, str_or(&r->email));
+    putc(',', f);
+    csv_field(f, str_or(&r->provider));
+    putc(',', f);
+    csv_field(f, str_or(&r->status));
+    fprintf(f, ",%lld,%lld,", r->attempts, r->code);
+    csv_field(f, str_or(&r->enhanced));
+    putc(',', f);
+    csv_field(f, str_or(&r->response));
+    fprintf(f, ",%s,%s\r\n", t1, t2);
+    return ferror(f) ? VL_EIO : 0;
+}
+
+static void json_time(FILE *f, long long ms)
+{
+    char t[40];
+    fmt_time(ms, t, sizeof t);
+    if (t[0])
+        fprintf(f, "\"%s\"", t);
+    else
+        fputs("null", f);
+}
+
+static int json_row(void *ud, const row_t *r)
+{
+    FILE *f = ud;
+    fprintf(f, "{\"row\":%lu,\"email\":", r->row);
+    json_str(f, str_or(&r->email));
+    fputs(",\"provider\":", f);
+    json_str(f, str_or(&r->provider));
+    fputs(",\"status\":", f);
+    json_str(f, str_or(&r->status));
+    fprintf(f, ",\"attempts\":%lld,\"code\":%lld,\"enhanced_code\":", r->attempts, r->code);
+    json_str(f, str_or(&r->enhanced));
+    fputs(",\"response\":", f);
+    json_str(f, str_or(&r->response));
+    fputs(",\"first_attempt_at\":", f);
+    json_time(f, r->first);
+    fputs(",\"last_attempt_at\":", f);
+    json_time(f, r->last);
+    fputs("}\n", f);
+    return ferror(f) ? VL_EIO : 0;
+}
+
+static int summary_row(void *ud, const row_t *r)
+{
+    summary_t *s = ud;
+    summary_add(s, r);
+    return s->oom ? VL_ENOMEM : 0;
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Duration of the campaign in ms and what it measures. */
+static long long duration(const meta_t *m, const summary_t *s, const char **what)
+{
+    if (m->started > 0 && m->finished >= m->started) {
+        *what = "started to finished";
+        return m->finished - m->started;
+    }
+    if (m->started > 0 && !strcmp(m->state, "running")) {
+        *what = "since it started; still running";
+        return now_ms() - m->started;
+    }
+    *what = "first to last attempt";
+    return s->last > s->first ? s->last - s->first : 0;
+}
+
+static double throughput(const summary_t *s)
+{
+    if (s->last <= s->first) return 0;
+    return (double)s->n[0] / ((double)(s->last - s->first) / 1000.0);
+}
+
+static double pct(uint64_t a, uint64_t b)
+{
+    return b ? 100.0 * (double)a / (double)b : 0.0;
+}
+
+static void write_text(FILE *f, const char *id, const meta_t *m, const summary_t *s)
+{
+    char t1[40], t2[40];
+    fprintf(f, "campaign %s: %s, %llu row%s%s\n", id, m->state[0] ? m->state : "unknown", m->total,
+            m->total == 1 ? "" : "s", m->ingested ? "" : " (ingest not finished)");
+    if (m->stop_reason[0]) fprintf(f, "stopped: %s\n", m->stop_reason);
+    fprintf(f, "\nby state:\n");
+    for (int i = 0; i <= NSTATES; i++) {
+        if (i == ST_OTHER && !s->n[i]) continue;
+        fprintf(f, "  %-12s %10" PRIu64 "  %5.1f%%\n", i == ST_OTHER ? "unknown" : states[i],
+                s->n[i], pct(s->n[i], s->rows));
+    }
+    fprintf(f, "  %-12s %10" PRIu64 "\n", "attempts", s->attempts);
+    fprintf(f, "\nby provider:\n  %-20s %10s %10s %10s %10s %10s %10s\n", "provider", "rows",
+            "delivered", "bounced", "failed", "other", "waiting");
+    for (size_t i = 0; i <= MAX_PROVIDERS; i++) {
+        const prov_stat_t *p = &s->prov[i];
+        if (i >= s->nprov && i != MAX_PROVIDERS) continue;
+        if (!p->rows) continue;
+        uint64_t waiting = p->n[ST_PENDING] + p->n[ST_PENDING + 1];
+        uint64_t other = p->rows - p->n[0] - p->n[1] - p->n[2] - waiting;
+        fprintf(f,
+                "  %-20s %10" PRIu64 " %10" PRIu64 " %10" PRIu64 " %10" PRIu64 " %10" PRIu64
+                " %10" PRIu64 "\n",
+                p->name, p->rows, p->n[0], p->n[1], p->n[2], other, waiting);
+    }
+    fprintf(f,
+            "\nby reply code (last reply of each row; most common texts, counts approximate):\n");
+    int any = 0;
+    for (int code = 0; code < NCODES; code++) {
+        const code_stat_t *cs = &s->codes[code];
+        if (!cs->count) continue;
+        any = 1;
+        fprintf(f, "  %3d %10" PRIu64 "\n", code, cs->count);
+        size_t idx[TOP_TEXTS];
+        size_t n = top_texts(cs, idx, TOP_TEXTS);
+        for (size_t i = 0; i < n; i++) {
+            fprintf(f, "      %10" PRIu64 "  ", cs->slots[idx[i]].count);
+            text_str(f, cs->slots[idx[i]].text, 100);
+            putc('\n', f);
+        }
+    }
+    if (!any) fprintf(f, "  (no replies yet)\n");
+    fmt_time(s->first, t1, sizeof t1);
+    fmt_time(s->last, t2, sizeof t2);
+    const char *what;
+    long long d = duration(m, s, &what);
+    fprintf(f, "\nfirst attempt  %s\nlast attempt   %s\n", t1[0] ? t1 : "-", t2[0] ? t2 : "-");
+    fprintf(f, "duration       %.3f s (%s)\n", (double)d / 1000.0, what);
+    fprintf(f, "throughput     %.1f delivered/s (first to last attempt)\n", throughput(s));
+}
+
+static void html_head(FILE *f, const char *id)
+{
+    fputs("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>volley "
+          "report: ",
+          f);
+    html_str(f, id, 0);
+    fputs("</title>\n<style>\nbody{font-family:sans-serif;margin:2em;color:#222}\n"
+          "table{border-collapse:collapse;margin:1em 0}\n"
+          "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}\n"
+          "td.n{text-align:right;font-variant-numeric:tabular-nums}\n"
+          "pre{margin:0;white-space:pre-wrap}\n</style></head><body>\n<h1>Campaign ",
+          f);
+    html_str(f, id, 0);
+    fputs("</h1>\n", f);
+}
+
+static void write_html_summary(FILE *f, const char *id, const meta_t *m, const summary_t *s)
+{
+    char t1[40], t2[40];
+    const char *what;
+    long long d = duration(m, s, &what);
+    fmt_time(s->first, t1, sizeof t1);
+    fmt_time(s->last, t2, sizeof t2);
+    html_head(f, id);
+    fputs("<table>\n<tr><th>state</th><td>", f);
+    html_str(f, m->state[0] ? m->state : "unknown", 0);
+    fprintf(f, "</td></tr>\n<tr><th>rows</th><td class=\"n\">%llu%s</td></tr>\n", m->total,
+            m->ingested ? "" : " (ingest not finished)");
+    if (m->stop_reason[0]) {
+        fputs("<tr><th>stopped</th><td>", f);
+        html_str(f, m->stop_reason, 0);
+        fputs("</td></tr>\n", f);
+    }
+    fprintf(f,
+            "<tr><th>first attempt</th><td>%s</td></tr>\n<tr><th>last attempt</th><td>%s"
+            "</td></tr>\n<tr><th>duration</th><td>%.3f s (%s)</td></tr>\n<tr><th>throughput"
+            "</th><td>%.1f delivered/s</td></tr>\n</table>\n",
+            t1[0] ? t1 : "-", t2[0] ? t2 : "-", (double)d / 1000.0, what, throughput(s));
+    fputs("<h2>By state</h2>\n<table>\n<tr><th>state</th><th>rows</th><th>%</th></tr>\n", f);
+    for (int i = 0; i <= NSTATES; i++) {
+        if (i == ST_OTHER && !s->n[i]) continue;
+        fprintf(f,
+                "<tr><td>%s</td><td class=\"n\">%" PRIu64 "</td><td class=\"n\">%.1f</td></tr>\n",
+                i == ST_OTHER ? "unknown" : states[i], s->n[i], pct(s->n[i], s->rows));
+    }
+    fputs("</table>\n<h2>By provider</h2>\n<table>\n<tr><th>provider</th><th>rows</th>", f);
+    for (int i = 0; i < NSTATES; i++)
+        fprintf(f, "<th>%s</th>", states[i]);
+    fputs("</tr>\n", f);
+    for (size_t i = 0; i <= MAX_PROVIDERS; i++) {
+        const prov_stat_t *p = &s->prov[i];
+        if ((i >= s->nprov && i != MAX_PROVIDERS) || !p->rows) continue;
+        fputs("<tr><td>", f);
+        html_str(f, p->name, 0);
+        fprintf(f, "</td><td class=\"n\">%" PRIu64 "</td>", p->rows);
+        for (int k = 0; k < NSTATES; k++)
+            fprintf(f, "<td class=\"n\">%" PRIu64 "</td>", p->n[k]);
+        fputs("</tr>\n", f);
+    }
+    fputs("</table>\n<h2>By reply code</h2>\n<table>\n<tr><th>code</th><th>rows</th>"
+          "<th>most common texts (approximate counts)</th></tr>\n",
+          f);
+    for (int code = 0; code < NCODES; code++) {
+        const code_stat_t *cs = &s->codes[code];
+        if (!cs->count) continue;
+        fprintf(f, "<tr><td>%d</td><td class=\"n\">%" PRIu64 "</td><td>", code, cs->count);
+        size_t idx[TOP_TEXTS];
+        size_t n = top_texts(cs, idx, TOP_TEXTS);
+        for (size_t i = 0; i < n; i++) {
+            fprintf(f, "%s%" PRIu64 " &times; <code>", i ? "<br>\n" : "", cs->slots[idx[i]].count);
+            html_str(f, cs->slots[idx[i]].text, 0);
+            fputs("</code>", f);
+        }
+        fputs("</td></tr>\n", f);
+    }
+    fputs("</table>\n<h2>Rows not delivered</h2>\n<table>\n<tr><th>row</th><th>email</th>"
+          "<th>provider</th><th>status</th><th>attempts</th><th>code</th><th>enhanced</th>"
+          "<th>response</th><th>last attempt</th></tr>\n",
+          f);
+}
+
+static int html_row(void *ud, const row_t *r)
+{
+    FILE *f = ud;
+    if (r->present && !strcmp(str_or(&r->status), "delivered")) return 0;
+    char t[40];
+    fmt_time(r->last, t, sizeof t);
+    fprintf(f, "<tr><td class=\"n\">%lu</td><td>", r->row);
+    html_str(f, str_or(&r->email), 0);
+    fputs("</td><td>", f);
+    html_str(f, str_or(&r->provider), 0);
+    fputs("</td><td>", f);
+    html_str(f, str_or(&r->status), 0);
+    fprintf(f, "</td><td class=\"n\">%lld</td><td>%lld</td><td>", r->attempts, r->code);
+    html_str(f, str_or(&r->enhanced), 0);
+    fputs("</td><td><pre>", f);
+    html_str(f, str_or(&r->response), 0);
+    fprintf(f, "</pre></td><td>%s</td></tr>\n", t);
+    return ferror(f) ? VL_EIO : 0;
+}
+
+int cli_report_format_ok(const char *format)
+{
+    return format && (!strcmp(format, "text") || !strcmp(format, "csv") ||
+                      !strcmp(format, "json") || !strcmp(format, "html"));
+}
+
+int cli_report_write(redisContext *c, const char *id, const char *format, FILE *out, char *err,
+                     size_t errlen)
+{
+    if (errlen) err[0] = '\0';
+    if (!cli_report_format_ok(format)) {
+        snprintf(err, errlen, "unknown report format '%s' (text, csv, json or html)",
+                 format ? format : "");
+        return VL_EINVAL;
+    }
+    meta_t m;
+    int rc = read_meta(c, id, &m, err, errlen);
+    if (rc) return rc;
+    if (!strcmp(format, "csv")) {
+        fputs("row,email,provider,status,attempts,code,enhanced_code,response,"
+              "first_attempt_at,last_attempt_at\r\n",
+              out);
+        rc = each_row(c, id, m.total, csv_row, out, err, errlen);
+    } else if (!strcmp(format, "json")) {
+        rc = each_row(c, id, m.total, json_row, out, err, errlen);
+    } else {
+        /* The summary holds 65 provider rows and 1000 code counters (their
+         * text tables allocated only for codes seen): tens of kB, on the heap
+         * rather than the stack. */
+        summary_t *s = calloc(1, sizeof *s);
+        if (!s) {
+            snprintf(err, errlen, "out of memory");
+            return VL_ENOMEM;
+        }
+        rc = each_row(c, id, m.total, summary_row, s, err, errlen);
+        if (!rc && !strcmp(format, "text")) {
+            write_text(out, id, &m, s);
+        } else if (!rc) {
+            write_html_summary(out, id, &m, s);
+            rc = each_row(c, id, m.total, html_row, out, err, errlen);
+            if (!rc) fputs("</table>\n<p>Generated by volley.</p>\n</body></html>\n", out);
+        }
+        summary_free(s);
+        free(s);
+    }
+    if (!rc && (fflush(out) != 0 || ferror(out))) {
+        snprintf(err, errlen, "write error");
+        rc = VL_EIO;
+    }
+    return rc;
+}

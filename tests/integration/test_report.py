@@ -1,0 +1,545 @@
+#!/usr/bin/python3
+"""Integration tests of `volley report`, `status`, `pause|resume|cancel` and
+`suppress` against a private redis-server (unix socket, no TCP). The worker is
+not involved: the tests write the keys of scheduler/keys.h themselves, then
+check what volley prints and what it changes. Prints TAP."""
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+SRCDIR = os.environ.get("SRCDIR", os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+VOLLEY = os.environ.get("VOLLEY") or os.path.join(SRCDIR, "build", "cli", "volley")
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+TMP = tempfile.mkdtemp(prefix="volley-report-test-")
+PROCS = []
+
+
+class Redis:
+    """A tiny RESP client over a unix socket (no redis-py on the machine)."""
+
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.connect(path)
+        self.f = self.s.makefile("rb")
+
+    @staticmethod
+    def encode(*args):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            if not isinstance(a, bytes):
+                a = str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        return b"".join(out)
+
+    def read(self):
+        line = self.f.readline()
+        if not line:
+            raise EOFError("redis closed the connection")
+        t, rest = line[:1], line[1:-2]
+        if t == b"+":
+            return rest.decode()
+        if t == b"-":
+            raise RuntimeError(rest.decode())
+        if t == b":":
+            return int(rest)
+        if t == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            data = self.f.read(n + 2)[:-2]
+            return data.decode("utf-8", "replace")
+        if t == b"*":
+            n = int(rest)
+            return None if n < 0 else [self.read() for _ in range(n)]
+        raise RuntimeError("bad reply %r" % line)
+
+    def __call__(self, *args):
+        self.s.sendall(self.encode(*args))
+        return self.read()
+
+    def pipeline(self, cmds):
+        self.s.sendall(b"".join(self.encode(*c) for c in cmds))
+        return [self.read() for _ in cmds]
+
+    def close(self):
+        self.f.close()
+        self.s.close()
+
+
+class Server:
+    """redis-server on a unix socket in dir; appendonly when asked (for the
+    embedded-redis tests, which reuse its data directory)."""
+
+    def __init__(self, dirpath, appendonly=False):
+        os.makedirs(dirpath, exist_ok=True)
+        self.sock = os.path.join(dirpath, "test.sock")
+        args = [REDIS_SERVER, "--port", "0", "--unixsocket", self.sock, "--dir", dirpath,
+                "--daemonize", "no", "--save", ""]
+        if appendonly:
+            args += ["--appendonly", "yes"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        PROCS.append(self.proc)
+        for _ in range(200):
+            try:
+                r = Redis(self.sock)
+                if r("PING") == "PONG":
+                    r.close()
+                    break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise AssertionError("redis-server did not start")
+        self.url = "unix://" + self.sock
+
+    def client(self):
+        return Redis(self.sock)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            try:
+                r = self.client()
+                r.s.sendall(Redis.encode("SHUTDOWN"))
+                r.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def volley(*args, env=None):
+    """Run volley; (exit code, stdout, stderr). Output is decoded without
+    newline translation, so CRLF record ends stay visible."""
+    e = dict(os.environ)
+    e.update(env or {})
+    p = subprocess.run([VOLLEY] + list(args), capture_output=True, env=e, timeout=120)
+    return p.returncode, p.stdout.decode("utf-8"), p.stderr.decode("utf-8", "replace")
+
+
+def res(email, provider, status, attempts=0, code=0, enhanced="", response="", first=0,
+        last=0, host=""):
+    return json.dumps({"email": email, "provider": provider, "status": status,
+                       "attempts": attempts, "code": code, "enhanced": enhanced,
+                       "response": response, "first": first, "last": last, "host": host})
+
+
+T0 = 1795256130123  # 2026-11-21T10:15:30.123Z
+
+
+def fill_campaign(r, cid="c1"):
+    """A campaign of 8 rows following scheduler/keys.h. Row 6 has no result
+    yet. Rows 4 and 7 are due (provider rest, netease), row 8 is leased."""
+    k = "{c:%s}" % cid
+    r("DEL", *[k + s for s in (":meta", ":res", ":count", ":providers", ":due:netease",
+                               ":due:rest", ":lease", ":leasep", ":row")])
+    r("HSET", k + ":meta", "id", cid, "state", "running", "total", 8, "ingested", 1,
+      "created_ms", T0 - 60000, "started_ms", T0, "email_col", 0,
+      "columns", json.dumps(["email", "name"]))
+    rows = {
+        1: res("a@163.com", "netease", "delivered", 1, 250, "2.0.0", "Mail OK queued as x",
+               T0, T0),
+        2: res("b@126.com", "netease", "bounced", 1, 550, "5.1.1",
+               "User not found: \"b\", sorry\r\nsecond line", T0 + 500, T0 + 500),
+        3: res("c@example.org", "rest", "delivered", 2, 250, "2.0.0", "Ok <queued>",
+               T0 + 100, T0 + 2000),
+        4: res("d@example.org", "rest", "deferred", 1, 451, "4.7.1",
+               "Try again later & slowly", T0 + 1000, T0 + 1000),
+        5: res("bad-address", "", "rejected", 0, 0, "", "invalid address"),
+        7: res("g@163.com", "netease", "pending"),
+        8: res("h@yeah.net", "netease", "pending", 1, 421, "4.4.2", "HL:ICC 连接过多",
+               T0 + 1500, T0 + 1500),
+    }
+    for n, v in rows.items():
+        r("HSET", k + ":res", n, v)
+    r("HSET", k + ":count", "total", 8, "delivered", 2, "bounced", 1, "rejected", 1,
+      "final", 4, "attempts", 7, "deferred", 2)
+    r("SADD", k + ":providers", "netease", "rest")
+    r("ZADD", k + ":due:rest", T0 + 3600000 * 24 * 3650, 4)   # far in the future
+    r("ZADD", k + ":due:netease", 0, 7)                         # due now
+    r("ZADD", k + ":lease", T0 + 60000, 8)
+    r("HSET", k + ":leasep", 8, "netease")
+    now = int(time.time() * 1000)
+    r("HSET", "{p:netease}:suspend", "until", now + 3600000, "reason", "451 MI:SFQ quota")
+    r("HSET", "{p:netease}:learned", "connections", 2, "messages_per_connection", 20)
+    r("SADD", "volley:campaigns", cid)
+
+
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+SRV = None
+
+
+@test
+def report_csv_columns_quoting_and_times():
+    r = SRV.client()
+    fill_campaign(r)
+    rc, out, err = volley("report", "c1", "--redis", SRV.url, "--format", "csv")
+    assert rc == 0, (rc, err)
+    rows = list(csv.reader(io.StringIO(out, newline="")))
+    assert rows[0] == ["row", "email", "provider", "status", "attempts", "code",
+                       "enhanced_code", "response", "first_attempt_at", "last_attempt_at"], rows[0]
+    assert len(rows) == 9, len(rows)
+    by = {int(x[0]): x for x in rows[1:]}
+    assert by[1][1:8] == ["a@163.com", "netease", "delivered", "1", "250", "2.0.0",
+                          "Mail OK queued as x"], by[1]
+    assert by[1][8] == "2026-11-21T10:15:30.123Z", by[1][8]
+    assert by[3][9] == "2026-11-21T10:15:32.123Z", by[3][9]
+    assert by[2][7] == "User not found: \"b\", sorry\r\nsecond line", repr(by[2][7])
+    assert by[5][3] == "rejected" and by[5][8] == "" and by[5][9] == "", by[5]
+    assert by[6][3] == "pending" and by[6][1] == "", by[6]
+    assert by[8][7] == "HL:ICC 连接过多", by[8]
+    assert "\r\n" in out and out.startswith("row,email,"), out[:40]
+
+
+@test
+def report_json_lines_types():
+    rc, out, err = volley("report", "c1", "--redis", SRV.url, "--format", "json")
+    assert rc == 0, (rc, err)
+    lines = out.splitlines()
+    assert len(lines) == 8, len(lines)
+    objs = [json.loads(x) for x in lines]
+    keys = ["row", "email", "provider", "status", "attempts", "code", "enhanced_code",
+            "response", "first_attempt_at", "last_attempt_at"]
+    for o in objs:
+        assert list(o.keys()) == keys, o.keys()
+        assert isinstance(o["code"], int) and isinstance(o["attempts"], int)
+    assert objs[1]["response"] == "User not found: \"b\", sorry\r\nsecond line"
+    assert objs[0]["first_attempt_at"] == "2026-11-21T10:15:30.123Z"
+    assert objs[4]["first_attempt_at"] is None and objs[4]["last_attempt_at"] is None
+    assert objs[5]["status"] == "pending" and objs[5]["row"] == 6
+
+
+@test
+def report_text_summary():
+    rc, out, err = volley("report", "c1", "--redis", SRV.url)
+    assert rc == 0, (rc, err)
+    def count(state):
+        m = re.search(r"^\s+%s\s+(\d+)" % state, out, re.M)
+        assert m, (state, out)
+        return int(m.group(1))
+    assert count("delivered") == 2 and count("bounced") == 1 and count("rejected") == 1
+    assert count("pending") == 3 and count("deferred") == 1, out   # rows 6, 7, 8; row 4
+    assert re.search(r"^\s+netease\s+4\s+1\s+1\s+0\s+0\s+2$", out, re.M), out
+    assert re.search(r"^\s+\(none\)\s+2\s+0\s+0\s+0\s+1\s+1$", out, re.M), out
+    assert re.search(r"^\s+rest\s+2\s+1\s+0\s+0\s+0\s+1$", out, re.M), out
+    assert re.search(r"^\s+550\s+1\n\s+1\s+5\.1\.1 User not found", out, re.M), out
+    assert re.search(r"^\s+250\s+2$", out, re.M), out
+    # 2 delivered between the first attempt (T0) and the last (T0 + 2 s).
+    assert re.search(r"throughput\s+1\.0 delivered/s", out), out
+
+
+@test
+def report_html_self_contained_and_escaped():
+    rc, out, err = volley("report", "c1", "--redis", SRV.url, "--format", "html")
+    assert rc == 0, (rc, err)
+    assert out.startswith("<!DOCTYPE html>") and out.rstrip().endswith("</html>")
+    assert "Try again later &amp; slowly" in out and "&quot;b&quot;" in out
+    assert "<queued>" not in out and "src=" not in out and "href=" not in out
+    assert "Mail OK queued" in out   # in the code table, not the undelivered rows
+    assert "a@163.com" not in out    # delivered rows are not listed
+    assert "b@126.com" in out
+
+
+@test
+def report_output_file_atomic():
+    path = os.path.join(TMP, "out", "report.csv")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("old")
+    rc, out, err = volley("report", "c1", "--redis", SRV.url, "--format", "csv", "-o", path)
+    assert rc == 0, (rc, err)
+    assert out == "", out
+    assert os.listdir(os.path.dirname(path)) == ["report.csv"], os.listdir(os.path.dirname(path))
+    with open(path, newline="") as f:
+        assert len(list(csv.reader(f))) == 9
+    # A failed report leaves the old file alone and no temporary behind.
+    rc, out, err = volley("report", "nope", "--redis", SRV.url, "-o", path)
+    assert rc == 66, (rc, err)
+    assert os.listdir(os.path.dirname(path)) == ["report.csv"]
+
+
+@test
+def errors_exit_codes():
+    rc, out, err = volley("report", "nope", "--redis", SRV.url)
+    assert rc == 66 and "unknown campaign" in err, (rc, err)
+    rc, out, err = volley("status", "nope", "--redis", SRV.url)
+    assert rc == 66, (rc, err)
+    rc, out, err = volley("cancel", "nope", "--redis", SRV.url)
+    assert rc == 66, (rc, err)
+    rc, out, err = volley("report", "c1", "--redis", "unix://" + TMP + "/no.sock")
+    assert rc == 69, (rc, err)
+    rc, out, err = volley("report", "c1", "--redis", SRV.url, "--format", "xml")
+    assert rc == 64, (rc, err)
+    rc, out, err = volley("report")
+    assert rc == 64, (rc, err)
+    for cmd in ("report", "status", "pause", "resume", "cancel", "suppress"):
+        rc, out, err = volley(cmd, "--help")
+        assert rc == 0 and "usage: volley " + cmd in out, (cmd, rc, out, err)
+
+
+@test
+def status_text_and_json():
+    r = SRV.client()
+    fill_campaign(r)
+    rc, out, err = volley("status", "c1", "--redis", SRV.url, "--json")
+    assert rc == 0, (rc, err)
+    st = json.loads(out)
+    assert st["state"] == "running" and st["total"] == 8, st
+    assert st["pending"] == 2 and st["due_now"] == 1 and st["leased"] == 1, st
+    assert st["counts"]["delivered"] == 2 and st["counts"]["final"] == 4, st
+    p = {x["name"]: x for x in st["providers"]}
+    assert p["netease"]["due_now"] == 1 and p["netease"]["scheduled_later"] == 0, p
+    assert p["rest"]["due_now"] == 0 and p["rest"]["scheduled_later"] == 1, p
+    assert p["netease"]["suspend_reason"] == "451 MI:SFQ quota", p
+    assert p["rest"]["suspended_until"] is None, p
+    assert p["netease"]["learned"]["connections"] == 2, p
+    assert st["stop_reason"] is None
+    r("HSET", "{c:c1}:meta", "stop_reason", "553 authentication required (netease)")
+    rc, out, err = volley("status", "c1", "--redis", SRV.url)
+    assert rc == 0, (rc, err)
+    assert "pending    2 (due now 1, scheduled later 1)" in out, out
+    assert "leased     1" in out, out
+    assert "SUSPENDED until" in out and "451 MI:SFQ quota" in out, out
+    assert "553 authentication required" in out, out
+    assert "connections=2" in out, out
+
+
+@test
+def pause_resume_cancel():
+    r = SRV.client()
+    fill_campaign(r)
+    rc, out, err = volley("pause", "c1", "--redis", SRV.url)
+    assert rc == 0, (rc, err)
+    assert r("HGET", "{c:c1}:meta", "state") == "paused"
+    rc, out, err = volley("resume", "c1", "--redis", SRV.url)
+    assert rc == 0, (rc, err)
+    assert r("HGET", "{c:c1}:meta", "state") == "running"
+    rc, out, err = volley("cancel", "c1", "--redis", SRV.url)
+    assert rc == 0, (rc, err)
+    assert r("HGET", "{c:c1}:meta", "state") == "cancelled"
+    assert r("ZCARD", "{c:c1}:due:rest") == 0 and r("ZCARD", "{c:c1}:due:netease") == 0
+    assert r("ZCARD", "{c:c1}:lease") == 1, "leased rows are left to their worker"
+    r4 = json.loads(r("HGET", "{c:c1}:res", 4))
+    assert r4["status"] == "cancelled" and r4["code"] == 451 and r4["attempts"] == 1, r4
+    assert r4["response"] == "Try again later & slowly", r4
+    assert json.loads(r("HGET", "{c:c1}:res", 7))["status"] == "cancelled"
+    assert json.loads(r("HGET", "{c:c1}:res", 8))["status"] == "pending"
+    assert r("HGET", "{c:c1}:count", "cancelled") == "2", r("HGETALL", "{c:c1}:count")
+    assert r("HGET", "{c:c1}:count", "final") == "6"
+    rc, out, err = volley("resume", "c1", "--redis", SRV.url)
+    assert rc == 64 and "cancelled" in err, (rc, err)
+    assert r("HGET", "{c:c1}:meta", "state") == "cancelled"
+    rc, out, err = volley("cancel", "c1", "--redis", SRV.url)
+    assert rc == 0, (rc, err)
+    assert r("HGET", "{c:c1}:count", "cancelled") == "2", "cancelling twice counts once"
+
+
+@test
+def cancel_many_rows_in_batches():
+    r = SRV.client()
+    k = "{c:big}"
+    n = 2500
+    r("DEL", k + ":meta", k + ":res", k + ":count", k + ":due:rest", k + ":providers")
+    r("HSET", k + ":meta", "id", "big", "state", "running", "total", n, "ingested", 1)
+    r("HSET", k + ":count", "total", n)
+    r("SADD", k + ":providers", "rest")
+    cmds = []
+    for i in range(1, n + 1):
+        cmds.append(("HSET", k + ":res", i, res("u%d@example.org" % i, "rest", "pending")))
+        cmds.append(("ZADD", k + ":due:rest", i, i))
+    r.pipeline(cmds)
+    rc, out, err = volley("cancel", "big", "--redis", SRV.url)
+    assert rc == 0, (rc, err)
+    assert "2500 waiting rows cancelled" in out, out
+    assert r("HGET", k + ":count", "cancelled") == str(n)
+    assert r("HGET", k + ":meta", "finished_ms") is not None
+    rc, out, err = volley("report", "big", "--redis", SRV.url, "--format", "csv")
+    assert rc == 0, (rc, err)
+    assert out.count(",cancelled,") == n, out.count(",cancelled,")
+
+
+def run_rss(args, outpath):
+    """Run volley with stdout to a file; its peak RSS in kB."""
+    with open(outpath, "w") as f:
+        p = subprocess.Popen([VOLLEY] + args, stdout=f, stderr=subprocess.PIPE)
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        err = p.stderr.read().decode()
+        p.stderr.close()
+    assert p.returncode == 0, (p.returncode, err)
+    return ru.ru_maxrss
+
+
+@test
+def report_streams_in_bounded_memory():
+    """60,000 rows with 200-byte replies (about 20 MB of results) cost the
+    report no more memory than 3,000 rows do."""
+    r = SRV.client()
+    def fill(cid, n):
+        k = "{c:%s}" % cid
+        r("DEL", k + ":meta", k + ":res")
+        r("HSET", k + ":meta", "id", cid, "state", "done", "total", n, "ingested", 1)
+        text = "x" * 180
+        for start in range(1, n + 1, 5000):
+            cmds = [("HSET", k + ":res", i,
+                     res("user%d@example.org" % i, "p%d" % (i % 7), "delivered", 1, 250,
+                         "2.0.0", "%s %d" % (text, i % 50), T0 + i, T0 + i))
+                    for i in range(start, min(n, start + 4999) + 1)]
+            r.pipeline(cmds)
+    fill("small", 3000)
+    fill("large", 60000)
+    out = os.path.join(TMP, "rss.out")
+    results = {}
+    for fmt in ("csv", "text"):
+        small = run_rss(["report", "small", "--redis", SRV.url, "--format", fmt], out)
+        large = run_rss(["report", "large", "--redis", SRV.url, "--format", fmt], out)
+        results[fmt] = (small, large)
+        assert large < small + 4096, (fmt, small, large)
+    with open(out) as f:
+        txt = f.read()
+    assert re.search(r"^\s+delivered\s+60000\s", txt, re.M), txt
+    assert re.search(r"^\s+250\s+60000$", txt, re.M), txt
+    run_rss(["report", "large", "--redis", SRV.url, "--format", "csv"], out)
+    with open(out, newline="") as f:
+        rows = sum(1 for _ in csv.reader(f))
+    assert rows == 60001, rows
+
+
+@test
+def suppress_import_csv_and_lines():
+    r = SRV.client()
+    r("DEL", "volley:suppress")
+    r("SADD", "volley:suppress", "known@example.org")
+    path = os.path.join(TMP, "unsub.csv")
+    with open(path, "w") as f:
+        f.write("# exported from the shop\nname,Email,reason\n"
+                "Ann,Ann@Example.ORG,unsubscribed\n"
+                "Known,KNOWN@example.org,complaint\n"
+                "\"Smith, Bob\",bob@example.net,\"said \"\"stop\"\"\"\n"
+                "Bad,not-an-address,x\n"
+                "# a comment\n"
+                "Dup,ann@example.org,again\n")
+    rc, out, err = volley("suppress", "import", path, "--redis", SRV.url)
+    assert rc == 0, (rc, err)
+    assert "2 added, 2 already suppressed, 1 invalid" in out, out
+    assert "unsub.csv:6:" in err and "not-an-address" in err, err
+    members = set(r("SMEMBERS", "volley:suppress"))
+    assert members == {"known@example.org", "ann@example.org", "bob@example.net"}, members
+    lst = os.path.join(TMP, "list.txt")
+    with open(lst, "w") as f:
+        f.write("# one per line\nCarol@Example.com\n\nbob@example.net\nfoo@@bar\n")
+    rc, out, err = volley("suppress", "import", lst, env={"VOLLEY_REDIS": SRV.url})
+    assert rc == 0, (rc, err)
+    assert "1 added, 1 already suppressed, 1 invalid" in out, out
+    assert "VOLLEY_REDIS" in err and "list.txt:5:" in err, err
+    assert r("SISMEMBER", "volley:suppress", "carol@example.com") == 1
+    rc, out, err = volley("suppress", "check", "CAROL@example.com", "--redis", SRV.url)
+    assert rc == 0 and "is suppressed" in out, (rc, out)
+    rc, out, err = volley("suppress", "check", "dave@example.com", "--redis", SRV.url)
+    assert rc == 1 and "not suppressed" in out, (rc, out)
+    rc, out, err = volley("suppress", "list", "--redis", SRV.url)
+    assert rc == 0 and set(out.split()) == members | {"carol@example.com"}, out
+    rc, out, err = volley("suppress", "import", os.path.join(TMP, "missing.csv"),
+                          "--redis", SRV.url)
+    assert rc == 66, (rc, err)
+
+
+@test
+def suppress_import_batches():
+    r = SRV.client()
+    r("DEL", "volley:suppress")
+    path = os.path.join(TMP, "many.txt")
+    with open(path, "w") as f:
+        for i in range(2500):
+            f.write("User%d@Example.com\n" % i)
+    rc, out, err = volley("suppress", "import", path, "--redis", SRV.url)
+    assert rc == 0 and "2500 added, 0 already suppressed, 0 invalid" in out, (rc, out, err)
+    assert r("SCARD", "volley:suppress") == 2500
+    assert r("SISMEMBER", "volley:suppress", "user2499@example.com") == 1
+
+
+@test
+def suppress_redis_unavailable():
+    rc, out, err = volley("suppress", "list", env={"VOLLEY_REDIS": "unix://" + TMP + "/none.sock"})
+    assert rc == 69, (rc, err)
+
+
+@test
+def campaign_file_with_embedded_redis():
+    d = os.path.join(TMP, "camp")
+    os.makedirs(d, exist_ok=True)
+    cfile = os.path.join(d, "campaign.json")
+    with open(cfile, "w") as f:
+        json.dump({"id": "emb", "recipients": "r.csv", "template": "t.json",
+                   "state_dir": "state"}, f)
+    rc, out, err = volley("status", cfile)
+    assert rc == 66 and "has never been sent" in err and "state" in err, (rc, err)
+    # Fill the state directory the way `send` would leave it: an appendonly Redis.
+    srv = Server(os.path.join(d, "state"), appendonly=True)
+    fill_campaign(srv.client(), "emb")
+    srv.stop()
+    rc, out, err = volley("report", cfile, "--format", "csv")
+    assert rc == 0, (rc, err)
+    assert len(list(csv.reader(io.StringIO(out, newline="")))) == 9
+    rc, out, err = volley("pause", cfile)
+    assert rc == 0, (rc, err)
+    rc, out, err = volley("status", cfile, "--json")
+    assert rc == 0 and json.loads(out)["state"] == "paused", (rc, out, err)
+    # With --redis, a campaign file stands for its id.
+    srv = Server(os.path.join(d, "state"), appendonly=True)
+    rc, out, err = volley("status", cfile, "--redis", srv.url, "--json")
+    srv.stop()
+    assert rc == 0 and json.loads(out)["id"] == "emb", (rc, out, err)
+    rc, out, err = volley("report", os.path.join(d, "missing.json"))
+    assert rc == 66, (rc, err)
+
+
+def main():
+    global SRV
+    print("1..%d" % len(TESTS))
+    failed = 0
+    try:
+        SRV = Server(os.path.join(TMP, "redis"))
+        for i, t in enumerate(TESTS, 1):
+            try:
+                t()
+                print("ok %d - %s" % (i, t.__name__))
+            except Exception:
+                failed += 1
+                print("not ok %d - %s" % (i, t.__name__))
+                for line in traceback.format_exc().splitlines():
+                    print("# " + line)
+            sys.stdout.flush()
+    finally:
+        for p in PROCS:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        shutil.rmtree(TMP, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
