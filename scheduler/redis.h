@@ -37,10 +37,12 @@ typedef struct sched_redis_url {
     int db;         /* database number for SELECT (0 when absent) */
 } sched_redis_url_t;
 
-/* Parse `redis://[[user]:pass@]host[:port][/db]`, `unix:///path/to.sock[?db=N]` or a plain
- * path starting with '/' into *out. user and pass are percent-decoded; host may be a
- * bracketed IPv6 address. Pure: no I/O, no environment. Returns 0, or VL_EINVAL with a
- * message in err (errlen bytes, may be 0) that never contains the password. */
+/* Parse `redis://[[user:]pass@]host[:port][/db][?db=N]`, `unix://[[user:]pass@]/path[?db=N]`
+ * or a plain path starting with '/' into *out. User info without a colon is a password
+ * alone (AUTH pass). user, pass, host and the unix:// path are percent-decoded; host may be
+ * a bracketed IPv6 address. rediss:// (TLS) is refused. Pure: no I/O, no environment.
+ * Returns 0, or VL_EINVAL with a message in err (errlen bytes, may be 0) that never
+ * contains the password. */
 int sched_redis_url_parse(const char *url, sched_redis_url_t *out, char *err, size_t errlen);
 
 /* Called on each state change: connected = 1 once connected, authenticated and SELECTed;
@@ -86,7 +88,8 @@ size_t sched_redis_pending(const sched_redis_t *r);
 /* Send a command in hiredis's printf-like format (%s, %b with pointer and size_t length,
  * %d ...). cb may be NULL (reply ignored); privdata is borrowed and handed back. Returns 0
  * when the command is sent (exactly one callback follows, never from inside this call),
- * or VL_EREDIS when disconnected, VL_EINVAL for a bad format, VL_ENOMEM: then no callback
+ * or VL_EREDIS when disconnected, VL_EINVAL for a bad format (hiredis 0.14 also
+ * reports a failed allocation while formatting that way), VL_ENOMEM: then no callback
  * is ever made. */
 int sched_redis_cmd(sched_redis_t *r, sched_redis_cb cb, void *privdata, const char *fmt, ...);
 
