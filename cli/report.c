@@ -479,7 +479,8 @@ enum { NSTATES = sizeof states / sizeof states[0], ST_PENDING = 6, ST_OTHER = NS
 
 typedef struct text_slot {
     char text[TEXT_KEEP + 1];
-    uint64_t count;
+    uint64_t count; /* an upper bound of the text's count */
+    uint64_t err;   /* count - err is a lower bound */
 } text_slot_t;
 
 typedef struct code_stat {
@@ -511,10 +512,41 @@ static int state_index(const char *s)
     return ST_OTHER;
 }
 
+/* The text a reply is counted under: the enhanced code, then the text with
+ * every word that holds a digit or an '@' (queue ids, addresses, IPs, counts)
+ * replaced by '*' and white space collapsed, so "queued as 4Fb2X" and
+ * "queued as 9Zk1Q" count as one reply. Cut at TEXT_KEEP bytes. */
+static void text_key(char *key, const char *enh, const char *text)
+{
+    size_t n = 0;
+    int w = snprintf(key, TEXT_KEEP + 1, "%s", enh);
+    n = w > 0 ? (size_t)w : 0;
+    if (n > TEXT_KEEP) n = TEXT_KEEP;
+    const char *p = text;
+    while (*p && n < TEXT_KEEP) {
+        while (*p && (unsigned char)*p <= ' ')
+            p++;
+        if (!*p) break;
+        const char *word = p;
+        int mask = 0;
+        while (*p && (unsigned char)*p > ' ') {
+            if ((*p >= '0' && *p <= '9') || *p == '@') mask = 1;
+            p++;
+        }
+        if (n > 0) key[n++] = ' ';
+        size_t len = mask ? 1 : (size_t)(p - word);
+        if (len > TEXT_KEEP - n) len = TEXT_KEEP - n;
+        memcpy(key + n, mask ? "*" : word, len);
+        n += len;
+    }
+    key[n] = '\0';
+}
+
 /* Count one text for a code with the space-saving algorithm: a text already
  * counted goes up by one; a new one takes a free slot or replaces the least
- * counted, inheriting its count. The top few texts of a skewed distribution
- * come out right in a table of a few times their number. */
+ * counted, inheriting its count (remembered as the slot's possible error).
+ * The top few texts of a skewed distribution come out right in a table of a
+ * few times their number, in constant memory. */
 static void count_text(summary_t *s, code_stat_t *cs, const char *enh, const char *text)
 {
     if (!cs->slots && !(cs->slots = calloc(TEXT_SLOTS, sizeof *cs->slots))) {
@@ -522,7 +554,7 @@ static void count_text(summary_t *s, code_stat_t *cs, const char *enh, const cha
         return;
     }
     char key[TEXT_KEEP + 1];
-    snprintf(key, sizeof key, "%s%s%s", enh, enh[0] ? " " : "", text);
+    text_key(key, enh, text);
     size_t min = 0;
     for (size_t i = 0; i < TEXT_SLOTS; i++) {
         text_slot_t *t = &cs->slots[i];
@@ -534,6 +566,7 @@ static void count_text(summary_t *s, code_stat_t *cs, const char *enh, const cha
     }
     text_slot_t *t = &cs->slots[min];
     memcpy(t->text, key, sizeof key);
+    t->err = t->count;
     t->count++;
 }
 
@@ -654,30 +687,52 @@ static int read_meta(redisContext *c, const char *id, meta_t *m, char *err, size
 
 typedef int (*row_fn)(void *ud, const row_t *r);
 
-/* Call fn for rows 1..total, read BATCH at a time; one row_t is reused. */
+/* Queue the HMGET of rows from..from+n-1 (hiredis copies the arguments). */
+static int append_batch(redisContext *c, const char *key, unsigned long long from, size_t n)
+{
+    const char *argv[BATCH + 2];
+    size_t argl[BATCH + 2];
+    char nums[BATCH][24];
+    argv[0] = "HMGET";
+    argl[0] = 5;
+    argv[1] = key;
+    argl[1] = strlen(key);
+    for (size_t i = 0; i < n; i++) {
+        int l = snprintf(nums[i], sizeof nums[i], "%llu", from + i);
+        argv[2 + i] = nums[i];
+        argl[2 + i] = (size_t)l;
+    }
+    return redisAppendCommandArgv(c, (int)n + 2, argv, argl) == REDIS_OK ? 0 : -1;
+}
+
+static size_t batch_len(unsigned long long from, unsigned long long total)
+{
+    return total - from + 1 < BATCH ? (size_t)(total - from + 1) : BATCH;
+}
+
+/* Call fn for rows 1..total, read BATCH at a time; one row_t is reused. The
+ * next batch is requested before the current one is processed, so Redis
+ * works while the rows are written: two batches in memory at most. */
 static int each_row(redisContext *c, const char *id, unsigned long long total, row_fn fn, void *ud,
                     char *err, size_t errlen)
 {
     char key[300];
     snprintf(key, sizeof key, SCHED_KEY_RES, id);
-    const char *argv[BATCH + 2];
-    size_t argl[BATCH + 2];
-    char nums[BATCH][24];
     row_t r;
     row_init(&r);
     int rc = 0;
+    if (total > 0 && append_batch(c, key, 1, batch_len(1, total)))
+        rc = fail_reply(c, NULL, "HMGET res", err, errlen);
     for (unsigned long long from = 1; from <= total && !rc; from += BATCH) {
-        size_t n = total - from + 1 < BATCH ? (size_t)(total - from + 1) : BATCH;
-        argv[0] = "HMGET";
-        argl[0] = 5;
-        argv[1] = key;
-        argl[1] = strlen(key);
-        for (size_t i = 0; i < n; i++) {
-            int l = snprintf(nums[i], sizeof nums[i], "%llu", from + i);
-            argv[2 + i] = nums[i];
-            argl[2 + i] = (size_t)l;
+        size_t n = batch_len(from, total);
+        if (from + BATCH <= total &&
+            append_batch(c, key, from + BATCH, batch_len(from + BATCH, total))) {
+            rc = fail_reply(c, NULL, "HMGET res", err, errlen);
+            break;
         }
-        redisReply *rep = redisCommandArgv(c, (int)n + 2, argv, argl);
+        void *vrep = NULL;
+        if (redisGetReply(c, &vrep) != REDIS_OK) vrep = NULL;
+        redisReply *rep = vrep;
         if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != n) {
             rc = fail_reply(c, rep, "HMGET res", err, errlen);
             break;
@@ -833,8 +888,8 @@ static void write_text(FILE *f, const char *id, const meta_t *m, const summary_t
                 " %10" PRIu64 "\n",
                 p->name, p->rows, p->n[0], p->n[1], p->n[2], other, waiting);
     }
-    fprintf(f,
-            "\nby reply code (last reply of each row; most common texts, counts approximate):\n");
+    fprintf(f, "\nby reply code (the last reply of each row) and its most common texts\n"
+               "  (words with a digit or an @ shown as *; ~ marks an approximate count):\n");
     int any = 0;
     for (int code = 0; code < NCODES; code++) {
         const code_stat_t *cs = &s->codes[code];
@@ -844,7 +899,8 @@ static void write_text(FILE *f, const char *id, const meta_t *m, const summary_t
         size_t idx[TOP_TEXTS];
         size_t n = top_texts(cs, idx, TOP_TEXTS);
         for (size_t i = 0; i < n; i++) {
-            fprintf(f, "      %10" PRIu64 "  ", cs->slots[idx[i]].count);
+            const text_slot_t *t = &cs->slots[idx[i]];
+            fprintf(f, "      %s%10" PRIu64 "  ", t->err ? "~" : " ", t->count);
             text_str(f, cs->slots[idx[i]].text, 100);
             putc('\n', f);
         }
@@ -928,7 +984,9 @@ static void write_html_summary(FILE *f, const char *id, const meta_t *m, const s
         size_t idx[TOP_TEXTS];
         size_t n = top_texts(cs, idx, TOP_TEXTS);
         for (size_t i = 0; i < n; i++) {
-            fprintf(f, "%s%" PRIu64 " &times; <code>", i ? "<br>\n" : "", cs->slots[idx[i]].count);
+            const text_slot_t *t = &cs->slots[idx[i]];
+            fprintf(f, "%s%s%" PRIu64 " &times; <code>", i ? "<br>\n" : "", t->err ? "~" : "",
+                    t->count);
             html_str(f, cs->slots[idx[i]].text, 0);
             fputs("</code>", f);
         }
