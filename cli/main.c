@@ -16,6 +16,12 @@ static const struct command commands[] = {
     {"send", cmd_send, "send a campaign (this build: --dry-run only)"},
     {"check", cmd_check, "validate a campaign: CSV, template, keys; list every error"},
     {"render", cmd_render, "print the exact message for one CSV row"},
+    {"status", cmd_status, "show a campaign's state, counts, queues and provider limits"},
+    {"pause", cmd_pause, "pause a campaign (workers stop claiming its rows)"},
+    {"resume", cmd_resume, "resume a paused campaign"},
+    {"cancel", cmd_cancel, "cancel a campaign: waiting rows end as cancelled"},
+    {"report", cmd_report, "a campaign's results: summary, CSV, JSON lines or HTML"},
+    {"suppress", cmd_suppress, "the suppression list: import a file, list, check"},
     {"bench", cmd_bench, "benchmark an SMTP server with synthetic messages"},
 };
 
