@@ -147,13 +147,23 @@ int cli_redis_open_campaign(cli_redis_t **out, const char *arg, const char *url,
         if (!rc) {
             char why[256] = "";
             snprintf(r->where, sizeof r->where, "embedded redis in %s", r->camp->state_dir);
-            if (sched_rproc_start(&r->proc, r->camp->state_dir, why, sizeof why)) {
+            int prc = sched_rproc_start(&r->proc, r->camp->state_dir, why, sizeof why);
+            if (prc == VL_ESTATE && !(flags & CLI_REDIS_CREATE)) {
+                /* A `send` of this campaign is running with its server: talk
+                 * to that one (status, pause and cancel are meant for exactly
+                 * this), and leave it running at the end. */
+                snprintf(r->where, sizeof r->where, "the running redis of %s", r->camp->state_dir);
+                char sock[4096];
+                snprintf(sock, sizeof sock, "%s/redis.sock", r->camp->state_dir);
+                rc = connect_url(r, sock, timeout_ms, err, errlen);
+            } else if (prc) {
                 snprintf(err, errlen, "cannot start the campaign's redis-server in %s: %s",
                          r->camp->state_dir, why[0] ? why : "failed");
                 rc = EX_UNAVAILABLE;
+            } else {
+                rc = connect_url(r, sched_rproc_socket(r->proc), timeout_ms, err, errlen);
             }
         }
-        if (!rc) rc = connect_url(r, sched_rproc_socket(r->proc), timeout_ms, err, errlen);
     }
     if (rc == EX_OSERR && !err[0]) snprintf(err, errlen, "out of memory");
     if (!rc && (flags & CLI_REDIS_KNOWN)) rc = cli_redis_require_campaign(r, err, errlen);

@@ -5,7 +5,9 @@
  * command line"):
  *   - without --redis, by its campaign FILE: the campaign's own redis-server
  *     is started in its state directory (scheduler/redisproc.h), connected to
- *     over its unix socket, and stopped again by cli_redis_close();
+ *     over its unix socket, and stopped again by cli_redis_close(); when a
+ *     `send` of the campaign already runs that server, it is used as it is
+ *     and left running (unless CLI_REDIS_CREATE, for which it is an error);
  *   - with --redis URL, by its ID on that server. A path to an existing
  *     campaign file is accepted there too (its id is used), so
  *     `volley enqueue CAMPAIGN.json --redis URL` works the same way.

@@ -81,9 +81,9 @@ class Server:
     """redis-server on a unix socket in dir; appendonly when asked (for the
     embedded-redis tests, which reuse its data directory)."""
 
-    def __init__(self, dirpath, appendonly=False):
+    def __init__(self, dirpath, appendonly=False, sockname="test.sock"):
         os.makedirs(dirpath, exist_ok=True)
-        self.sock = os.path.join(dirpath, "test.sock")
+        self.sock = os.path.join(dirpath, sockname)
         args = [REDIS_SERVER, "--port", "0", "--unixsocket", self.sock, "--dir", dirpath,
                 "--daemonize", "no", "--save", ""]
         if appendonly:
@@ -511,6 +511,16 @@ def campaign_file_with_embedded_redis():
     assert rc == 0 and json.loads(out)["id"] == "emb", (rc, out, err)
     rc, out, err = volley("report", os.path.join(d, "missing.json"))
     assert rc == 66, (rc, err)
+    # While a `send` runs the campaign's server (here: one on its socket),
+    # pause and status talk to it and leave it running.
+    srv = Server(os.path.join(d, "state"), appendonly=True, sockname="redis.sock")
+    try:
+        rc, out, err = volley("resume", cfile)
+        assert rc == 0, (rc, out, err)
+        assert srv.client()("HGET", "{c:emb}:meta", "state") == "running"
+        assert srv.proc.poll() is None, "the running server was stopped"
+    finally:
+        srv.stop()
 
 
 def main():
