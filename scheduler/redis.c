@@ -33,6 +33,7 @@
 #define DEF_CONNECT_TIMEOUT_MS 3000
 #define DEF_BACKOFF_BASE_MS 100
 #define DEF_BACKOFF_MAX_MS 5000
+#define DEF_DEAD_AFTER_MS 30000
 #define MAX_SCRIPTS 64
 #define WHERE_MAX (sizeof(((sched_redis_url_t *)0)->path) + 16)
 
@@ -76,7 +77,9 @@ struct sched_redis {
     int conn_timer_reconnect; /* conn_timer is waiting to reconnect (not a timeout) */
     struct op *head, *tail;
     size_t npending;
-    int attempts; /* consecutive failed connects, for the backoff */
+    size_t inflight;      /* requests hiredis holds (timed-out ones included) */
+    uint64_t progress_ms; /* loop time of the last reply, or of the first request after none */
+    int attempts;         /* consecutive failed connects, for the backoff */
     int handles_open;
     uint64_t rng;
     char reason[256]; /* why the current connection is being dropped, if we drop it */
@@ -368,13 +371,21 @@ static void fail_all(sched_redis_t *r, int err, const char *errstr)
 
 static void on_cmd_timer(uv_timer_t *t);
 
+/* The timer serves two deadlines: the oldest live op's, and the watchdog's, which fires
+ * when the server has sent nothing for dead_after_ms although requests await replies. */
 static void cmd_timer_arm(sched_redis_t *r)
 {
-    if (!r->head || r->state == ST_CLOSED) return;
+    if (r->state == ST_CLOSED) return;
+    uint64_t at = UINT64_MAX;
+    if (r->head) at = r->head->deadline;
+    if (r->inflight > 0 && r->progress_ms + (uint64_t)r->opts.dead_after_ms < at)
+        at = r->progress_ms + (uint64_t)r->opts.dead_after_ms;
+    if (at == UINT64_MAX) return;
     uint64_t now = uv_now(r->loop);
-    uint64_t d = r->head->deadline > now ? r->head->deadline - now : 0;
-    uv_timer_start(&r->cmd_timer, on_cmd_timer, d, 0);
+    uv_timer_start(&r->cmd_timer, on_cmd_timer, at > now ? at - now : 0, 0);
 }
+
+static void drop(sched_redis_t *r, const char *reason);
 
 static void on_cmd_timer(uv_timer_t *t)
 {
@@ -382,12 +393,24 @@ static void on_cmd_timer(uv_timer_t *t)
     uint64_t now = uv_now(r->loop);
     while (r->head && r->head->deadline <= now && r->state != ST_CLOSED)
         op_finish(r->head, NULL, VL_ETIMEOUT, "Redis command timed out");
+    if (r->state == ST_UP && r->inflight > 0 &&
+        now - r->progress_ms >= (uint64_t)r->opts.dead_after_ms) {
+        /* A server that answers nothing at all (hung, or a network path gone without a
+         * reset) would otherwise keep a dead connection forever. */
+        char why[96];
+        snprintf(why, sizeof why, "no reply for %d ms", r->opts.dead_after_ms);
+        drop(r, why);
+    }
     cmd_timer_arm(r);
 }
 
+/* After sending: re-arm only when the timer would fire after the new op's deadline (it
+ * may be waiting for the watchdog), so a stream of commands costs no timer updates. */
 static void start_cmd_timer(sched_redis_t *r)
 {
-    if (!uv_is_active((uv_handle_t *)&r->cmd_timer)) cmd_timer_arm(r);
+    if (!uv_is_active((uv_handle_t *)&r->cmd_timer) ||
+        uv_timer_get_due_in(&r->cmd_timer) > (uint64_t)r->opts.cmd_timeout_ms)
+        cmd_timer_arm(r);
 }
 
 /* hiredis's callback for every op. */
@@ -396,6 +419,8 @@ static void on_op_reply(redisAsyncContext *ac, void *rep, void *privdata)
     struct op *op = privdata;
     sched_redis_t *r = op->r;
     redisReply *reply = rep;
+    r->inflight--;
+    if (reply) r->progress_ms = uv_now(r->loop);
     if (!reply) {
         /* hiredis fails its pending callbacks only when the context is going away (it has
          * set DISCONNECTING or FREEING, so can_send refuses new commands meanwhile). */
@@ -436,6 +461,7 @@ static void on_op_reply(redisAsyncContext *ac, void *rep, void *privdata)
             }
             op->eval_sent = 1;
             rc = redisAsyncCommandArgv(ac, on_op_reply, op, n + 3, argv, lens);
+            if (rc == REDIS_OK) r->inflight++;
         }
         free(argv);
         free(lens);
@@ -469,6 +495,7 @@ static void op_track(sched_redis_t *r, struct op *op)
         r->head = op;
     r->tail = op;
     r->npending++;
+    if (r->inflight++ == 0) r->progress_ms = uv_now(r->loop);
     start_cmd_timer(r);
 }
 
@@ -842,6 +869,9 @@ int sched_redis_new(sched_redis_t **out, uv_loop_t *loop, const char *url,
     if (r->opts.connect_timeout_ms <= 0) r->opts.connect_timeout_ms = DEF_CONNECT_TIMEOUT_MS;
     if (r->opts.backoff_base_ms <= 0) r->opts.backoff_base_ms = DEF_BACKOFF_BASE_MS;
     if (r->opts.backoff_max_ms <= 0) r->opts.backoff_max_ms = DEF_BACKOFF_MAX_MS;
+    if (r->opts.dead_after_ms <= 0) r->opts.dead_after_ms = DEF_DEAD_AFTER_MS;
+    if (r->opts.dead_after_ms < r->opts.cmd_timeout_ms)
+        r->opts.dead_after_ms = r->opts.cmd_timeout_ms;
     if (r->opts.backoff_max_ms < r->opts.backoff_base_ms)
         r->opts.backoff_max_ms = r->opts.backoff_base_ms;
     r->loop = loop;

@@ -7,6 +7,9 @@
  * - every accepted command gets exactly one callback: its reply (an error reply is a
  *   reply, err 0), VL_ETIMEOUT when its own timer fires first (hiredis's late reply is then
  *   dropped), VL_EREDIS when the connection is lost, VL_ECANCELED on sched_redis_close;
+ * - a connection on which requests await replies and nothing at all has come back for
+ *   dead_after_ms (a hung server, a network path gone without a reset) is dropped, so it
+ *   does not linger half-dead: the reconnect logic takes over;
  * - a command issued while disconnected is refused at once (VL_EREDIS, no callback), so
  *   nothing piles up in memory while Redis is away; the caller retries later;
  * - after a lost connection or a failed connect it reconnects with exponential backoff and
@@ -56,6 +59,9 @@ typedef struct sched_redis_opts {
     int connect_timeout_ms;        /* connect + AUTH + SELECT; 0 = 3000 */
     int backoff_base_ms;           /* first reconnect delay; 0 = 100 */
     int backoff_max_ms;            /* reconnect delay cap; 0 = 5000 */
+    int dead_after_ms;             /* drop the connection when requests await replies
+                                    * and none came for this long; 0 = 30000; never
+                                    * below cmd_timeout_ms */
     sched_redis_state_cb on_state; /* may be NULL */
     void *ud;                      /* passed to on_state (borrowed) */
 } sched_redis_opts_t;

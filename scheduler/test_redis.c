@@ -39,6 +39,7 @@ struct state_log {
     int ups, downs;
     int connected;
     char last_reason[300];
+    char first_down[300]; /* the reason given by the first disconnected report */
 };
 
 static void on_state(sched_redis_t *r, int connected, const char *reason, void *ud)
@@ -46,8 +47,8 @@ static void on_state(sched_redis_t *r, int connected, const char *reason, void *
     struct state_log *s = ud;
     if (connected)
         s->ups++;
-    else
-        s->downs++;
+    else if (s->downs++ == 0)
+        snprintf(s->first_down, sizeof s->first_down, "%s", reason ? reason : "");
     s->connected = connected;
     snprintf(s->last_reason, sizeof s->last_reason, "%s", reason ? reason : "");
 }
@@ -442,6 +443,40 @@ static void test_timeout(void **state)
     assert_int_equal(slow2.calls, 1);
 }
 
+static void test_dead_connection(void **state)
+{
+    redisfix_t *f = *state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct state_log sl = {0};
+    sched_redis_opts_t o = {.cmd_timeout_ms = 100,
+                            .dead_after_ms = 300,
+                            .backoff_base_ms = 20,
+                            .on_state = on_state,
+                            .ud = &sl};
+    sched_redis_t *r = NULL;
+    char err[256];
+    assert_int_equal(sched_redis_new(&r, &loop, f->sock, &o, err, sizeof err), 0);
+    assert_true(run_until(&loop, &sl.ups, 1, 3000));
+    /* Nothing comes back for 2 s: a timeout at 100 ms, then the watchdog drops the
+     * connection at 300 ms and the client reconnects. */
+    struct rec slow = {0};
+    uint64_t t0 = uv_now(&loop);
+    assert_int_equal(sched_redis_cmd(r, on_reply, &slow, "BLPOP nothing 2"), 0);
+    assert_true(run_until(&loop, &sl.downs, 1, 3000));
+    uint64_t dt = uv_now(&loop) - t0;
+    assert_true(dt >= 280 && dt < 1500);
+    assert_int_equal(slow.calls, 1);
+    assert_int_equal(slow.err, VL_ETIMEOUT);
+    assert_non_null(strstr(sl.first_down, "no reply"));
+    assert_true(run_until(&loop, &sl.ups, 2, 3000));
+    struct rec ping = {0};
+    assert_int_equal(sched_redis_cmd(r, on_reply, &ping, "PING"), 0);
+    assert_true(run_until(&loop, &ping.calls, 1, 3000));
+    assert_string_equal(ping.str, "PONG");
+    close_all(&loop, r);
+}
+
 /* ---- losing the server ---------------------------------------------------------------- */
 
 static void test_server_killed(void **state)
@@ -464,7 +499,7 @@ static void test_server_killed(void **state)
         assert_int_equal(p[i].err, VL_EREDIS);
     }
     assert_false(sl.connected);
-    assert_non_null(strstr(sl.last_reason, "connection lost"));
+    assert_non_null(strstr(sl.first_down, "connection lost"));
     assert_false(sched_redis_connected(r));
     /* While down, commands are refused at once and get no callback. */
     struct rec q = {0};
@@ -759,6 +794,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_commands, fix_setup, fix_teardown),
         cmocka_unit_test_setup_teardown(test_eval_noscript, fix_setup, fix_teardown),
         cmocka_unit_test_setup_teardown(test_timeout, fix_setup, fix_teardown),
+        cmocka_unit_test_setup_teardown(test_dead_connection, fix_setup, fix_teardown),
         cmocka_unit_test(test_server_killed),
         cmocka_unit_test(test_reconnect_and_persist),
         cmocka_unit_test(test_nobody_listens),
