@@ -16,6 +16,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -874,6 +875,10 @@ int sched_redis_new(sched_redis_t **out, uv_loop_t *loop, const char *url,
         r->opts.dead_after_ms = r->opts.cmd_timeout_ms;
     if (r->opts.backoff_max_ms < r->opts.backoff_base_ms)
         r->opts.backoff_max_ms = r->opts.backoff_base_ms;
+    /* hiredis 0.14 writes with write(2): a server gone mid-write would raise SIGPIPE and
+     * kill volley instead of failing the commands. Ignore it unless someone handles it. */
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
     r->loop = loop;
     r->state = ST_DOWN;
     struct timeval tv;

@@ -78,7 +78,9 @@ typedef void (*sched_redis_cb)(sched_redis_t *r, redisReply *reply, void *privda
  * connecting. The password comes from the URL, else from env VOLLEY_REDIS_PASSWORD.
  * opts (copied) may be NULL for the defaults. Returns 0 and *out (caller frees with
  * sched_redis_close), or VL_EINVAL (bad URL) / VL_ENOMEM with a message in err. A server
- * that is down is not an error here: on_state reports it and reconnects follow. */
+ * that is down is not an error here: on_state reports it and reconnects follow. Sets
+ * SIGPIPE to SIG_IGN if it is still at its default (hiredis writes with write(2), and a
+ * server gone mid-write must fail the commands, not kill the process). */
 int sched_redis_new(sched_redis_t **out, uv_loop_t *loop, const char *url,
                     const sched_redis_opts_t *opts, char *err, size_t errlen);
 

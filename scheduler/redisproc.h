@@ -21,7 +21,8 @@ typedef struct sched_rproc sched_rproc_t;
  * dir/redis.log. Waits up to 10 s for PING to answer. A stale socket from a killed run is
  * removed first; a server already answering on that socket (another `send` of the same
  * campaign) is VL_ESTATE. Returns 0 and *out (caller frees with sched_rproc_stop), or a
- * VL_E* code with a message in err (errlen bytes, may be 0). */
+ * VL_E* code with a message in err (errlen bytes, may be 0). Call it from the main thread:
+ * PR_SET_PDEATHSIG fires when the thread that forked exits, not only the process. */
 int sched_rproc_start(sched_rproc_t **out, const char *dir, char *err, size_t errlen);
 
 /* The unix socket path (borrowed, valid until sched_rproc_stop). */

@@ -300,6 +300,9 @@ static void test_commands(void **state)
     sched_redis_t *r = connect_to(&loop, f->sock, &sl, 2000);
     assert_int_equal(sl.ups, 1);
     assert_int_equal(sl.downs, 0);
+    struct sigaction sa;
+    assert_int_equal(sigaction(SIGPIPE, NULL, &sa), 0);
+    assert_true(sa.sa_handler == SIG_IGN);
 
     struct rec a = {0}, b = {0}, c = {0}, d = {0};
     assert_int_equal(sched_redis_cmd(r, on_reply, &a, "SET %s %b", "k1", "v\0x", (size_t)3), 0);
