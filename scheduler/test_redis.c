@@ -18,6 +18,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/err.h"
@@ -604,6 +605,57 @@ static void test_reconnect_and_persist(void **state)
     rm_rf(dir);
 }
 
+static int proc_alive(pid_t pid)
+{
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *rp = strrchr(buf, ')');
+    return rp && rp[1] == ' ' && rp[2] != 'Z' && rp[2] != 'X';
+}
+
+/* A volley killed with SIGKILL takes its redis-server with it (PR_SET_PDEATHSIG), and
+ * the next start finds the directory free. */
+static void test_rproc_dies_with_parent(void **state)
+{
+    char dir[64], err[256];
+    make_tmpdir(dir, sizeof dir);
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        sched_rproc_t *p = NULL;
+        pid_t spid = -1;
+        if (sched_rproc_start(&p, dir, err, sizeof err) == 0) spid = sched_rproc_pid(p);
+        if (write(fds[1], &spid, sizeof spid) != sizeof spid) _exit(1);
+        pause();
+        _exit(0);
+    }
+    close(fds[1]);
+    pid_t spid = -1;
+    assert_int_equal(read(fds[0], &spid, sizeof spid), (ssize_t)sizeof spid);
+    close(fds[0]);
+    assert_true(spid > 0);
+    assert_true(proc_alive(spid));
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    int gone = 0;
+    for (int i = 0; i < 200 && !gone; i++) {
+        gone = !proc_alive(spid);
+        if (!gone) usleep(25000);
+    }
+    assert_true(gone);
+    sched_rproc_t *p = NULL;
+    assert_int_equal(sched_rproc_start(&p, dir, err, sizeof err), 0);
+    sched_rproc_stop(p);
+    rm_rf(dir);
+}
+
 static void test_nobody_listens(void **state)
 {
     char dir[64];
@@ -800,6 +852,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dead_connection, fix_setup, fix_teardown),
         cmocka_unit_test(test_server_killed),
         cmocka_unit_test(test_reconnect_and_persist),
+        cmocka_unit_test(test_rproc_dies_with_parent),
         cmocka_unit_test(test_nobody_listens),
         cmocka_unit_test_setup_teardown(test_close_in_callback, fix_setup, fix_teardown),
         cmocka_unit_test_setup_teardown(test_auth, fix_setup, fix_teardown),
