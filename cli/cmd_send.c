@@ -1,10 +1,8 @@
 /* cmd_send.c: `volley send CAMPAIGN.json`.
  *
- * For now only the dry run: render every row (streaming the CSV, so memory
- * stays flat however many rows there are), send nothing, need no Redis, and
- * print counts, bytes and every row error. Real sending goes through the
- * scheduler and joins here (issue 4): the options below already follow the
- * command-line contract of DESIGN.md.
+ * The dry run renders every row (streaming the CSV, so memory stays flat
+ * however many rows there are), sends nothing, needs no Redis, and prints
+ * counts, bytes and every row error. The real send is in send_run.c.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -18,18 +16,26 @@
 #include "cli/campaign.h"
 #include "cli/cmds.h"
 #include "cli/exitcodes.h"
+#include "cli/send_run.h"
 #include "common/err.h"
 
 static void send_usage(FILE *f)
 {
-    fprintf(f, "usage: volley send CAMPAIGN.json --dry-run [--limit N] [--sign]\n\n"
-               "Send a campaign. This build can only do a dry run (real sending arrives with\n"
-               "the scheduler): --dry-run is required.\n"
+    fprintf(f, "usage: volley send CAMPAIGN.json [--redis URL] [--dry-run] [--limit N]\n"
+               "                   [--no-progress] [--ca-file FILE] [--insecure] [--sign]\n\n"
+               "Send a campaign. Without --redis a private redis-server runs under the\n"
+               "campaign's state directory; a second send resumes where the first stopped and\n"
+               "sends nothing twice. At the end report.csv is written there and a summary\n"
+               "printed.\n"
+               "  --redis URL   use that Redis (redis://[user:pass@]host:port[/db], unix:///path)\n"
                "  --dry-run     render every row, send nothing, need no Redis; print counts,\n"
                "                bytes and each rejected row; exit 65 when a row is rejected\n"
-               "  --limit N     only the first N data rows\n"
-               "  --sign        also DKIM-sign each message (slower: RSA costs ~1 ms each)\n"
-               "  --no-progress accepted for compatibility\n");
+               "  --limit N     only the first N data rows (a trial run)\n"
+               "  --sign        with --dry-run: also DKIM-sign each message\n"
+               "  --no-progress no progress line (none either when stderr is not a terminal)\n"
+               "  --ca-file F   trust these CAs for every route (private test CAs)\n"
+               "  --insecure    do not verify certificates (tests only)\n"
+               "  --retry-base-ms N  first backoff of a generic retry (default 60000)\n");
 }
 
 static double mono(void)
@@ -99,16 +105,20 @@ static int dry_run(const char *path, unsigned long limit, int sign)
 
 int cmd_send(int argc, char **argv)
 {
-    enum { OPT_DRY = 1000, OPT_SIGN, OPT_NOPROG, OPT_REDIS };
+    enum { OPT_DRY = 1000, OPT_SIGN, OPT_NOPROG, OPT_REDIS, OPT_CA, OPT_INSECURE, OPT_RETRY };
     static const struct option opts[] = {{"dry-run", no_argument, NULL, OPT_DRY},
                                          {"limit", required_argument, NULL, 'n'},
                                          {"sign", no_argument, NULL, OPT_SIGN},
                                          {"no-progress", no_argument, NULL, OPT_NOPROG},
                                          {"redis", required_argument, NULL, OPT_REDIS},
+                                         {"ca-file", required_argument, NULL, OPT_CA},
+                                         {"insecure", no_argument, NULL, OPT_INSECURE},
+                                         {"retry-base-ms", required_argument, NULL, OPT_RETRY},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     int dry = 0, sign = 0, c;
     unsigned long limit = 0;
+    cli_send_opts_t so = {.progress = 1};
     optind = 1;
     while ((c = getopt_long(argc, argv, "n:h", opts, NULL)) != -1) {
         switch (c) {
@@ -122,7 +132,19 @@ int cmd_send(int argc, char **argv)
             sign = 1;
             break;
         case OPT_NOPROG:
+            so.progress = 0;
+            break;
         case OPT_REDIS:
+            so.redis_url = optarg;
+            break;
+        case OPT_CA:
+            so.ca_file = optarg;
+            break;
+        case OPT_INSECURE:
+            so.insecure = 1;
+            break;
+        case OPT_RETRY:
+            so.retry_base_ms = strtoull(optarg, NULL, 10);
             break;
         case 'n': {
             char *end;
@@ -144,9 +166,8 @@ int cmd_send(int argc, char **argv)
         return EX_USAGE;
     }
     if (!dry) {
-        fprintf(stderr, "volley send: this build can only do a dry run (sending arrives with the "
-                        "scheduler); use --dry-run\n");
-        return EX_USAGE;
+        so.limit = limit;
+        return cli_send_run(argv[optind], &so);
     }
     return dry_run(argv[optind], limit, sign);
 }
