@@ -8,6 +8,8 @@
 #define VL_CLI_CMDS_H
 
 int cmd_bench(int argc, char **argv);
+int cmd_enqueue(int argc, char **argv);
+int cmd_worker(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_render(int argc, char **argv);
 int cmd_send(int argc, char **argv);

@@ -1,4 +1,5 @@
 /* main.c: volley's entry point; dispatches to one function per subcommand. */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -13,9 +14,11 @@ struct command {
 
 /* Subcommands in the order `volley help` lists them. */
 static const struct command commands[] = {
-    {"send", cmd_send, "send a campaign (this build: --dry-run only)"},
+    {"send", cmd_send, "send a campaign (embedded Redis, or --redis), or --dry-run"},
     {"check", cmd_check, "validate a campaign: CSV, template, keys; list every error"},
     {"render", cmd_render, "print the exact message for one CSV row"},
+    {"enqueue", cmd_enqueue, "put a campaign's rows into a shared Redis for workers"},
+    {"worker", cmd_worker, "send the running campaigns of a shared Redis"},
     {"status", cmd_status, "show a campaign's state, counts, queues and provider limits"},
     {"pause", cmd_pause, "pause a campaign (workers stop claiming its rows)"},
     {"resume", cmd_resume, "resume a paused campaign"},
@@ -47,6 +50,9 @@ int main(int argc, char **argv)
         printf("volley %s\n", VOLLEY_VERSION);
         return EX_OK;
     }
+    /* A peer that closes while we write must fail that write (EPIPE), not
+     * kill the process: SMTP servers and Redis both do it. */
+    signal(SIGPIPE, SIG_IGN);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name))
             return commands[i].run(argc - 1, argv + 1);

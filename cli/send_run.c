@@ -135,6 +135,7 @@ static int run_worker(const char *url, const char *id, const msg_factory_t *f,
     wo.providers = provs;
     wo.email_col = email_col;
     wo.until_done = until_done;
+    wo.reclaim_leases = o->redis_url == NULL; /* the embedded Redis has no other worker */
     wo.ca_file = o->ca_file;
     wo.tls_insecure = o->insecure;
     wo.retry_base_ms = o->retry_base_ms;
@@ -167,7 +168,7 @@ static void on_reject(void *ud, const tpl_csv_row_t *row, const char *why)
 }
 
 /* Load the providers file of a campaign, or the built-in defaults. */
-static int load_providers(const campaign_t *c, rl_providers_t **out)
+int cli_load_providers(const campaign_t *c, rl_providers_t **out)
 {
     char err[1024];
     if (!c->providers) {
@@ -182,6 +183,52 @@ static int load_providers(const campaign_t *c, rl_providers_t **out)
     return 0;
 }
 
+/* Stream a campaign's rows into Redis (see send_run.h). */
+int cli_ingest(redisContext *c, camp_job_t *j, const rl_providers_t *provs, const char *abspath,
+               const char *at, unsigned long limit)
+{
+    char err[1024];
+    int code = 0;
+    const char *cols[1024];
+    size_t ncols = tpl_csv_ncolumns(j->csv);
+    if (ncols > 1024)
+        ncols = 1024;
+    for (size_t i = 0; i < ncols; i++)
+        cols[i] = tpl_csv_column_name(j->csv, i);
+    int64_t start_at = wall_ms();
+    const char *when = at ? at : j->c->start_at;
+    if (when && sched_parse_time(when, strlen(when), &start_at)) {
+        fprintf(stderr, "volley: %s: '%s' is not a time (RFC 3339, e.g. 2026-11-23T09:00:00+08:00)\n",
+                at ? "--at" : "schedule.start_at", when);
+        return EX_USAGE;
+    }
+    ingest_src_t src = {.j = j, .limit = limit};
+    sched_ingest_opts_t io = {.id = j->c->id,
+                              .path = abspath,
+                              .columns = cols,
+                              .ncolumns = ncols,
+                              .email_col = tpl_csv_email_column(j->csv),
+                              .send_at_col = tpl_csv_column(j->csv, "send_at"),
+                              .start_at_ms = start_at,
+                              .providers = provs,
+                              .next = next_row,
+                              .ud = &src,
+                              .on_reject = on_reject,
+                              .now_ms = wall_ms(),
+                              .partial = limit != 0};
+    sched_ingest_stats_t st;
+    if (sched_ingest(c, &io, &st, err, sizeof err)) {
+        fprintf(stderr, "volley: ingest: %s\n", err);
+        return EX_UNAVAILABLE;
+    }
+    if (!st.skipped)
+        fprintf(stderr, "volley: campaign %s: %lu rows read, %lu new, %lu rejected\n", j->c->id,
+                st.rows, st.added, st.rejected);
+    else
+        fprintf(stderr, "volley: campaign %s: resuming (already ingested)\n", j->c->id);
+    return code;
+}
+
 int cli_send_run(const char *path, const cli_send_opts_t *o)
 {
     camp_job_t j;
@@ -192,7 +239,7 @@ int cli_send_run(const char *path, const cli_send_opts_t *o)
         return code ? code : EX_DATAERR;
     }
     rl_providers_t *provs = NULL;
-    int code = load_providers(j.c, &provs);
+    int code = cli_load_providers(j.c, &provs);
     if (code) {
         camp_job_close(&j);
         return code;
@@ -225,43 +272,7 @@ int cli_send_run(const char *path, const cli_send_opts_t *o)
     }
 
     /* Ingest: stream the CSV in (a rerun adds nothing twice). */
-    const char *cols[1024];
-    size_t ncols = tpl_csv_ncolumns(j.csv);
-    if (ncols > 1024)
-        ncols = 1024;
-    for (size_t i = 0; i < ncols; i++)
-        cols[i] = tpl_csv_column_name(j.csv, i);
-    int64_t start_at = wall_ms();
-    if (j.c->start_at && sched_parse_time(j.c->start_at, strlen(j.c->start_at), &start_at)) {
-        fprintf(stderr, "volley: %s: schedule.start_at: '%s' is not a time\n", path,
-                j.c->start_at);
-        code = EX_CONFIG;
-    }
-    ingest_src_t src = {.j = &j, .limit = o->limit};
-    sched_ingest_opts_t io = {.id = j.c->id,
-                              .path = abspath,
-                              .columns = cols,
-                              .ncolumns = ncols,
-                              .email_col = tpl_csv_email_column(j.csv),
-                              .send_at_col = tpl_csv_column(j.csv, "send_at"),
-                              .start_at_ms = start_at,
-                              .providers = provs,
-                              .next = next_row,
-                              .ud = &src,
-                              .on_reject = on_reject,
-                              .now_ms = wall_ms(),
-                              .partial = o->limit != 0};
-    sched_ingest_stats_t st;
-    if (!code && sched_ingest(c, &io, &st, err, sizeof err)) {
-        fprintf(stderr, "volley: ingest: %s\n", err);
-        code = EX_UNAVAILABLE;
-    }
-    if (!code && !st.skipped)
-        fprintf(stderr, "volley: campaign %s: %lu rows read, %lu new, %lu rejected\n", j.c->id,
-                st.rows, st.added, st.rejected);
-    else if (!code)
-        fprintf(stderr, "volley: campaign %s: resuming (already ingested)\n", j.c->id);
-
+    code = cli_ingest(c, &j, provs, abspath, NULL, o->limit);
     int wrc = 0;
     char why[1024] = "";
     if (!code) {

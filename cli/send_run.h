@@ -14,6 +14,22 @@ typedef struct cli_send_opts {
     uint64_t retry_base_ms; /* first backoff of generic retries (0: 60 s) */
 } cli_send_opts_t;
 
+#include <hiredis/hiredis.h>
+
+#include "cli/campaign.h"
+#include "ratelimit/provider.h"
+
+/* Load the providers file of campaign c, or the built-in defaults; *out is
+ * the caller's (rl_providers_free). A sysexits code; errors are printed. */
+int cli_load_providers(const campaign_t *c, rl_providers_t **out);
+
+/* Stream the rows of an open campaign job into Redis over c (idempotent).
+ * abspath: the campaign file's absolute path (workers open it); at: a start
+ * time overriding schedule.start_at, or NULL; limit: only the first N rows
+ * (0: all). A sysexits code; progress and errors are printed. */
+int cli_ingest(redisContext *c, camp_job_t *j, const rl_providers_t *provs, const char *abspath,
+               const char *at, unsigned long limit);
+
 /* Send campaign file path. Returns a sysexits code; prints the summary. */
 int cli_send_run(const char *path, const cli_send_opts_t *o);
 

@@ -68,6 +68,7 @@ struct sched_worker {
     job_t *free_jobs;
     unsigned inflight;
     int stopping, finished, progress_busy;
+    int reclaim_pending; /* take back every lease once connected */
     int closing_pools;
     int rc;
     char why[1024];
@@ -636,8 +637,7 @@ static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, i
         return;
     /* send ingests before its worker starts, so final >= total is the end
      * (with --limit the campaign is deliberately not fully ingested). */
-    (void)ingested;
-    int all_final = pr.final >= pr.total;
+    int all_final = pr.final >= pr.total && (!w->o.require_ingested || !strcmp(ingested, "1"));
     if (all_final || !strcmp(state, "done") ||
         (!strcmp(state, "cancelled") && w->inflight == 0)) {
         sched_worker_stop(w);
@@ -685,11 +685,13 @@ static void progress(sched_worker_t *w, uint64_t now)
         w->progress_busy = 1;
 }
 
-static void reap(sched_worker_t *w)
+static void reap(sched_worker_t *w, int all)
 {
     const char **argv = calloc(3 + 2 * w->nprovs, sizeof *argv);
     char now_s[24];
-    snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now_ms());
+    /* "all": every lease, as if all had expired (see reclaim_leases). */
+    snprintf(now_s, sizeof now_s, "%llu",
+             all ? 99999999999999ULL : (unsigned long long)now_ms());
     size_t k = 0;
     argv[k++] = w->k_lease;
     argv[k++] = w->k_leasep;
@@ -717,9 +719,14 @@ static void on_tick(uv_timer_t *t)
     }
     if (!sched_redis_connected(w->r))
         return;
+    if (w->reclaim_pending) {
+        /* Before the first claim: commands on one connection run in order. */
+        w->reclaim_pending = 0;
+        reap(w, 1);
+    }
     if (now - w->last_reap >= REAP_MS) {
         w->last_reap = now;
-        reap(w);
+        reap(w, 0);
     }
     for (size_t i = 0; i < w->nprovs; i++) {
         prov_t *p = &w->provs[i];
@@ -913,6 +920,8 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
         free(w);
         return rc;
     }
+    w->reclaim_pending = o->reclaim_leases;
+    w->last_reap = now_ms();
     uv_timer_init(loop, &w->tick);
     w->tick.data = w;
     w->rate_t0 = now_ms();

@@ -40,6 +40,12 @@ typedef struct sched_worker_opts {
     unsigned max_attempts;           /* then a retried row fails (0: 10) */
     uint64_t retry_base_ms;          /* first backoff of a generic retry (0: 60 s) */
     int until_done;                  /* finish when the campaign is done (send) */
+    int require_ingested;            /* ...and only once its CSV is fully in (a worker
+                                      * beside a running `enqueue`) */
+    int reclaim_leases;              /* at start, take back every lease at once: only
+                                      * when no other worker can hold one (embedded
+                                      * Redis), so a resumed send does not wait for
+                                      * the leases of a killed run to expire */
     /* TLS overrides for every route (tests against private CAs). */
     const char *ca_file;
     int tls_insecure;

@@ -12,6 +12,9 @@ end
 local now = tonumber(ARGV[1])
 local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
+if #rows > 0 then
+    redis.call('HSETNX', KEYS[6], 'started_ms', now)
+end
 for _, row in ipairs(rows) do
     redis.call('ZREM', KEYS[1], row)
     redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), row)

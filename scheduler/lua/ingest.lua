@@ -8,6 +8,8 @@
 --   fields (JSON array), email, status ("pending" | "rejected"), response
 -- Returns the number of rows added.
 local ndue = #KEYS - 5
+-- Rows that arrive after a cancel are cancelled at once, never left due.
+local cancelled = redis.call('HGET', KEYS[1], 'state') == 'cancelled'
 local n = tonumber(ARGV[1])
 local at = 2 + ndue
 local added = 0
@@ -19,6 +21,10 @@ for _ = 1, n do
     local fields, email, status, response = ARGV[at + 3], ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
     at = at + 7
     local provider = pidx > 0 and ARGV[1 + pidx] or ''
+    if cancelled and status == 'pending' then
+        status = 'cancelled'
+        response = 'the campaign was cancelled'
+    end
     local res = cjson.encode({email = email, provider = provider, status = status,
                               attempts = 0, code = 0, enhanced = '', response = response,
                               first = 0, last = 0, host = ''})
