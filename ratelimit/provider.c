@@ -485,6 +485,11 @@ void rl_providers_free(rl_providers_t *ps)
     free(ps);
 }
 
+const rl_provider_t *rl_providers_fallback(const rl_providers_t *ps)
+{
+    return ps->star;
+}
+
 rl_providers_t *rl_providers_default(void)
 {
     rl_providers_t *ps = calloc(1, sizeof *ps);

@@ -88,6 +88,10 @@ const rl_provider_t *rl_providers_find(const rl_providers_t *ps, const char *nam
  * NULL: the "*" provider or the built-in default. Borrowed from ps. */
 const rl_provider_t *rl_providers_match(const rl_providers_t *ps, const char *domain);
 
+/* The provider for domains no entry names: the file's "*" provider, or the built-in
+ * default (which is not among rl_providers_at()'s entries). Never NULL. */
+const rl_provider_t *rl_providers_fallback(const rl_providers_t *ps);
+
 /* The rule chain of p for rl_decide: inline rules, the base set, "generic" (NULL entries
  * skipped by rl_rules_match). Fills chain[0..3) and returns 3. */
 size_t rl_provider_rules(const rl_provider_t *p, const rl_rules_t *chain[3]);

@@ -860,13 +860,21 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
     snprintf(w->k_count, KEYLEN, SCHED_KEY_COUNT, w->id);
     snprintf(w->k_lease, KEYLEN, SCHED_KEY_LEASE, w->id);
     snprintf(w->k_leasep, KEYLEN, SCHED_KEY_LEASEP, w->id);
-    w->nprovs = rl_providers_count(o->providers);
-    w->provs = calloc(w->nprovs ? w->nprovs : 1, sizeof *w->provs);
+    /* Every provider of the file, plus the built-in default when it is the
+     * fallback (it is not one of the file's entries). */
+    size_t nlisted = rl_providers_count(o->providers);
+    const rl_provider_t *fallback = rl_providers_fallback(o->providers);
+    int fallback_listed = 0;
+    for (size_t i = 0; i < nlisted; i++)
+        if (rl_providers_at(o->providers, i) == fallback)
+            fallback_listed = 1;
+    w->nprovs = nlisted + !fallback_listed;
+    w->provs = calloc(w->nprovs, sizeof *w->provs);
     int rc = 0;
     for (size_t i = 0; i < w->nprovs && !rc; i++) {
         prov_t *p = &w->provs[i];
         p->w = w;
-        p->cfg = rl_providers_at(o->providers, i);
+        p->cfg = i < nlisted ? rl_providers_at(o->providers, i) : fallback;
         p->nchain = rl_provider_rules(p->cfg, p->chain);
         snprintf(p->key_due, KEYLEN, SCHED_KEY_DUE, w->id, p->cfg->name);
         uint32_t conf[RL_LIMIT_LAST] = {0};

@@ -254,8 +254,8 @@ def main():
     ok(rc == 65 and b"`Bcc` cannot be set" in out, "a template cannot set Bcc", out)
     rc, out, err = run("check", campaign("badid", id="bad id!"))
     ok(rc == 78 and b"`id`" in out, "bad campaign id: exit 78", out)
-    rc, out, err = run("send", good)
-    ok(rc == 64 and "--dry-run" in err, "send without --dry-run says what to do", err)
+    rc, out, err = run("send", good, "--redis", "unix://" + os.path.join(tmp, "no.sock"))
+    ok(rc == 69 and "Redis" in err, "send to a Redis that is not there: exit 69, says so", err)
 
     # ---- dry run memory: 1,000,000 rows stream in flat memory ----
     big = os.path.join(tmp, "big", "r.csv")
