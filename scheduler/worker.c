@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/err.h"
 #include "common/log.h"
@@ -22,6 +23,10 @@
 #define REAP_MS 5000
 #define WINDOW_PER_CONN 2 /* messages in flight per connection: one answered, one queued */
 #define KEYLEN 300
+#define MAX_SLOTS 256     /* connection slots one worker may hold per provider */
+#define SLOT_LEASE_MS 10000
+#define SLOT_RENEW_MS 1000
+#define MAX_PROVS_PROGRESS 64
 
 typedef struct prov prov_t;
 typedef struct job job_t;
@@ -41,7 +46,18 @@ struct prov {
     int stopped;         /* a configuration problem: a person must act */
     char reason[512];
     char key_due[KEYLEN];
+    char key_slots[KEYLEN];
+    /* Connection slots held in {p:NAME}:slots, so that the connections of
+     * every worker together stay within the provider's ceiling. */
+    unsigned char slot_ok[MAX_SLOTS];
+    unsigned held;
+    uint64_t next_slot_ms;
 };
+
+typedef struct slot_ctx {
+    prov_t *p;
+    unsigned i;
+} slot_ctx_t;
 
 struct job {
     job_t *next;
@@ -69,6 +85,7 @@ struct sched_worker {
     unsigned inflight;
     int stopping, finished, progress_busy;
     int reclaim_pending; /* take back every lease once connected */
+    char wid[96];        /* this worker's name in slot holders */
     int closing_pools;
     int rc;
     char why[1024];
@@ -602,6 +619,80 @@ static void take_rate(prov_t *p, unsigned n)
     }
 }
 
+/* ---- connection slots ------------------------------------------------------ */
+
+static void recount_slots(prov_t *p)
+{
+    if (!p->pool)
+        return;
+    unsigned held = 0;
+    for (unsigned i = 0; i < MAX_SLOTS; i++)
+        held += p->slot_ok[i];
+    p->held = held;
+    eng_pool_set_max_connections(p->pool, held ? held : 1);
+}
+
+static void on_slot(sched_redis_t *r, redisReply *reply, void *priv, int err, const char *errstr)
+{
+    slot_ctx_t *sc = priv;
+    prov_t *p = sc->p;
+    if (!err && reply && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1)
+        p->slot_ok[sc->i] = reply->element[0]->integer == 1;
+    else if (err)
+        p->slot_ok[sc->i] = 0; /* unknown: assume lost rather than exceed the ceiling */
+    free(sc);
+    recount_slots(p);
+}
+
+static void slot_op(prov_t *p, const char *op, unsigned i)
+{
+    sched_worker_t *w = p->w;
+    char holder[128], now_s[24], ceil_s[16], lease_s[16];
+    snprintf(holder, sizeof holder, "%s:%u", w->wid, i);
+    snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now_ms());
+    snprintf(ceil_s, sizeof ceil_s, "%u",
+             p->cfg->max_connections ? p->cfg->max_connections : 1);
+    snprintf(lease_s, sizeof lease_s, "%u", SLOT_LEASE_MS);
+    const char *argv[] = {p->key_slots, op, now_s, holder, ceil_s, lease_s};
+    slot_ctx_t *sc = malloc(sizeof *sc);
+    if (!sc)
+        return;
+    sc->p = p;
+    sc->i = i;
+    if (sched_redis_eval(w->r, on_slot, sc, rl_lua_slots, 1, 5, argv, NULL))
+        free(sc);
+}
+
+/* Hold as many slots as the learnt connection ceiling allows (acquire also
+ * renews), give back the ones above it. */
+static void slots_tick(prov_t *p, uint64_t now, unsigned want)
+{
+    if (now < p->next_slot_ms)
+        return;
+    p->next_slot_ms = now + SLOT_RENEW_MS;
+    if (want > MAX_SLOTS)
+        want = MAX_SLOTS;
+    for (unsigned i = 0; i < MAX_SLOTS; i++) {
+        if (i < want)
+            slot_op(p, "acquire", i);
+        else if (p->slot_ok[i]) {
+            p->slot_ok[i] = 0;
+            slot_op(p, "release", i);
+        }
+    }
+    recount_slots(p);
+}
+
+static void release_slots(sched_worker_t *w)
+{
+    for (size_t k = 0; k < w->nprovs; k++)
+        for (unsigned i = 0; i < MAX_SLOTS; i++)
+            if (w->provs[k].slot_ok[i]) {
+                w->provs[k].slot_ok[i] = 0;
+                slot_op(&w->provs[k], "release", i);
+            }
+}
+
 /* ---- the tick ------------------------------------------------------------ */
 
 static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, int err,
@@ -618,6 +709,7 @@ static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, i
     const char *ingested = reply->elements > 13 && reply->element[13]->str
                                ? reply->element[13]->str
                                : "0";
+    long long waiting = reply->elements > 14 ? reply->element[14]->integer : 0;
     sched_progress_t pr = {.total = v[0],
                            .final = v[1],
                            .delivered = v[2],
@@ -643,22 +735,17 @@ static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, i
         sched_worker_stop(w);
         return;
     }
-    /* Only stopped providers have rows left: a person must act. */
-    int any_active = 0, any_stopped = 0;
-    for (size_t i = 0; i < w->nprovs; i++) {
-        if (w->provs[i].stopped)
-            any_stopped = 1;
-        else
-            any_active = 1;
-    }
-    if (any_stopped && (!any_active || w->inflight == 0) && w->inflight == 0) {
+    /* Rows are left, but none for a provider that is still sending: they
+     * belong to stopped providers, and a person must act. */
+    if (waiting == 0 && w->inflight == 0 && pr.final < pr.total &&
+        (!w->o.require_ingested || !strcmp(ingested, "1"))) {
         for (size_t i = 0; i < w->nprovs; i++)
             if (w->provs[i].stopped) {
                 w->rc = VL_ECONFIG;
                 snprintf(w->why, sizeof w->why, "provider %s stopped: %s",
                          w->provs[i].cfg->name, w->provs[i].reason);
             }
-        if (!any_active)
+        if (w->rc)
             sched_worker_stop(w);
     }
 }
@@ -672,16 +759,26 @@ static void progress(sched_worker_t *w, uint64_t now)
         w->rate_t0 = now;
         w->rate_n0 = w->delivered;
     }
-    /* One script gives a consistent snapshot of counts and state. */
-    const char *argv[] = {w->k_count, w->k_meta};
+    /* One script gives a consistent snapshot of counts, state, and the rows
+     * still waiting for a provider that is sending (leased or due). */
+    const char *argv[3 + MAX_PROVS_PROGRESS];
+    int nk = 0;
+    argv[nk++] = w->k_count;
+    argv[nk++] = w->k_meta;
+    argv[nk++] = w->k_lease;
+    for (size_t i = 0; i < w->nprovs && nk < 3 + MAX_PROVS_PROGRESS; i++)
+        if (!w->provs[i].stopped)
+            argv[nk++] = w->provs[i].key_due;
     if (sched_redis_eval(w->r, on_progress_reply, w,
                          "local c = redis.call('HMGET', KEYS[1], 'total', 'final', 'delivered', "
                          "'bounced', 'failed', 'suppressed', 'rejected', 'cancelled', "
                          "'deferred', 'attempts', 'x', 'y') "
                          "local m = redis.call('HMGET', KEYS[2], 'state', 'ingested') "
                          "c[13] = m[1] or 'running' c[14] = m[2] or '0' "
-                         "for i = 1, 12 do c[i] = c[i] or '0' end return c",
-                         2, 0, argv, NULL) == 0)
+                         "for i = 1, 12 do c[i] = c[i] or '0' end "
+                         "local n = 0 for i = 3, #KEYS do n = n + redis.call('ZCARD', KEYS[i]) "
+                         "end c[15] = n return c",
+                         nk, 0, argv, NULL) == 0)
         w->progress_busy = 1;
 }
 
@@ -730,11 +827,12 @@ static void on_tick(uv_timer_t *t)
     }
     for (size_t i = 0; i < w->nprovs; i++) {
         prov_t *p = &w->provs[i];
-        if (p->busy || p->stopped || now < p->next_try_ms || now < p->suspended_until_ms)
+        if (p->busy || p->stopped || !p->pool || now < p->next_try_ms ||
+            now < p->suspended_until_ms)
             continue;
         unsigned conns = rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now);
-        eng_pool_set_max_connections(p->pool, conns);
-        unsigned cap = conns * WINDOW_PER_CONN;
+        slots_tick(p, now, conns);
+        unsigned cap = (p->held < conns ? p->held : conns) * WINDOW_PER_CONN;
         if (p->inflight >= cap)
             continue;
         unsigned n = cap - p->inflight;
@@ -819,8 +917,12 @@ static void maybe_finish(sched_worker_t *w)
         return;
     w->finished = 1;
     w->closing_pools = (int)w->nprovs + 1;
-    for (size_t i = 0; i < w->nprovs; i++)
-        eng_pool_close(w->provs[i].pool, 0, on_pool_closed, w);
+    for (size_t i = 0; i < w->nprovs; i++) {
+        if (w->provs[i].pool)
+            eng_pool_close(w->provs[i].pool, 0, on_pool_closed, w);
+        else
+            w->closing_pools--;
+    }
     on_pool_closed(w);
 }
 
@@ -829,6 +931,7 @@ void sched_worker_stop(sched_worker_t *w)
     if (w->stopping)
         return;
     w->stopping = 1;
+    release_slots(w);
     maybe_finish(w);
 }
 
@@ -877,6 +980,7 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
         p->cfg = i < nlisted ? rl_providers_at(o->providers, i) : fallback;
         p->nchain = rl_provider_rules(p->cfg, p->chain);
         snprintf(p->key_due, KEYLEN, SCHED_KEY_DUE, w->id, p->cfg->name);
+        snprintf(p->key_slots, KEYLEN, SCHED_KEY_P_SLOTS, p->cfg->name);
         uint32_t conf[RL_LIMIT_LAST] = {0};
         conf[RL_LIMIT_CONNECTIONS] = p->cfg->max_connections ? p->cfg->max_connections : 1;
         conf[RL_LIMIT_MESSAGES_PER_CONNECTION] = p->cfg->max_messages_per_connection;
@@ -885,12 +989,12 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
         rl_aimd_init(&p->aimd, conf, 0);
         rl_route_init(&p->route, 0, 0, 0);
         if (p->cfg->route == RL_ROUTE_MX) {
-            snprintf(err, errlen,
-                     "provider %s: route \"mx\" (direct delivery by MX lookup) is not "
-                     "supported by this version; give an smtp:// or smtps:// route",
-                     p->cfg->name);
-            rc = VL_ECONFIG;
-            break;
+            /* Its rows wait; send ends with the reason once nothing else is left. */
+            p->stopped = 1;
+            snprintf(p->reason, sizeof p->reason,
+                     "route \"mx\" (direct delivery by MX lookup) is not supported by this "
+                     "version; give the provider an smtp:// or smtps:// route");
+            continue;
         }
         eng_route_t er;
         eng_route_init(&er);
@@ -929,6 +1033,9 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
         return rc;
     }
     w->reclaim_pending = o->reclaim_leases;
+    char host[64] = "host";
+    gethostname(host, sizeof host - 1);
+    snprintf(w->wid, sizeof w->wid, "%s:%d:%08x", host, (int)getpid(), (unsigned)rand());
     w->last_reap = now_ms();
     uv_timer_init(loop, &w->tick);
     w->tick.data = w;
