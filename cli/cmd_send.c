@@ -35,7 +35,8 @@ static void send_usage(FILE *f)
                "  --no-progress no progress line (none either when stderr is not a terminal)\n"
                "  --ca-file F   trust these CAs for every route (private test CAs)\n"
                "  --insecure    do not verify certificates (tests only)\n"
-               "  --retry-base-ms N  first backoff of a generic retry (default 60000)\n");
+               "  --retry-base-ms N  first backoff of a generic retry (default 60000)\n"
+               "  --lease-ms N  how long a claimed row stays this worker's (default 120000)\n");
 }
 
 static double mono(void)
@@ -105,7 +106,8 @@ static int dry_run(const char *path, unsigned long limit, int sign)
 
 int cmd_send(int argc, char **argv)
 {
-    enum { OPT_DRY = 1000, OPT_SIGN, OPT_NOPROG, OPT_REDIS, OPT_CA, OPT_INSECURE, OPT_RETRY };
+    enum { OPT_DRY = 1000, OPT_SIGN, OPT_NOPROG, OPT_REDIS, OPT_CA, OPT_INSECURE, OPT_RETRY,
+           OPT_LEASE };
     static const struct option opts[] = {{"dry-run", no_argument, NULL, OPT_DRY},
                                          {"limit", required_argument, NULL, 'n'},
                                          {"sign", no_argument, NULL, OPT_SIGN},
@@ -114,6 +116,7 @@ int cmd_send(int argc, char **argv)
                                          {"ca-file", required_argument, NULL, OPT_CA},
                                          {"insecure", no_argument, NULL, OPT_INSECURE},
                                          {"retry-base-ms", required_argument, NULL, OPT_RETRY},
+                                         {"lease-ms", required_argument, NULL, OPT_LEASE},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     int dry = 0, sign = 0, c;
@@ -145,6 +148,9 @@ int cmd_send(int argc, char **argv)
             break;
         case OPT_RETRY:
             so.retry_base_ms = strtoull(optarg, NULL, 10);
+            break;
+        case OPT_LEASE:
+            so.lease_ms = (uint32_t)strtoul(optarg, NULL, 10);
             break;
         case 'n': {
             char *end;

@@ -101,6 +101,7 @@ typedef struct wk {
     const char *ca_file;
     int insecure;
     uint64_t retry_base_ms;
+    uint32_t lease_ms;
 } wk_t;
 
 struct served {
@@ -176,6 +177,7 @@ static void serve(wk_t *wk, const char *id, const char *path)
     o.ca_file = wk->ca_file;
     o.tls_insecure = wk->insecure;
     o.retry_base_ms = wk->retry_base_ms;
+    o.lease_ms = wk->lease_ms;
     o.on_finish = served_finish;
     o.ud = s;
     char err[512];
@@ -258,6 +260,7 @@ int cmd_worker(int argc, char **argv)
                                          {"ca-file", required_argument, NULL, 'c'},
                                          {"insecure", no_argument, NULL, 'k'},
                                          {"retry-base-ms", required_argument, NULL, 'b'},
+                                         {"lease-ms", required_argument, NULL, 'l'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     wk_t wk = {0};
@@ -278,12 +281,18 @@ int cmd_worker(int argc, char **argv)
         case 'b':
             wk.retry_base_ms = strtoull(optarg, NULL, 10);
             break;
+        case 'l':
+            wk.lease_ms = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
         case 'h':
-            printf("usage: volley worker --redis URL [--ca-file FILE] [--insecure]\n\n"
+            printf("usage: volley worker --redis URL [--ca-file FILE] [--insecure]\n"
+                   "                     [--retry-base-ms N] [--lease-ms N]\n\n"
                    "Send the running campaigns enqueued on that Redis, sharing every\n"
                    "provider's limits with the other workers. SIGINT/SIGTERM: finish the\n"
                    "messages in flight and stop (twice: stop at once; leases bring the\n"
-                   "rows back to the other workers).\n");
+                   "rows back to the other workers).\n"
+                   "  --lease-ms N  how long a claimed row stays this worker's before another\n"
+                   "                may take it (default 120000; longer than a transaction)\n");
             return EX_OK;
         default:
             return EX_USAGE;

@@ -139,6 +139,7 @@ static int run_worker(const char *url, const char *id, const msg_factory_t *f,
     wo.ca_file = o->ca_file;
     wo.tls_insecure = o->insecure;
     wo.retry_base_ms = o->retry_base_ms;
+    wo.lease_ms = o->lease_ms;
     wo.on_progress = on_progress;
     wo.on_finish = on_finish;
     wo.ud = &run;

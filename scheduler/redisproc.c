@@ -175,8 +175,10 @@ int sched_rproc_start(sched_rproc_t **out, const char *dir, char *err, size_t er
         free(p);
         return VL_EIO;
     }
-    /* A locked directory whose socket answers is another send; one whose socket does not
-     * answer is a server of a killed volley still shutting down: give it 10 s. */
+    /* The lock file names the volley that holds it. A locked directory whose volley is
+     * alive is another send; otherwise the server of a killed volley is shutting down
+     * (it got SIGTERM when its parent died, and its socket may answer for a moment):
+     * give it 10 s. */
     int locked = 0;
     for (int waited = 0; waited <= 10000; waited += 100) {
         if (flock(p->lockfd, LOCK_EX | LOCK_NB) == 0) {
@@ -184,7 +186,11 @@ int sched_rproc_start(sched_rproc_t **out, const char *dir, char *err, size_t er
             break;
         }
         if (errno != EWOULDBLOCK && errno != EINTR) break;
-        if (probe(p->sock, 500)) break;
+        char pidbuf[32] = "";
+        ssize_t n = pread(p->lockfd, pidbuf, sizeof pidbuf - 1, 0);
+        long holder = n > 0 ? strtol(pidbuf, NULL, 10) : 0;
+        int holder_alive = holder > 0 && (kill((pid_t)holder, 0) == 0 || errno == EPERM);
+        if (holder_alive && probe(p->sock, 500)) break;
         sleep_ms(100);
     }
     if (!locked) {
@@ -196,7 +202,10 @@ int sched_rproc_start(sched_rproc_t **out, const char *dir, char *err, size_t er
         free(p);
         return VL_ESTATE;
     }
-    /* Locked, yet something answers: a server started by hand on our socket. */
+    /* Locked, yet something answers: the server of a killed volley on its way out, or
+     * one started by hand on our socket. Give the first kind time to leave. */
+    for (int waited = 0; waited < 10000 && probe(p->sock, 200); waited += 100)
+        sleep_ms(100);
     if (probe(p->sock, 500)) {
         set_err(err, errlen, "a redis-server already answers on %s", p->sock);
         close(p->lockfd);
@@ -204,6 +213,12 @@ int sched_rproc_start(sched_rproc_t **out, const char *dir, char *err, size_t er
         return VL_ESTATE;
     }
     unlink(p->sock); /* stale, from a killed run */
+    {
+        char pidbuf[32];
+        int n = snprintf(pidbuf, sizeof pidbuf, "%ld\n", (long)getpid());
+        if (ftruncate(p->lockfd, 0) != 0 || pwrite(p->lockfd, pidbuf, (size_t)n, 0) != n)
+            VL_DEBUG("could not write our pid into %s", path);
+    }
 
     char logfile[PATH_MAX + 16];
     snprintf(logfile, sizeof logfile, "%s/redis.log", p->dir);

@@ -85,6 +85,9 @@ struct sched_worker {
     unsigned inflight;
     int stopping, finished, progress_busy;
     int reclaim_pending; /* take back every lease once connected */
+    struct rec *retry;   /* records waiting for Redis to come back */
+    unsigned records;    /* records sent and not yet answered */
+    uint64_t stop_ms;    /* when stopping began */
     char wid[96];        /* this worker's name in slot holders */
     int closing_pools;
     int rc;
@@ -114,14 +117,66 @@ static void maybe_finish(sched_worker_t *w);
 
 /* ---- recording ---------------------------------------------------------- */
 
+/* A record that could not reach Redis, kept to be sent again when Redis is
+ * back: the result of a message that went out must not be lost. */
+typedef struct rec {
+    struct rec *next;
+    sched_worker_t *w;
+    int argc;
+    char *argv[15];
+} rec_t;
+
+static void rec_free(rec_t *rc)
+{
+    for (int i = 0; i < rc->argc; i++)
+        free(rc->argv[i]);
+    free(rc);
+}
+
+static void rec_send(rec_t *rc);
+
 static void on_recorded(sched_redis_t *r, redisReply *reply, void *priv, int err,
                         const char *errstr)
 {
     (void)r;
-    sched_worker_t *w = priv;
+    rec_t *rc = priv;
+    sched_worker_t *w = rc->w;
+    w->records--;
+    if (err == VL_EREDIS || err == VL_ETIMEOUT) {
+        /* Connection lost or Redis stalled: keep it for later. record.lua
+         * ignores a row that is already final, so a second try is safe. */
+        rc->next = w->retry;
+        w->retry = rc;
+        return;
+    }
     if (err || (reply && reply->type == REDIS_REPLY_ERROR))
         VL_WARN("campaign %s: recording a result failed: %s", w->id,
                 err ? errstr : reply->str);
+    rec_free(rc);
+}
+
+static void rec_send(rec_t *rc)
+{
+    sched_worker_t *w = rc->w;
+    if (sched_redis_eval(w->r, on_recorded, rc, sched_lua_record, 6, 9,
+                         (const char **)rc->argv, NULL) == 0) {
+        w->records++;
+        return;
+    }
+    rc->next = w->retry;
+    w->retry = rc;
+}
+
+/* Send the kept records again (Redis is connected). */
+static void retry_records(sched_worker_t *w)
+{
+    rec_t *list = w->retry;
+    w->retry = NULL;
+    while (list) {
+        rec_t *rc = list;
+        list = rc->next;
+        rec_send(rc);
+    }
 }
 
 /* Record a row's outcome: a final status or "deferred" with a retry time. If
@@ -139,9 +194,16 @@ static void record(sched_worker_t *w, prov_t *p, const char *row, const char *st
                           row,        status,      code_s,   enhanced ? enhanced : "",
                           response ? response : "", now_s, host ? host : "",
                           attempted ? "1" : "0", retry_s};
-    if (sched_redis_eval(w->r, on_recorded, w, sched_lua_record, 6, 9, argv, NULL))
-        VL_WARN("campaign %s: row %s: Redis unavailable, its lease will bring it back", w->id,
-                row);
+    rec_t *rc = calloc(1, sizeof *rc);
+    if (!rc) {
+        VL_WARN("campaign %s: row %s: out of memory; its lease will bring it back", w->id, row);
+        return;
+    }
+    rc->w = w;
+    rc->argc = 15;
+    for (int i = 0; i < 15; i++)
+        rc->argv[i] = strdup(argv[i]);
+    rec_send(rc);
     if (!strcmp(status, "delivered"))
         w->delivered++;
 }
@@ -810,6 +872,8 @@ static void on_tick(uv_timer_t *t)
         w->last_progress = now;
         progress(w, now);
     }
+    if (w->retry && sched_redis_connected(w->r))
+        retry_records(w);
     if (w->stopping) {
         maybe_finish(w);
         return;
@@ -913,8 +977,19 @@ static void maybe_finish(sched_worker_t *w)
     for (size_t i = 0; i < w->nprovs; i++)
         if (w->provs[i].busy)
             return;
+    /* Records still to be made: wait for Redis, but not forever (their
+     * leases bring the rows back to another run). */
+    if ((w->records || w->retry) && now_ms() - w->stop_ms < 30000)
+        return;
     if (sched_redis_connected(w->r) && sched_redis_pending(w->r))
         return;
+    while (w->retry) {
+        rec_t *rc = w->retry;
+        w->retry = rc->next;
+        VL_WARN("campaign %s: row %s: its result could not be recorded; it will be tried again",
+                w->id, rc->argv[6]);
+        rec_free(rc);
+    }
     w->finished = 1;
     w->closing_pools = (int)w->nprovs + 1;
     for (size_t i = 0; i < w->nprovs; i++) {
@@ -931,6 +1006,7 @@ void sched_worker_stop(sched_worker_t *w)
     if (w->stopping)
         return;
     w->stopping = 1;
+    w->stop_ms = now_ms();
     release_slots(w);
     maybe_finish(w);
 }

@@ -7,60 +7,16 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 
-SRCDIR = os.environ.get("SRCDIR", os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
-BUILDDIR = os.environ.get("BUILDDIR", os.path.join(SRCDIR, "build"))
-VOLLEY = os.environ.get("VOLLEY", os.path.join(BUILDDIR, "cli", "volley"))
-SINK = os.environ.get("VOLLEY_SINK", os.path.join(BUILDDIR, "bench", "volley-sink"))
-
-results = []
-
-
-def check(name, cond, detail=""):
-    results.append(bool(cond))
-    print("%s %d - %s" % ("ok" if cond else "not ok", len(results), name))
-    if not cond and detail:
-        for line in str(detail).splitlines()[-40:]:
-            print("#   " + line)
-    sys.stdout.flush()
-
-
-class Sink:
-    def __init__(self, tmp, *args):
-        self.stats_path = os.path.join(tmp, "sink-stats.json")
-        self.log_path = os.path.join(tmp, "sink-log.json")
-        self.p = subprocess.Popen([SINK, "--listen", "127.0.0.1:0", "--stats", self.stats_path,
-                                   "--log", self.log_path, "--max-seconds", "300"] + list(args),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.p.stdout.readline()
-        assert line.startswith("listening "), line
-        self.addr = line.split()[1]
-
-    def stop(self):
-        self.p.send_signal(signal.SIGTERM)
-        self.p.communicate(timeout=20)
-        with open(self.stats_path) as f:
-            return json.load(f)
-
-    def log(self):
-        with open(self.log_path) as f:
-            return [json.loads(l) for l in f if l.strip()]
+from vtest import SRCDIR, VOLLEY, Sink, check, make_campaign, read_report, run_tests
 
 
 def send(campaign, *args, timeout=240):
     p = subprocess.run([VOLLEY, "send", campaign, "--no-progress"] + list(args),
                        capture_output=True, text=True, timeout=timeout)
     return p.returncode, p.stdout + p.stderr
-
-
-def read_report(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def test_example(tmp):
@@ -106,35 +62,16 @@ def test_example(tmp):
     check("the summary is printed", "delivered" in out and "report:" in out, out)
 
 
-def make_campaign(d, n, bad_every, sink_addr, provider):
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "recipients.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["email", "name"])
-        for i in range(1, n + 1):
-            local = ("bad%d" % i) if bad_every and i % bad_every == 0 else ("user%d" % i)
-            w.writerow(["%s@163.com" % local, "Name %d" % i])
-    with open(os.path.join(d, "template.json"), "w") as f:
-        json.dump({"from": "Sender <news@example.com>", "subject": "Hello {{name}}",
-                   "text": "Dear {{name}},\nrow {{row}} of {{campaign}}.\n"}, f)
-    provider["route"] = "smtp://" + sink_addr
-    with open(os.path.join(d, "providers.json"), "w") as f:
-        json.dump([provider], f)
-    with open(os.path.join(d, "campaign.json"), "w") as f:
-        json.dump({"id": "faults", "recipients": "recipients.csv", "template": "template.json",
-                   "providers": "providers.json"}, f)
-    return os.path.join(d, "campaign.json")
-
-
 def test_netease_faults(tmp):
     d = os.path.join(tmp, "faults")
     os.makedirs(d)
     sink = Sink(d, "--max-conn", "5", "--max-msgs-per-conn", "20",
                 "--reject-rcpt", "^bad[0-9]+@")
     n, bad_every = 3000, 50
-    camp = make_campaign(d, n, bad_every, sink.addr, {
-        "name": "netease", "domains": ["163.com"], "max_connections": 8,
-        "max_messages_per_connection": 50, "rate": "400/s", "rules": "netease"})
+    camp = make_campaign(d, "faults", n, [{
+        "name": "netease", "domains": ["163.com"], "route": "smtp://" + sink.addr,
+        "max_connections": 8, "max_messages_per_connection": 50, "rate": "400/s",
+        "rules": "netease"}], bad_every=bad_every)
     rc, out = send(camp)
     st = sink.stop()
     check("fault campaign: send exits 0", rc == 0, out)
@@ -161,17 +98,6 @@ def test_netease_faults(tmp):
           bounced[:2])
 
 
-def main():
-    with tempfile.TemporaryDirectory() as tmp:
-        for t in (test_example, test_netease_faults):
-            try:
-                t(tmp)
-            except Exception:
-                import traceback
-                check(t.__name__ + " ran to the end", False, traceback.format_exc())
-    print("1..%d" % len(results))
-    sys.exit(0 if all(results) else 1)
-
-
 if __name__ == "__main__":
-    main()
+    with tempfile.TemporaryDirectory() as tmp:
+        run_tests([test_example, test_netease_faults], tmp)

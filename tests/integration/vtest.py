@@ -1,0 +1,94 @@
+"""Shared helpers of volley's integration tests: paths from meson's
+environment, TAP output, a volley-sink process and campaign fixtures."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+
+SRCDIR = os.environ.get("SRCDIR", os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+BUILDDIR = os.environ.get("BUILDDIR", os.path.join(SRCDIR, "build"))
+VOLLEY = os.environ.get("VOLLEY", os.path.join(BUILDDIR, "cli", "volley"))
+SINK = os.environ.get("VOLLEY_SINK", os.path.join(BUILDDIR, "bench", "volley-sink"))
+
+_results = []
+
+
+def check(name, cond, detail=""):
+    """Print one TAP line; the detail of a failure as comments."""
+    _results.append(bool(cond))
+    print("%s %d - %s" % ("ok" if cond else "not ok", len(_results), name))
+    if not cond and detail != "":
+        for line in str(detail).splitlines()[-40:]:
+            print("#   " + line)
+    sys.stdout.flush()
+
+
+def run_tests(tests, tmp):
+    """Run each test function; an exception is a failure, not an abort."""
+    for t in tests:
+        try:
+            t(tmp)
+        except Exception:
+            import traceback
+            check(t.__name__ + " ran to the end", False, traceback.format_exc())
+    print("1..%d" % len(_results))
+    sys.exit(0 if all(_results) else 1)
+
+
+class Sink:
+    """A volley-sink on 127.0.0.1 and a free port; stats and log read at stop."""
+
+    def __init__(self, tmp, *args, name="sink", env=None):
+        self.stats_path = os.path.join(tmp, name + "-stats.json")
+        self.log_path = os.path.join(tmp, name + "-log.jsonl")
+        e = dict(os.environ)
+        e.update(env or {})
+        self.p = subprocess.Popen([SINK, "--listen", "127.0.0.1:0", "--stats", self.stats_path,
+                                   "--log", self.log_path, "--max-seconds", "600"] + list(args),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=e)
+        line = self.p.stdout.readline()
+        assert line.startswith("listening "), line
+        self.addr = line.split()[1]
+        self.port = int(self.addr.rsplit(":", 1)[1])
+
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        self.p.communicate(timeout=30)
+        with open(self.stats_path) as f:
+            return json.load(f)
+
+    def log(self):
+        with open(self.log_path) as f:
+            return [json.loads(l) for l in f if l.strip()]
+
+
+def make_campaign(d, cid, n, providers, bad_every=0, domain="163.com"):
+    """A campaign of n rows (every bad_every-th address 'badN@'), a small text
+    template and the given providers list. Returns the campaign file's path."""
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "recipients.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["email", "name"])
+        for i in range(1, n + 1):
+            local = ("bad%d" % i) if bad_every and i % bad_every == 0 else ("user%d" % i)
+            w.writerow(["%s@%s" % (local, domain), "Name %d" % i])
+    with open(os.path.join(d, "template.json"), "w") as f:
+        json.dump({"from": "Sender <news@example.com>", "subject": "Hello {{name}}",
+                   "text": "Dear {{name}},\nrow {{row}} of {{campaign}}.\n"}, f)
+    with open(os.path.join(d, "providers.json"), "w") as f:
+        json.dump(providers, f)
+    path = os.path.join(d, "campaign.json")
+    with open(path, "w") as f:
+        json.dump({"id": cid, "recipients": "recipients.csv", "template": "template.json",
+                   "providers": "providers.json"}, f)
+    return path
+
+
+def read_report(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
