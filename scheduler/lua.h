@@ -6,6 +6,7 @@
  * sched_lua_claim   lease due rows of one provider to a worker
  * sched_lua_record  record an attempt and the row's state change atomically
  * sched_lua_reap    return rows whose lease expired to their due sets
+ * sched_lua_take    take up to n tokens of a provider's shared GCRA rate
  */
 #ifndef VL_SCHED_LUA_H
 #define VL_SCHED_LUA_H
@@ -14,5 +15,6 @@ extern const char sched_lua_ingest[];
 extern const char sched_lua_claim[];
 extern const char sched_lua_record[];
 extern const char sched_lua_reap[];
+extern const char sched_lua_take[];
 
 #endif

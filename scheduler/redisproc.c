@@ -247,7 +247,8 @@ int sched_rproc_start(sched_rproc_t **out, const char *dir, char *err, size_t er
             if (null > 2) close(null);
         }
         execl(server, server, "--port", "0", "--unixsocket", p->sock, "--unixsocketperm", "700",
-              "--appendonly", "yes", "--appendfsync", "everysec", "--dir", p->dir, "--daemonize",
+              "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--dir", p->dir,
+              "--daemonize",
               "no", "--logfile", logfile, (char *)NULL);
         _exit(127);
     }

@@ -21,14 +21,24 @@
 #define TICK_MS 10
 #define PROGRESS_MS 500
 #define REAP_MS 5000
-#define WINDOW_PER_CONN 2 /* messages in flight per connection: one answered, one queued */
+#define WINDOW_PER_CONN 8 /* messages per connection claimed ahead: one being answered,
+                           * one pipelined behind it, two waiting in the pool's queue */
 #define KEYLEN 300
 #define MAX_SLOTS 256     /* connection slots one worker may hold per provider */
 #define SLOT_LEASE_MS 10000
 #define SLOT_RENEW_MS 1000
 #define MAX_PROVS_PROGRESS 64
+#define REC_BATCH 128 /* results per record.lua call */
+#define PEND_FIELDS 8
 
 typedef struct prov prov_t;
+
+/* A result waiting for the next batch. */
+typedef struct pend {
+    prov_t *p;
+    char *v[PEND_FIELDS]; /* row, status, code, enhanced, response, host, attempted, retry_at */
+} pend_t;
+
 typedef struct job job_t;
 
 struct prov {
@@ -88,6 +98,8 @@ struct sched_worker {
     struct rec *retry;   /* records waiting for Redis to come back */
     unsigned records;    /* records sent and not yet answered */
     uint64_t stop_ms;    /* when stopping began */
+    pend_t pend[REC_BATCH];
+    unsigned npend;
     char wid[96];        /* this worker's name in slot holders */
     int closing_pools;
     int rc;
@@ -117,19 +129,23 @@ static void maybe_finish(sched_worker_t *w);
 
 /* ---- recording ---------------------------------------------------------- */
 
-/* A record that could not reach Redis, kept to be sent again when Redis is
- * back: the result of a message that went out must not be lost. */
+/* Results are recorded in batches (one record.lua call for up to REC_BATCH
+ * rows, flushed every tick), so Redis does one script call per batch rather
+ * than per message. A batch that could not reach Redis is kept and sent
+ * again when Redis is back: the result of a message that went out must not
+ * be lost, and record.lua ignores rows already final, so a second try is safe. */
 typedef struct rec {
     struct rec *next;
     sched_worker_t *w;
-    int argc;
-    char *argv[15];
+    int argc, nkeys;
+    char **argv; /* owned strings */
 } rec_t;
 
 static void rec_free(rec_t *rc)
 {
     for (int i = 0; i < rc->argc; i++)
         free(rc->argv[i]);
+    free(rc->argv);
     free(rc);
 }
 
@@ -143,23 +159,20 @@ static void on_recorded(sched_redis_t *r, redisReply *reply, void *priv, int err
     sched_worker_t *w = rc->w;
     w->records--;
     if (err == VL_EREDIS || err == VL_ETIMEOUT) {
-        /* Connection lost or Redis stalled: keep it for later. record.lua
-         * ignores a row that is already final, so a second try is safe. */
         rc->next = w->retry;
         w->retry = rc;
         return;
     }
     if (err || (reply && reply->type == REDIS_REPLY_ERROR))
-        VL_WARN("campaign %s: recording a result failed: %s", w->id,
-                err ? errstr : reply->str);
+        VL_WARN("campaign %s: recording results failed: %s", w->id, err ? errstr : reply->str);
     rec_free(rc);
 }
 
 static void rec_send(rec_t *rc)
 {
     sched_worker_t *w = rc->w;
-    if (sched_redis_eval(w->r, on_recorded, rc, sched_lua_record, 6, 9,
-                         (const char **)rc->argv, NULL) == 0) {
+    if (sched_redis_eval(w->r, on_recorded, rc, sched_lua_record, rc->nkeys,
+                         rc->argc - rc->nkeys, (const char **)rc->argv, NULL) == 0) {
         w->records++;
         return;
     }
@@ -167,7 +180,7 @@ static void rec_send(rec_t *rc)
     w->retry = rc;
 }
 
-/* Send the kept records again (Redis is connected). */
+/* Send the kept batches again (Redis is connected). */
 static void retry_records(sched_worker_t *w)
 {
     rec_t *list = w->retry;
@@ -179,41 +192,101 @@ static void retry_records(sched_worker_t *w)
     }
 }
 
-/* Record a row's outcome: a final status or "deferred" with a retry time. If
- * Redis is unreachable the row's lease expires and it is tried again: never
- * lost, at worst sent twice. */
+static void pend_clear(pend_t *pd)
+{
+    for (int k = 0; k < PEND_FIELDS; k++) {
+        free(pd->v[k]);
+        pd->v[k] = NULL;
+    }
+}
+
+/* Turn the pending results into one batch and send it. */
+static void flush_records(sched_worker_t *w)
+{
+    if (!w->npend)
+        return;
+    prov_t *provs[REC_BATCH];
+    unsigned np = 0, idx[REC_BATCH];
+    for (unsigned i = 0; i < w->npend; i++) {
+        unsigned k = 0;
+        while (k < np && provs[k] != w->pend[i].p)
+            k++;
+        if (k == np)
+            provs[np++] = w->pend[i].p;
+        idx[i] = k + 1;
+    }
+    rec_t *rc = calloc(1, sizeof *rc);
+    int nkeys = 5 + (int)np, argc = nkeys + 2 + 9 * (int)w->npend;
+    if (rc)
+        rc->argv = calloc((size_t)argc, sizeof *rc->argv);
+    if (!rc || !rc->argv) {
+        VL_WARN("campaign %s: out of memory recording results; their leases bring the rows back",
+                w->id);
+        free(rc);
+        for (unsigned i = 0; i < w->npend; i++)
+            pend_clear(&w->pend[i]);
+        w->npend = 0;
+        return;
+    }
+    rc->w = w;
+    rc->nkeys = nkeys;
+    rc->argc = argc;
+    int a = 0;
+    rc->argv[a++] = strdup(w->k_lease);
+    rc->argv[a++] = strdup(w->k_leasep);
+    rc->argv[a++] = strdup(w->k_res);
+    rc->argv[a++] = strdup(w->k_count);
+    rc->argv[a++] = strdup(w->k_meta);
+    for (unsigned k = 0; k < np; k++)
+        rc->argv[a++] = strdup(provs[k]->key_due);
+    char buf[32];
+    snprintf(buf, sizeof buf, "%llu", (unsigned long long)now_ms());
+    rc->argv[a++] = strdup(buf);
+    snprintf(buf, sizeof buf, "%u", w->npend);
+    rc->argv[a++] = strdup(buf);
+    for (unsigned i = 0; i < w->npend; i++) {
+        for (int k = 0; k < PEND_FIELDS; k++) {
+            rc->argv[a++] = w->pend[i].v[k]; /* ownership moves to the batch */
+            w->pend[i].v[k] = NULL;
+        }
+        snprintf(buf, sizeof buf, "%u", idx[i]);
+        rc->argv[a++] = strdup(buf);
+    }
+    w->npend = 0;
+    rec_send(rc);
+}
+
+/* Record a row's outcome: a final status, or "deferred" with a retry time. */
 static void record(sched_worker_t *w, prov_t *p, const char *row, const char *status, int code,
                    const char *enhanced, const char *response, const char *host, int attempted,
                    uint64_t retry_at)
 {
-    char code_s[16], now_s[24], retry_s[24];
+    char code_s[16], retry_s[24];
     snprintf(code_s, sizeof code_s, "%d", code);
-    snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now_ms());
     snprintf(retry_s, sizeof retry_s, "%llu", (unsigned long long)retry_at);
-    const char *argv[] = {w->k_lease, w->k_leasep, w->k_res, w->k_count, p->key_due, w->k_meta,
-                          row,        status,      code_s,   enhanced ? enhanced : "",
-                          response ? response : "", now_s, host ? host : "",
-                          attempted ? "1" : "0", retry_s};
-    rec_t *rc = calloc(1, sizeof *rc);
-    if (!rc) {
-        VL_WARN("campaign %s: row %s: out of memory; its lease will bring it back", w->id, row);
-        return;
-    }
-    rc->w = w;
-    rc->argc = 15;
-    for (int i = 0; i < 15; i++)
-        rc->argv[i] = strdup(argv[i]);
-    rec_send(rc);
+    pend_t *pd = &w->pend[w->npend++];
+    pd->p = p;
+    const char *v[PEND_FIELDS] = {row,  status, code_s, enhanced ? enhanced : "",
+                                  response ? response : "", host ? host : "",
+                                  attempted ? "1" : "0", retry_s};
+    for (int k = 0; k < PEND_FIELDS; k++)
+        pd->v[k] = strdup(v[k]);
     if (!strcmp(status, "delivered"))
         w->delivered++;
+    if (w->npend == REC_BATCH)
+        flush_records(w);
 }
+
+static void try_provider(prov_t *p, uint64_t now);
 
 static void job_free(sched_worker_t *w, job_t *j)
 {
-    j->p->inflight--;
+    prov_t *p = j->p;
+    p->inflight--;
     w->inflight--;
     j->next = w->free_jobs;
     w->free_jobs = j;
+    try_provider(p, now_ms());
     maybe_finish(w);
 }
 
@@ -485,6 +558,7 @@ static void on_suppress_checked(sched_redis_t *r, redisReply *reply, void *priv,
     freeReplyObject(rows);
     free(cc);
     p->busy = 0;
+    try_provider(p, now_ms());
 }
 
 /* Lowercased email of a stored result, for the suppression check. */
@@ -640,16 +714,16 @@ static void on_rate(sched_redis_t *r, redisReply *reply, void *priv, int err, co
         p->next_try_ms = now_ms() + 500;
         return;
     }
-    if (reply->element[0]->integer != 1) {
+    long long granted = reply->element[0]->integer;
+    if (granted < 1) {
         long long retry = reply->element[1]->integer;
         free(tc);
         p->busy = 0;
         p->next_try_ms = now_ms() + (uint64_t)(retry > 0 ? retry : 1);
         return;
     }
-    unsigned n = tc->n;
     free(tc);
-    take_quota(p, n);
+    take_quota(p, (unsigned)granted);
 }
 
 /* Ask the provider's shared rate for n tokens, then its quotas, then claim. */
@@ -660,7 +734,7 @@ static void take_rate(prov_t *p, unsigned n)
         take_quota(p, n);
         return;
     }
-    /* All-or-nothing GCRA: never ask for more than the burst. */
+    /* As many tokens as are available, at most the burst. */
     uint32_t burst = rate->burst ? rate->burst : 1;
     if (n > burst)
         n = burst;
@@ -674,7 +748,7 @@ static void take_rate(prov_t *p, unsigned n)
     take_ctx_t *tc = malloc(sizeof *tc);
     tc->p = p;
     tc->n = n;
-    if (sched_redis_eval(p->w->r, on_rate, tc, rl_lua_gcra, 1, 4, argv, NULL)) {
+    if (sched_redis_eval(p->w->r, on_rate, tc, sched_lua_take, 1, 4, argv, NULL)) {
         free(tc);
         p->busy = 0;
         p->next_try_ms = now_ms() + 500;
@@ -756,6 +830,28 @@ static void release_slots(sched_worker_t *w)
 }
 
 /* ---- the tick ------------------------------------------------------------ */
+
+/* Start a rate -> quota -> claim round for p if it has room for more work.
+ * Called every tick, and as soon as a round or a message finishes, so a
+ * fast provider is never held to one round per tick. */
+static void try_provider(prov_t *p, uint64_t now)
+{
+    sched_worker_t *w = p->w;
+    if (w->stopping || p->busy || p->stopped || !p->pool || now < p->next_try_ms ||
+        now < p->suspended_until_ms || !sched_redis_connected(w->r))
+        return;
+    unsigned conns = rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now);
+    unsigned cap = (p->held < conns ? p->held : conns) * WINDOW_PER_CONN;
+    /* Claim in chunks of at least a quarter of the window: a round trip per
+     * finished message would cost more than it gains. */
+    if (p->inflight >= cap || (p->inflight && cap - p->inflight < cap / 4))
+        return;
+    unsigned n = cap - p->inflight;
+    if (n > w->o.batch)
+        n = w->o.batch;
+    p->busy = 1;
+    take_rate(p, n);
+}
 
 static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, int err,
                               const char *errstr)
@@ -844,23 +940,28 @@ static void progress(sched_worker_t *w, uint64_t now)
         w->progress_busy = 1;
 }
 
+/* Give rows whose lease expired back to their due sets; with all, every
+ * lease (see reclaim_leases). reap.lua takes 1000 rows a call, so a large
+ * backlog takes a few ticks. */
 static void reap(sched_worker_t *w, int all)
 {
-    const char **argv = calloc(3 + 2 * w->nprovs, sizeof *argv);
-    char now_s[24];
-    /* "all": every lease, as if all had expired (see reclaim_leases). */
-    snprintf(now_s, sizeof now_s, "%llu",
-             all ? 99999999999999ULL : (unsigned long long)now_ms());
+    const char **argv = calloc(4 + 2 * w->nprovs, sizeof *argv);
+    if (!argv)
+        return;
+    char now_s[24], cut_s[24];
+    snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now_ms());
+    snprintf(cut_s, sizeof cut_s, "%s", all ? "+inf" : now_s);
     size_t k = 0;
     argv[k++] = w->k_lease;
     argv[k++] = w->k_leasep;
     for (size_t i = 0; i < w->nprovs; i++)
         argv[k++] = w->provs[i].key_due;
     argv[k++] = now_s;
+    argv[k++] = cut_s;
     for (size_t i = 0; i < w->nprovs; i++)
         argv[k++] = w->provs[i].cfg->name;
     sched_redis_eval(w->r, NULL, NULL, sched_lua_reap, (int)(2 + w->nprovs),
-                     (int)(1 + w->nprovs), argv, NULL);
+                     (int)(2 + w->nprovs), argv, NULL);
     free(argv);
 }
 
@@ -872,6 +973,7 @@ static void on_tick(uv_timer_t *t)
         w->last_progress = now;
         progress(w, now);
     }
+    flush_records(w);
     if (w->retry && sched_redis_connected(w->r))
         retry_records(w);
     if (w->stopping) {
@@ -891,19 +993,10 @@ static void on_tick(uv_timer_t *t)
     }
     for (size_t i = 0; i < w->nprovs; i++) {
         prov_t *p = &w->provs[i];
-        if (p->busy || p->stopped || !p->pool || now < p->next_try_ms ||
-            now < p->suspended_until_ms)
+        if (p->stopped || !p->pool)
             continue;
-        unsigned conns = rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now);
-        slots_tick(p, now, conns);
-        unsigned cap = (p->held < conns ? p->held : conns) * WINDOW_PER_CONN;
-        if (p->inflight >= cap)
-            continue;
-        unsigned n = cap - p->inflight;
-        if (n > w->o.batch)
-            n = w->o.batch;
-        p->busy = 1;
-        take_rate(p, n);
+        slots_tick(p, now, rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now));
+        try_provider(p, now);
     }
 }
 
@@ -925,8 +1018,14 @@ static void on_eng_event(eng_pool_t *pool, const eng_event_t *ev, void *ud)
         rl_decide_ctx_t ctx = {.now_ms = now, .attempt = 1, .tz = p->cfg->tz, .rand = rnd,
                                .backoff_base_ms = p->w->o.retry_base_ms};
         rl_action_t a;
-        if (rl_decide(p->chain, p->nchain, &rr, &ctx, &a) == 0)
+        if (rl_decide(p->chain, p->nchain, &rr, &ctx, &a) == 0) {
             act_on_provider(p, &a, &rr);
+            /* A server that answers "too many connections" (421 HL:ICC) is
+             * alive: the rules already lowered the ceiling, and counting it
+             * as a failing route would suspend a healthy provider. */
+            if (a.cls == RL_LOWER_CONCURRENCY || a.cls == RL_PAUSE || a.cls == RL_STOP)
+                return;
+        }
     }
     char reason[300];
     snprintf(reason, sizeof reason, "%s at %s: %s%s%s", vl_err_name(ev->err),
@@ -979,6 +1078,7 @@ static void maybe_finish(sched_worker_t *w)
             return;
     /* Records still to be made: wait for Redis, but not forever (their
      * leases bring the rows back to another run). */
+    flush_records(w);
     if ((w->records || w->retry) && now_ms() - w->stop_ms < 30000)
         return;
     if (sched_redis_connected(w->r) && sched_redis_pending(w->r))
@@ -986,8 +1086,8 @@ static void maybe_finish(sched_worker_t *w)
     while (w->retry) {
         rec_t *rc = w->retry;
         w->retry = rc->next;
-        VL_WARN("campaign %s: row %s: its result could not be recorded; it will be tried again",
-                w->id, rc->argv[6]);
+        VL_WARN("campaign %s: results of %s rows could not be recorded; their rows will be "
+                "tried again", w->id, rc->argv[rc->nkeys + 1]);
         rec_free(rc);
     }
     w->finished = 1;
@@ -1026,7 +1126,7 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
     w->id = strdup(o->id);
     w->o.id = w->id;
     if (!w->o.batch)
-        w->o.batch = 200;
+        w->o.batch = 500;
     if (!w->o.lease_ms)
         w->o.lease_ms = 120000;
     if (!w->o.max_attempts)

@@ -13,6 +13,7 @@ local cancelled = redis.call('HGET', KEYS[1], 'state') == 'cancelled'
 local n = tonumber(ARGV[1])
 local at = 2 + ndue
 local added = 0
+local hrow, zadd, incr = {}, {}, {}
 for i = 1, ndue do
     redis.call('SADD', KEYS[5], ARGV[1 + i])
 end
@@ -30,14 +31,30 @@ for _ = 1, n do
                               first = 0, last = 0, host = ''})
     if redis.call('HSETNX', KEYS[3], row, res) == 1 then
         added = added + 1
-        redis.call('HSET', KEYS[2], row, fields)
-        redis.call('HINCRBY', KEYS[4], 'total', 1)
+        hrow[#hrow + 1] = row
+        hrow[#hrow + 1] = fields
         if status == 'pending' then
-            redis.call('ZADD', KEYS[5 + pidx], due, row)
+            local z = zadd[5 + pidx] or {}
+            zadd[5 + pidx] = z
+            z[#z + 1] = due
+            z[#z + 1] = row
         else
-            redis.call('HINCRBY', KEYS[4], status, 1)
-            redis.call('HINCRBY', KEYS[4], 'final', 1)
+            incr[status] = (incr[status] or 0) + 1
+            incr.final = (incr.final or 0) + 1
         end
+    end
+end
+-- One command per key for the whole batch.
+if #hrow > 0 then
+    redis.call('HSET', KEYS[2], unpack(hrow))
+end
+for k, args in pairs(zadd) do
+    redis.call('ZADD', KEYS[k], unpack(args))
+end
+incr.total = added
+for k, v in pairs(incr) do
+    if v > 0 then
+        redis.call('HINCRBY', KEYS[4], k, v)
     end
 end
 redis.call('HSET', KEYS[1], 'total', redis.call('HGET', KEYS[4], 'total') or 0)

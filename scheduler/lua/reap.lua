@@ -1,14 +1,18 @@
 -- reap.lua: rows whose lease expired (their worker died or stalled) become
--- due again at once, in their provider's due set.
+-- due again, in their provider's due set, at once.
 -- KEYS[1] lease  KEYS[2] leasep  KEYS[3..] the due sets of the providers named
--- in ARGV[2..]  ARGV[1] now_ms
+-- in ARGV[3..]
+-- ARGV[1] now_ms: when the rows become due
+-- ARGV[2] cutoff_ms: leases expiring before this are taken back (a send on its
+--         own embedded Redis passes "+inf" to take back every lease of a run
+--         that was killed)
 -- Returns the number of rows put back.
 local now = tonumber(ARGV[1])
 local idx = {}
 for i = 3, #KEYS do
-    idx[ARGV[i - 1]] = KEYS[i]
+    idx[ARGV[i]] = KEYS[i]
 end
-local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
+local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, 1000)
 local n = 0
 for _, row in ipairs(rows) do
     local p = redis.call('HGET', KEYS[2], row)

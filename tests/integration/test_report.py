@@ -413,7 +413,10 @@ def report_streams_in_bounded_memory():
         small = run_rss(["report", "small", "--redis", SRV.url, "--format", fmt], out)
         large = run_rss(["report", "large", "--redis", SRV.url, "--format", fmt], out)
         results[fmt] = (small, large)
-        assert large < small + 4096, (fmt, small, large)
+        # Under the sanitizers (.ci/run sets VOLLEY_SANITIZED) the allocator
+        # keeps freed memory in quarantine, so RSS says nothing about streaming.
+        if os.environ.get("VOLLEY_SANITIZED") != "1":
+            assert large < small + 4096, (fmt, small, large)
     with open(out) as f:
         txt = f.read()
     assert re.search(r"^\s+delivered\s+60000\s", txt, re.M), txt

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import tempfile
 
-from vtest import SRCDIR, VOLLEY, Sink, check, make_campaign, read_report, run_tests
+from vtest import SRCDIR, VOLLEY, Sink, check, make_campaign, read_report, run_tests, scaled
 
 
 def send(campaign, *args, timeout=240):
@@ -67,7 +67,7 @@ def test_netease_faults(tmp):
     os.makedirs(d)
     sink = Sink(d, "--max-conn", "5", "--max-msgs-per-conn", "20",
                 "--reject-rcpt", "^bad[0-9]+@")
-    n, bad_every = 3000, 50
+    n, bad_every = scaled(3000), 50
     camp = make_campaign(d, "faults", n, [{
         "name": "netease", "domains": ["163.com"], "route": "smtp://" + sink.addr,
         "max_connections": 8, "max_messages_per_connection": 50, "rate": "400/s",

@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import time
 
-from vtest import VOLLEY, Sink, check, make_campaign, read_report, run_tests
+from vtest import VOLLEY, Sink, check, make_campaign, read_report, run_tests, scaled
 
 
 def dupes(log):
@@ -22,7 +22,7 @@ def dupes(log):
 def test_kill9_and_resume(tmp):
     d = os.path.join(tmp, "kill9")
     sink = Sink(d if os.makedirs(d) is None else d)
-    n, conns = 20000, 10
+    n, conns = scaled(20000), 10
     camp = make_campaign(d, "kill9", n, [{
         "name": "p", "domains": ["*"], "route": "smtp://" + sink.addr,
         "max_connections": conns, "rate": "3000/s"}])
@@ -85,7 +85,7 @@ def test_redis_restart(tmp):
     check("a private redis-server is up", wait_socket(sock))
     url = "unix://" + sock
     sink = Sink(d)
-    n = 6000
+    n = scaled(6000)
     camp = make_campaign(d, "restart", n, [{
         "name": "p", "domains": ["*"], "route": "smtp://" + sink.addr,
         "max_connections": 6, "rate": "1500/s"}])
