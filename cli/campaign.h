@@ -77,6 +77,10 @@ int camp_job_next(camp_job_t *j, tpl_csv_row_t **row);
 
 void camp_job_close(camp_job_t *j);
 
+/* camp_job_open for a command: problems go to stderr; returns 0, or the
+ * sysexits code to exit with (j is then already closed). */
+int camp_job_open_cmd(camp_job_t *j, const char *path);
+
 /* Report a CSV error through the job's diag (counted). */
 void camp_job_csv_error(camp_job_t *j, const tpl_csv_error_t *e);
 

@@ -53,12 +53,9 @@ int cmd_render(int argc, char **argv)
         return EX_USAGE;
     }
     camp_job_t j;
-    int rc = camp_job_open(&j, argv[optind], 0, camp_print_diag, stderr);
-    if (rc) {
-        int code = rc == VL_ENOMEM ? EX_OSERR : camp_exit_code(j.worst);
-        camp_job_close(&j);
-        return code ? code : EX_DATAERR;
-    }
+    int rc = camp_job_open_cmd(&j, argv[optind]);
+    if (rc)
+        return rc;
     tpl_csv_row_t *row = NULL;
     unsigned long seen = 0;
     while ((rc = camp_job_next(&j, &row)) == 1) {

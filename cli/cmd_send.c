@@ -49,12 +49,9 @@ static double mono(void)
 static int dry_run(const char *path, unsigned long limit, int sign)
 {
     camp_job_t j;
-    int rc = camp_job_open(&j, path, 0, camp_print_diag, stderr);
-    if (rc) {
-        int code = rc == VL_ENOMEM ? EX_OSERR : camp_exit_code(j.worst);
-        camp_job_close(&j);
-        return code ? code : EX_DATAERR;
-    }
+    int rc = camp_job_open_cmd(&j, path);
+    if (rc)
+        return rc;
     msg_out_t *o;
     if (msg_out_new(&o, j.f)) {
         camp_job_close(&j);

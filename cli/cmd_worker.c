@@ -61,12 +61,9 @@ int cmd_enqueue(int argc, char **argv)
         return EX_USAGE;
     }
     camp_job_t j;
-    int rc = camp_job_open(&j, argv[optind], 0, camp_print_diag, stderr);
-    if (rc) {
-        int code = rc == VL_ENOMEM ? EX_OSERR : camp_exit_code(j.worst);
-        camp_job_close(&j);
-        return code ? code : EX_DATAERR;
-    }
+    int rc = camp_job_open_cmd(&j, argv[optind]);
+    if (rc)
+        return rc;
     rl_providers_t *provs = NULL;
     int code = cli_load_providers(j.c, &provs);
     char abspath[PATH_MAX], err[512];

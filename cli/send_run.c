@@ -233,12 +233,9 @@ int cli_ingest(redisContext *c, camp_job_t *j, const rl_providers_t *provs, cons
 int cli_send_run(const char *path, const cli_send_opts_t *o)
 {
     camp_job_t j;
-    int rc = camp_job_open(&j, path, 0, camp_print_diag, stderr);
-    if (rc) {
-        int code = rc == VL_ENOMEM ? EX_OSERR : camp_exit_code(j.worst);
-        camp_job_close(&j);
-        return code ? code : EX_DATAERR;
-    }
+    int rc = camp_job_open_cmd(&j, path);
+    if (rc)
+        return rc;
     rl_providers_t *provs = NULL;
     int code = cli_load_providers(j.c, &provs);
     if (code) {

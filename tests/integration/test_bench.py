@@ -7,30 +7,12 @@ and AUTH (success, 535). Prints TAP."""
 
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
-SRCDIR = os.environ.get("SRCDIR", os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
-BUILDDIR = os.environ.get("BUILDDIR", os.path.join(SRCDIR, "build"))
-VOLLEY = os.environ.get("VOLLEY", os.path.join(BUILDDIR, "cli", "volley"))
-SINK = os.environ.get("VOLLEY_SINK", os.path.join(BUILDDIR, "bench", "volley-sink"))
-
-results = []
-
-
-def check(name, cond, detail=""):
-    results.append((name, bool(cond), detail))
-    status = "ok" if cond else "not ok"
-    print("%s %d - %s" % (status, len(results), name))
-    if not cond and detail:
-        for line in str(detail).splitlines()[:40]:
-            print("#   " + line)
-    sys.stdout.flush()
+from vtest import SRCDIR, VOLLEY, Sink, check, run_tests
 
 
 def free_port():
@@ -39,34 +21,6 @@ def free_port():
     p = s.getsockname()[1]
     s.close()
     return p
-
-
-class Sink:
-    """A volley-sink process; stats read at stop."""
-
-    def __init__(self, tmp, *args, env=None):
-        self.stats_path = os.path.join(tmp, "stats-%d.json" % time.monotonic_ns())
-        self.log_path = self.stats_path.replace("stats-", "log-")
-        cmd = [SINK, "--listen", "127.0.0.1:0", "--stats", self.stats_path,
-               "--log", self.log_path, "--max-seconds", "120"] + list(args)
-        e = dict(os.environ)
-        e.update(env or {})
-        self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  env=e, text=True)
-        line = self.p.stdout.readline()
-        assert line.startswith("listening "), line
-        self.addr = line.split()[1]
-        self.port = int(self.addr.rsplit(":", 1)[1])
-
-    def stop(self):
-        self.p.send_signal(signal.SIGTERM)
-        self.p.communicate(timeout=20)
-        with open(self.stats_path) as f:
-            return json.load(f)
-
-    def log(self):
-        with open(self.log_path) as f:
-            return [json.loads(l) for l in f if l.strip()]
 
 
 def bench(url, *args, env=None, timeout=120):
@@ -292,18 +246,6 @@ def test_faults(tmp):
           and out["first_failure"]["stage"] == "connect", text)
 
 
-def main():
-    tests = [test_volley_sink, test_smtp_sink, test_aiosmtpd, test_tls, test_faults]
-    with tempfile.TemporaryDirectory() as tmp:
-        for t in tests:
-            try:
-                t(tmp)
-            except Exception as e:  # a crash in a test is a failure, not an abort
-                import traceback
-                check(t.__name__ + " ran to the end", False, traceback.format_exc())
-    print("1..%d" % len(results))
-    sys.exit(0 if all(ok for _, ok, _ in results) else 1)
-
-
 if __name__ == "__main__":
-    main()
+    with tempfile.TemporaryDirectory() as tmp:
+        run_tests([test_volley_sink, test_smtp_sink, test_aiosmtpd, test_tls, test_faults], tmp)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 SRCDIR = os.environ.get("SRCDIR", os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
@@ -53,7 +54,8 @@ def run_tests(tests, tmp):
 class Sink:
     """A volley-sink on 127.0.0.1 and a free port; stats and log read at stop."""
 
-    def __init__(self, tmp, *args, name="sink", env=None):
+    def __init__(self, tmp, *args, name=None, env=None):
+        name = name or "sink-%d" % time.monotonic_ns()
         self.stats_path = os.path.join(tmp, name + "-stats.json")
         self.log_path = os.path.join(tmp, name + "-log.jsonl")
         e = dict(os.environ)
