@@ -24,6 +24,7 @@ struct eng_pool {
     unsigned nsess;        /* open sessions, any state */
     unsigned nsetup;       /* of which still in set-up */
     unsigned nquitting;    /* of which sent QUIT or are about to */
+    unsigned nready;       /* of which are set up and idle (state READY) */
     unsigned next_id;
 
     unsigned max_conn, msgs_cap, rcpts_cap;

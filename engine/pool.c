@@ -180,8 +180,10 @@ void eng__pool_kick(eng_pool_t *p)
 {
     if (p->closing)
         return;
-    /* Idle connections first: they are set up already. */
-    for (eng__sess_t *s = p->sessions; s && p->nqueued;) {
+    /* Idle connections first: they are set up already. Busy ones take the
+     * next message themselves when their transaction ends, so the walk is
+     * needed only when some are idle (not once per submitted message). */
+    for (eng__sess_t *s = p->nready ? p->sessions : NULL; s && p->nqueued;) {
         eng__sess_t *next = eng__sess_next(s);
         eng__sess_kick(s);
         s = next;

@@ -177,6 +177,11 @@ void eng__reply_copy(eng_reply_t *dst, const smtp_reply_t *src)
 
 static void set_state(eng__sess_t *s, sess_state_t st)
 {
+    /* The pool walks its sessions for idle ones only when there are some. */
+    if (s->state == SESS_READY && st != SESS_READY)
+        s->pool->nready--;
+    else if (s->state != SESS_READY && st == SESS_READY)
+        s->pool->nready++;
     if (s->state != st)
         VL_TRACE("smtp conn %u: %s -> %s", s->id, state_names[s->state], state_names[st]);
     s->state = st;

@@ -602,19 +602,19 @@ static void on_claimed(sched_redis_t *r, redisReply *reply, void *priv, int err,
         e->len = strlen(e->str);
         copy->element[i] = e;
     }
-    const char **argv = calloc(n + 1, sizeof *argv);
+    const char **argv = calloc(n + 2, sizeof *argv);
     char **emails = calloc(n, sizeof *emails);
-    argv[0] = SCHED_KEY_SUPPRESS;
+    argv[0] = "SMISMEMBER";
+    argv[1] = SCHED_KEY_SUPPRESS;
     for (size_t i = 0; i < n; i++)
-        argv[i + 1] = emails[i] = res_email(copy->element[3 * i + 2]->str);
+        argv[i + 2] = emails[i] = res_email(copy->element[3 * i + 2]->str);
     claim_ctx_t *cc = calloc(1, sizeof *cc);
     cc->p = p;
     cc->rows = copy;
-    /* SMISMEMBER needs Redis 6.2; Debian 12 has 7.0. */
-    int rc = sched_redis_eval(w->r, on_suppress_checked, cc,
-                              "local out = {} for i = 1, #ARGV do out[i] = "
-                              "redis.call('SISMEMBER', KEYS[1], ARGV[i]) end return out",
-                              1, (int)n, argv, NULL);
+    /* One command for the batch (SMISMEMBER needs Redis 6.2; Debian 12 has
+     * 7.0). The suppression list is global, outside the campaign's slot, so
+     * it is a plain command, not part of a script. */
+    int rc = sched_redis_cmdargv(w->r, on_suppress_checked, cc, (int)n + 2, argv, NULL);
     for (size_t i = 0; i < n; i++)
         free(emails[i]);
     free(emails);
