@@ -851,10 +851,15 @@ static long long duration(const meta_t *m, const summary_t *s, const char **what
     return s->last > s->first ? s->last - s->first : 0;
 }
 
-static double throughput(const summary_t *s)
+/* Deliveries per second over the campaign's duration (see duration()); 0
+ * when no time has passed (results are recorded in batches, so a small
+ * campaign's attempts can share one timestamp). */
+static double throughput(const meta_t *m, const summary_t *s)
 {
-    if (s->last <= s->first) return 0;
-    return (double)s->n[0] / ((double)(s->last - s->first) / 1000.0);
+    const char *what;
+    long long d = duration(m, s, &what);
+    if (d <= 0) return 0;
+    return (double)s->n[0] / ((double)d / 1000.0);
 }
 
 static double pct(uint64_t a, uint64_t b)
@@ -912,7 +917,10 @@ static void write_text(FILE *f, const char *id, const meta_t *m, const summary_t
     long long d = duration(m, s, &what);
     fprintf(f, "\nfirst attempt  %s\nlast attempt   %s\n", t1[0] ? t1 : "-", t2[0] ? t2 : "-");
     fprintf(f, "duration       %.3f s (%s)\n", (double)d / 1000.0, what);
-    fprintf(f, "throughput     %.1f delivered/s (first to last attempt)\n", throughput(s));
+    if (d > 0)
+        fprintf(f, "throughput     %.1f delivered/s (%s)\n", throughput(m, s), what);
+    else
+        fprintf(f, "throughput     - (no time measurable between the first and last result)\n");
 }
 
 static void html_head(FILE *f, const char *id)
@@ -952,7 +960,7 @@ static void write_html_summary(FILE *f, const char *id, const meta_t *m, const s
             "<tr><th>first attempt</th><td>%s</td></tr>\n<tr><th>last attempt</th><td>%s"
             "</td></tr>\n<tr><th>duration</th><td>%.3f s (%s)</td></tr>\n<tr><th>throughput"
             "</th><td>%.1f delivered/s</td></tr>\n</table>\n",
-            t1[0] ? t1 : "-", t2[0] ? t2 : "-", (double)d / 1000.0, what, throughput(s));
+            t1[0] ? t1 : "-", t2[0] ? t2 : "-", (double)d / 1000.0, what, throughput(m, s));
     fputs("<h2>By state</h2>\n<table>\n<tr><th>state</th><th>rows</th><th>%</th></tr>\n", f);
     for (int i = 0; i <= NSTATES; i++) {
         if (i == ST_OTHER && !s->n[i]) continue;
