@@ -854,10 +854,14 @@ static long long duration(const meta_t *m, const summary_t *s, const char **what
 /* Deliveries per second over the campaign's duration (see duration()); 0
  * when no time has passed (results are recorded in batches, so a small
  * campaign's attempts can share one timestamp). */
-static double throughput(const meta_t *m, const summary_t *s)
+static double throughput(const meta_t *m, const summary_t *s, const char **what)
 {
-    const char *what;
-    long long d = duration(m, s, &what);
+    long long d = s->last > s->first ? s->last - s->first : 0;
+    *what = "first to last attempt";
+    if (d <= 0 && m->started > 0 && m->finished > m->started) {
+        d = m->finished - m->started;
+        *what = "started to finished";
+    }
     if (d <= 0) return 0;
     return (double)s->n[0] / ((double)d / 1000.0);
 }
@@ -917,8 +921,10 @@ static void write_text(FILE *f, const char *id, const meta_t *m, const summary_t
     long long d = duration(m, s, &what);
     fprintf(f, "\nfirst attempt  %s\nlast attempt   %s\n", t1[0] ? t1 : "-", t2[0] ? t2 : "-");
     fprintf(f, "duration       %.3f s (%s)\n", (double)d / 1000.0, what);
-    if (d > 0)
-        fprintf(f, "throughput     %.1f delivered/s (%s)\n", throughput(m, s), what);
+    const char *basis;
+    double tp = throughput(m, s, &basis);
+    if (tp > 0 || !s->n[0])
+        fprintf(f, "throughput     %.1f delivered/s (%s)\n", tp, basis);
     else
         fprintf(f, "throughput     - (no time measurable between the first and last result)\n");
 }
@@ -942,7 +948,7 @@ static void html_head(FILE *f, const char *id)
 static void write_html_summary(FILE *f, const char *id, const meta_t *m, const summary_t *s)
 {
     char t1[40], t2[40];
-    const char *what;
+    const char *what, *basis;
     long long d = duration(m, s, &what);
     fmt_time(s->first, t1, sizeof t1);
     fmt_time(s->last, t2, sizeof t2);
@@ -956,11 +962,12 @@ static void write_html_summary(FILE *f, const char *id, const meta_t *m, const s
         html_str(f, m->stop_reason, 0);
         fputs("</td></tr>\n", f);
     }
+    double tp = throughput(m, s, &basis);
     fprintf(f,
             "<tr><th>first attempt</th><td>%s</td></tr>\n<tr><th>last attempt</th><td>%s"
             "</td></tr>\n<tr><th>duration</th><td>%.3f s (%s)</td></tr>\n<tr><th>throughput"
-            "</th><td>%.1f delivered/s</td></tr>\n</table>\n",
-            t1[0] ? t1 : "-", t2[0] ? t2 : "-", (double)d / 1000.0, what, throughput(m, s));
+            "</th><td>%.1f delivered/s (%s)</td></tr>\n</table>\n",
+            t1[0] ? t1 : "-", t2[0] ? t2 : "-", (double)d / 1000.0, what, tp, basis);
     fputs("<h2>By state</h2>\n<table>\n<tr><th>state</th><th>rows</th><th>%</th></tr>\n", f);
     for (int i = 0; i <= NSTATES; i++) {
         if (i == ST_OTHER && !s->n[i]) continue;
