@@ -17,7 +17,7 @@
 #include "cli/redisconn.h"
 #include "scheduler/keys.h"
 
-enum { CANCEL_BATCH = 1000 };
+enum { CANCEL_BATCH = 100 }; /* due-set members per cancel call */
 
 typedef int (*campaign_fn)(cli_redis_t *r, const char *name, int json);
 
@@ -160,6 +160,37 @@ static redisReply *cmd_expect(cli_redis_t *r, const char *name, int type, int *c
     return rep;
 }
 
+/* Rows in a due or lease set (keys.h: a member stands for n rows of a batch,
+ * or one row), and of those the ones with a score <= ARGV[1].
+ * KEYS: the set. Returns {rows up to ARGV[1], all rows}. */
+static const char rows_lua[] =
+    "local all, upto = 0, 0\n"
+    "local z = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')\n"
+    "local lim = tonumber(ARGV[1])\n"
+    "for i = 1, #z, 2 do\n"
+    "    local n = tonumber(z[i]:match('^%d+%-%d+/(%d+)') or 1)\n"
+    "    all = all + n\n"
+    "    if tonumber(z[i + 1]) <= lim then upto = upto + n end\n"
+    "end\n"
+    "return {upto, all}\n";
+
+static int count_rows(cli_redis_t *r, const char *name, const char *key, long long upto,
+                      long long *n_upto, long long *n_all)
+{
+    int code = EX_OK;
+    redisReply *rep = cmd_expect(r, name, REDIS_REPLY_ARRAY, &code, "count rows",
+                                 "EVAL %s 1 %s %lld", rows_lua, key, upto);
+    if (!rep)
+        return code;
+    if (rep->elements != 2) {
+        return redis_fail(r, name, rep, "count rows");
+    }
+    *n_upto = rep->element[0]->integer;
+    *n_all = rep->element[1]->integer;
+    freeReplyObject(rep);
+    return EX_OK;
+}
+
 static int do_status(cli_redis_t *r, const char *name, int json)
 {
     const char *id = cli_redis_id(r);
@@ -179,10 +210,9 @@ static int do_status(cli_redis_t *r, const char *name, int json)
     json_t *counts = hash_to_json(rep);
     freeReplyObject(rep);
     snprintf(key, sizeof key, SCHED_KEY_LEASE, id);
-    if (!(rep = cmd_expect(r, name, REDIS_REPLY_INTEGER, &code, "ZCARD lease", "ZCARD %s", key)))
+    long long leased, unused;
+    if ((code = count_rows(r, name, key, 0, &unused, &leased)))
         goto out_counts;
-    long long leased = rep->integer;
-    freeReplyObject(rep);
     snprintf(key, sizeof key, SCHED_KEY_PROVIDERS, id);
     redisReply *provs;
     if (!(provs = cmd_expect(r, name, REDIS_REPLY_ARRAY, &code, "SMEMBERS providers", "SMEMBERS %s",
@@ -197,15 +227,9 @@ static int do_status(cli_redis_t *r, const char *name, int json)
         json_t *po = json_object();
         json_object_set_new(po, "name", json_string(p));
         snprintf(key, sizeof key, SCHED_KEY_DUE, id, p);
-        if (!(rep = cmd_expect(r, name, REDIS_REPLY_INTEGER, &code, "ZCARD due", "ZCARD %s", key)))
+        long long all, due;
+        if ((code = count_rows(r, name, key, now, &due, &all)))
             goto out_list;
-        long long all = rep->integer;
-        freeReplyObject(rep);
-        if (!(rep = cmd_expect(r, name, REDIS_REPLY_INTEGER, &code, "ZCOUNT due",
-                               "ZCOUNT %s -inf %lld", key, now)))
-            goto out_list;
-        long long due = rep->integer;
-        freeReplyObject(rep);
         pending += all;
         due_now_all += due;
         json_object_set_new(po, "due_now", json_integer(due));
@@ -343,30 +367,41 @@ static const char set_state_lua[] =
     "if s ~= 'done' and s ~= 'cancelled' then redis.call('HSET', KEYS[1], 'state', ARGV[1]) end\n"
     "return s\n";
 
-/* Cancel up to ARGV[1] rows of one provider's due set: each gets status
- * "cancelled" in :res (its other fields kept) and is counted, all in one
- * script, so a worker's claim sees either the row due or the row final.
- * KEYS: meta, res, count, due:P. ARGV: batch size, now_ms.
- * Returns {rows cancelled, rows left in the due set}. */
+/* Cancel up to ARGV[1] members of one provider's due set (keys.h): each of
+ * their rows still waiting gets status "cancelled" in :res (the fields of a
+ * result it already has kept) and is counted, all in one script, so a
+ * worker's claim sees either the row due or the row final.
+ * KEYS: meta, res, count, due:P, batch, state. ARGV: members per call, now_ms,
+ * provider name. Returns {rows cancelled, members left in the due set}. */
 static const char cancel_lua[] =
-    "local final = {delivered = true, bounced = true, failed = true, suppressed = true,\n"
-    "               rejected = true, cancelled = true}\n"
-    "local rows = redis.call('ZRANGE', KEYS[4], 0, tonumber(ARGV[1]) - 1)\n"
+    "local members = redis.call('ZRANGE', KEYS[4], 0, tonumber(ARGV[1]) - 1)\n"
+    "local email_col = tonumber(redis.call('HGET', KEYS[1], 'email_col') or '0') + 1\n"
     "local n = 0\n"
-    "for _, row in ipairs(rows) do\n"
-    "    redis.call('ZREM', KEYS[4], row)\n"
-    "    local raw = redis.call('HGET', KEYS[2], row)\n"
-    "    local res\n"
-    "    if raw then res = cjson.decode(raw) else\n"
-    "        res = {email = '', provider = '', status = 'pending', attempts = 0, code = 0,\n"
-    "               enhanced = '', response = '', first = 0, last = 0, host = ''}\n"
-    "    end\n"
-    "    if not final[res.status] then\n"
-    "        res.status = 'cancelled'\n"
-    "        redis.call('HSET', KEYS[2], row, cjson.encode(res))\n"
-    "        redis.call('HINCRBY', KEYS[3], 'cancelled', 1)\n"
-    "        redis.call('HINCRBY', KEYS[3], 'final', 1)\n"
-    "        n = n + 1\n"
+    "for _, m in ipairs(members) do\n"
+    "    redis.call('ZREM', KEYS[4], m)\n"
+    "    local f, l, kind, v = m:match('^(%d+)-(%d+)([/:])(%d+)$')\n"
+    "    local blob = f and redis.call('HGET', KEYS[5], f .. '-' .. l) or ''\n"
+    "    for row, p, fields in blob:gmatch('(%d+)\\t([^\\t]*)\\t([^\\n]*)\\n') do\n"
+    "        local st = redis.call('BITFIELD', KEYS[6], 'GET', 'u2', '#' .. row)[1]\n"
+    "        local mine\n"
+    "        if kind == ':' then mine = row == v and st ~= 2\n"
+    "        else mine = p == ARGV[3] and st == 0 end\n"
+    "        if mine then\n"
+    "            local raw = redis.call('HGET', KEYS[2], row)\n"
+    "            local res\n"
+    "            if raw then res = cjson.decode(raw) else\n"
+    "                local ok, fv = pcall(cjson.decode, fields)\n"
+    "                res = {email = ok and fv[email_col] or '', provider = p, attempts = 0,\n"
+    "                       code = 0, enhanced = '', response = '', first = 0, last = 0,\n"
+    "                       host = ''}\n"
+    "            end\n"
+    "            res.status = 'cancelled'\n"
+    "            redis.call('HSET', KEYS[2], row, cjson.encode(res))\n"
+    "            redis.call('BITFIELD', KEYS[6], 'SET', 'u2', '#' .. row, 2)\n"
+    "            redis.call('HINCRBY', KEYS[3], 'cancelled', 1)\n"
+    "            redis.call('HINCRBY', KEYS[3], 'final', 1)\n"
+    "            n = n + 1\n"
+    "        end\n"
     "    end\n"
     "end\n"
     "local left = redis.call('ZCARD', KEYS[4])\n"
@@ -409,8 +444,10 @@ static int do_set_state(cli_redis_t *r, const char *name, int json)
     }
 
     /* Cancel: drain every provider's due set in batches. */
-    char res[512], count[512], due[768];
+    char res[512], count[512], due[768], batch[512], state[512];
     snprintf(res, sizeof res, SCHED_KEY_RES, id);
+    snprintf(batch, sizeof batch, SCHED_KEY_BATCH, id);
+    snprintf(state, sizeof state, SCHED_KEY_STATE, id);
     snprintf(count, sizeof count, SCHED_KEY_COUNT, id);
     snprintf(due, sizeof due, SCHED_KEY_PROVIDERS, id);
     redisReply *provs =
@@ -422,8 +459,9 @@ static int do_set_state(cli_redis_t *r, const char *name, int json)
         snprintf(due, sizeof due, SCHED_KEY_DUE, id, provs->element[i]->str);
         for (;;) {
             rep = cmd_expect(r, name, REDIS_REPLY_ARRAY, &code, "cancel rows",
-                             "EVAL %s 4 %s %s %s %s %d %lld", cancel_lua, meta, res, count, due,
-                             CANCEL_BATCH, now_ms());
+                             "EVAL %s 6 %s %s %s %s %s %s %d %lld %s", cancel_lua, meta, res,
+                             count, due, batch, state, CANCEL_BATCH, now_ms(),
+                             provs->element[i]->str);
             if (!rep) break;
             if (rep->elements != 2) {
                 code = redis_fail(r, name, rep, "cancel rows");
@@ -438,11 +476,8 @@ static int do_set_state(cli_redis_t *r, const char *name, int json)
     freeReplyObject(provs);
     if (code) return code;
     snprintf(due, sizeof due, SCHED_KEY_LEASE, id);
-    long long leased = 0;
-    if ((rep = cmd_expect(r, name, REDIS_REPLY_INTEGER, &code, "ZCARD lease", "ZCARD %s", due))) {
-        leased = rep->integer;
-        freeReplyObject(rep);
-    }
+    long long leased = 0, unused;
+    code = count_rows(r, name, due, 0, &unused, &leased);
     printf("campaign %s cancelled: %lld waiting row%s cancelled", id, cancelled,
            cancelled == 1 ? "" : "s");
     if (leased)

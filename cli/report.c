@@ -10,6 +10,9 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "scheduler/keys.h"
+#include "scheduler/result.h"
+
+#include <jansson.h>
 
 enum {
     BATCH = 1000,       /* rows per HMGET */
@@ -638,6 +641,7 @@ typedef struct meta {
     char state[32];
     long long created, started, finished;
     int ingested;
+    int email_col;
     char stop_reason[512];
 } meta_t;
 
@@ -678,6 +682,8 @@ static int read_meta(redisContext *c, const char *id, meta_t *m, char *err, size
             m->finished = strtoll(v, NULL, 10);
         else if (!strcmp(k, "ingested"))
             m->ingested = !strcmp(v, "1");
+        else if (!strcmp(k, "email_col"))
+            m->email_col = atoi(v);
         else if (!strcmp(k, "stop_reason"))
             snprintf(m->stop_reason, sizeof m->stop_reason, "%s", v);
     }
@@ -710,31 +716,99 @@ static size_t batch_len(unsigned long long from, unsigned long long total)
     return total - from + 1 < BATCH ? (size_t)(total - from + 1) : BATCH;
 }
 
+/* Rows not tried yet have no result: their address and provider are in their
+ * batch (keys.h). Rows come in order, so one batch is kept at a time. */
+typedef struct blobcache {
+    unsigned long first, last; /* the batch held, 0-0 for none */
+    redisReply *blob;
+} blobcache_t;
+
+static int find_batch(redisContext *c, const char *id, unsigned long row, blobcache_t *bc,
+                      char *err, size_t errlen)
+{
+    if (bc->blob && row >= bc->first && row <= bc->last)
+        return 0;
+    char key[300];
+    snprintf(key, sizeof key, SCHED_KEY_BATCHES, id);
+    redisReply *z = redisCommand(c, "ZREVRANGEBYSCORE %s %lu -inf LIMIT 0 1", key, row);
+    if (!z || z->type != REDIS_REPLY_ARRAY)
+        return fail_reply(c, z, "ZREVRANGEBYSCORE batches", err, errlen);
+    unsigned long f = 0, l = 0;
+    int found = z->elements == 1 && z->element[0]->str &&
+                sscanf(z->element[0]->str, "%lu-%lu", &f, &l) == 2 && l >= row;
+    freeReplyObject(z);
+    if (!found)
+        return 0; /* not ingested (yet) */
+    snprintf(key, sizeof key, SCHED_KEY_BATCH, id);
+    redisReply *b = redisCommand(c, "HGET %s %lu-%lu", key, f, l);
+    if (!b || (b->type != REDIS_REPLY_STRING && b->type != REDIS_REPLY_NIL))
+        return fail_reply(c, b, "HGET batch", err, errlen);
+    if (bc->blob)
+        freeReplyObject(bc->blob);
+    bc->blob = b;
+    bc->first = f;
+    bc->last = l;
+    return 0;
+}
+
+/* Fill a pending row's address and provider from its batch, if it has one. */
+static int pending_row(redisContext *c, const char *id, int email_col, blobcache_t *bc, row_t *r,
+                       char *err, size_t errlen)
+{
+    int rc = find_batch(c, id, r->row, bc, err, errlen);
+    if (rc || !bc->blob || bc->blob->type != REDIS_REPLY_STRING ||
+        r->row < bc->first || r->row > bc->last)
+        return rc;
+    size_t pos = 0;
+    sched_line_t line;
+    while (sched_blob_next(bc->blob->str, bc->blob->len, &pos, &line) == 1) {
+        if (line.row != r->row)
+            continue;
+        json_t *f = json_loadb(line.fields, line.fields_len, 0, NULL);
+        json_t *e = json_array_get(f, (size_t)email_col);
+        if ((json_is_string(e) && buf_append(&r->email, json_string_value(e),
+                                             json_string_length(e))) ||
+            buf_append(&r->provider, line.provider, line.provider_len))
+            rc = VL_ENOMEM;
+        json_decref(f);
+        break;
+    }
+    return rc;
+}
+
 /* Call fn for rows 1..total, read BATCH at a time; one row_t is reused. The
  * next batch is requested before the current one is processed, so Redis
- * works while the rows are written: two batches in memory at most. */
-static int each_row(redisContext *c, const char *id, unsigned long long total, row_fn fn, void *ud,
-                    char *err, size_t errlen)
+ * works while the rows are written: two batches in memory at most. (When a
+ * batch has rows not tried yet, their lookups go first.) */
+static int each_row(redisContext *c, const char *id, int email_col, unsigned long long total,
+                    row_fn fn, void *ud, char *err, size_t errlen)
 {
     char key[300];
     snprintf(key, sizeof key, SCHED_KEY_RES, id);
     row_t r;
     row_init(&r);
+    blobcache_t bc = {0};
     int rc = 0;
     if (total > 0 && append_batch(c, key, 1, batch_len(1, total)))
         rc = fail_reply(c, NULL, "HMGET res", err, errlen);
     for (unsigned long long from = 1; from <= total && !rc; from += BATCH) {
         size_t n = batch_len(from, total);
-        if (from + BATCH <= total &&
-            append_batch(c, key, from + BATCH, batch_len(from + BATCH, total))) {
-            rc = fail_reply(c, NULL, "HMGET res", err, errlen);
-            break;
-        }
         void *vrep = NULL;
         if (redisGetReply(c, &vrep) != REDIS_OK) vrep = NULL;
         redisReply *rep = vrep;
         if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != n) {
             rc = fail_reply(c, rep, "HMGET res", err, errlen);
+            break;
+        }
+        /* Rows without a result need their batch: look them up before the
+         * next HMGET is queued (one connection, replies in order). */
+        int missing = 0;
+        for (size_t i = 0; i < n && !missing; i++)
+            missing = rep->element[i]->type != REDIS_REPLY_STRING;
+        if (!missing && from + BATCH <= total &&
+            append_batch(c, key, from + BATCH, batch_len(from + BATCH, total))) {
+            freeReplyObject(rep);
+            rc = fail_reply(c, NULL, "HMGET res", err, errlen);
             break;
         }
         for (size_t i = 0; i < n && !rc; i++) {
@@ -754,11 +828,18 @@ static int each_row(redisContext *c, const char *id, unsigned long long total, r
                 }
             } else if (buf_puts(&r.status, "pending")) {
                 rc = VL_ENOMEM;
+            } else {
+                rc = pending_row(c, id, email_col, &bc, &r, err, errlen);
             }
             if (!rc) rc = fn(ud, &r);
         }
         freeReplyObject(rep);
+        if (!rc && missing && from + BATCH <= total &&
+            append_batch(c, key, from + BATCH, batch_len(from + BATCH, total)))
+            rc = fail_reply(c, NULL, "HMGET res", err, errlen);
     }
+    if (bc.blob)
+        freeReplyObject(bc.blob);
     row_free(&r);
     if (rc == VL_ENOMEM)
         snprintf(err, errlen, "out of memory");
@@ -1055,9 +1136,9 @@ int cli_report_write(redisContext *c, const char *id, const char *format, FILE *
         fputs("row,email,provider,status,attempts,code,enhanced_code,response,"
               "first_attempt_at,last_attempt_at\r\n",
               out);
-        rc = each_row(c, id, m.total, csv_row, out, err, errlen);
+        rc = each_row(c, id, m.email_col, m.total, csv_row, out, err, errlen);
     } else if (!strcmp(format, "json")) {
-        rc = each_row(c, id, m.total, json_row, out, err, errlen);
+        rc = each_row(c, id, m.email_col, m.total, json_row, out, err, errlen);
     } else {
         /* The summary holds 65 provider rows and 1000 code counters (their
          * text tables allocated only for codes seen): tens of kB, on the heap
@@ -1067,12 +1148,12 @@ int cli_report_write(redisContext *c, const char *id, const char *format, FILE *
             snprintf(err, errlen, "out of memory");
             return VL_ENOMEM;
         }
-        rc = each_row(c, id, m.total, summary_row, s, err, errlen);
+        rc = each_row(c, id, m.email_col, m.total, summary_row, s, err, errlen);
         if (!rc && !strcmp(format, "text")) {
             write_text(out, id, &m, s);
         } else if (!rc) {
             write_html_summary(out, id, &m, s);
-            rc = each_row(c, id, m.total, html_row, out, err, errlen);
+            rc = each_row(c, id, m.email_col, m.total, html_row, out, err, errlen);
             if (!rc) fputs("</table>\n<p>Generated by volley.</p>\n</body></html>\n", out);
         }
         summary_free(s);

@@ -378,6 +378,10 @@ static int parse_provider(pctx_t *c, const json_t *o, rl_provider_t *p)
     if (!json_is_object(o)) return perr(c, NULL, NULL, "must be an object");
     const char *name = json_string_value(json_object_get(o, "name"));
     if (!name || !*name) return perr(c, "name", NULL, "required: a non-empty string");
+    /* Names are parts of Redis keys ({p:NAME}) and of the scheduler's lease
+     * and batch records, which use these characters as separators. */
+    if (strpbrk(name, "{}|\t\r\n"))
+        return perr(c, "name", NULL, "must not contain '{', '}', '|', a tab or a line break");
     if (!(p->name = strdup(name))) return VL_ENOMEM;
     c->name = p->name;
     const char *key;

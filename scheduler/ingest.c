@@ -11,9 +11,8 @@
 #include "common/err.h"
 #include "scheduler/keys.h"
 #include "scheduler/lua.h"
+#include "scheduler/result.h"
 
-#define BATCH 500
-#define MAX_BATCH_PROVIDERS 64
 
 int sched_parse_time(const char *s, size_t len, int64_t *ms)
 {
@@ -73,87 +72,140 @@ int sched_parse_time(const char *s, size_t len, int64_t *ms)
     return 0;
 }
 
-/* One batch of arguments for ingest.lua, kept as owned strings. */
-typedef struct batch {
-    char *argv[8 + MAX_BATCH_PROVIDERS * 2 + BATCH * 7];
-    size_t argvlen[8 + MAX_BATCH_PROVIDERS * 2 + BATCH * 7];
-    const char *pnames[MAX_BATCH_PROVIDERS];
+/* Rows are grouped into batches (keys.h): up to SCHED_BATCH_ROWS consecutive
+ * rows with one due time. CALL_BATCHES batches go to Redis in one ingest.lua
+ * call. */
+#define CALL_BATCHES 8
+#define MAX_CALL_PROVIDERS 64
+
+typedef struct part {
+    int pidx;        /* 1-based among the call's providers */
+    unsigned long n; /* its rows in the batch */
+} part_t;
+
+typedef struct ibatch {
+    unsigned long first, last;
+    int64_t due;
+    int has_due;     /* a good row set the due time */
+    unsigned nrows;  /* good and rejected */
+    buf_t blob;
+    part_t parts[MAX_CALL_PROVIDERS];
+    size_t nparts;
+    buf_t rej;       /* rejected rows: "row\0json\0" pairs */
+    size_t nrej;
+} ibatch_t;
+
+typedef struct call {
+    const char *pnames[MAX_CALL_PROVIDERS];
     size_t nprov;
-    char *rowargs[BATCH * 7];
-    size_t rowlens[BATCH * 7];
-    size_t nrows;
-} batch_t;
+    ibatch_t b[CALL_BATCHES];
+    size_t nb;       /* closed batches; b[nb] is the open one */
+} call_t;
 
-static void batch_clear(batch_t *b)
+static void call_reset(call_t *c)
 {
-    for (size_t i = 0; i < b->nrows * 7; i++)
-        free(b->rowargs[i]);
-    b->nrows = 0;
-    b->nprov = 0;
-}
-
-static int provider_index(batch_t *b, const char *name)
-{
-    for (size_t i = 0; i < b->nprov; i++)
-        if (!strcmp(b->pnames[i], name))
-            return (int)i + 1;
-    if (b->nprov == MAX_BATCH_PROVIDERS)
-        return -1;
-    b->pnames[b->nprov++] = name;
-    return (int)b->nprov;
-}
-
-static char *dupn(const char *s, size_t n)
-{
-    char *p = malloc(n + 1);
-    if (p) {
-        memcpy(p, s, n);
-        p[n] = '\0';
+    for (size_t i = 0; i < CALL_BATCHES; i++) {
+        ibatch_t *b = &c->b[i];
+        buf_reset(&b->blob);
+        buf_reset(&b->rej);
+        b->nrows = 0;
+        b->nparts = 0;
+        b->nrej = 0;
+        b->has_due = 0;
     }
-    return p;
+    c->nb = 0;
+    c->nprov = 0;
 }
 
-static int flush(redisContext *c, const char *id, batch_t *b, const char *sha,
+static int provider_index(call_t *c, const char *name)
+{
+    for (size_t i = 0; i < c->nprov; i++)
+        if (!strcmp(c->pnames[i], name))
+            return (int)i + 1;
+    if (c->nprov == MAX_CALL_PROVIDERS)
+        return -1;
+    c->pnames[c->nprov++] = name;
+    return (int)c->nprov;
+}
+
+static int flush(redisContext *rc_, const char *id, call_t *c, const char *sha,
                  sched_ingest_stats_t *st, char *err, size_t errlen)
 {
-    if (!b->nrows)
+    size_t nb = c->nb; /* the closed batches, and the open one if it has rows */
+    if (nb < CALL_BATCHES && c->b[nb].nrows)
+        nb++;
+    if (!nb)
         return 0;
-    char keys[5 + MAX_BATCH_PROVIDERS][300];
+    char keys[7 + MAX_CALL_PROVIDERS][300];
     snprintf(keys[0], sizeof keys[0], SCHED_KEY_META, id);
-    snprintf(keys[1], sizeof keys[1], SCHED_KEY_ROW, id);
+    snprintf(keys[1], sizeof keys[1], SCHED_KEY_BATCH, id);
     snprintf(keys[2], sizeof keys[2], SCHED_KEY_RES, id);
     snprintf(keys[3], sizeof keys[3], SCHED_KEY_COUNT, id);
     snprintf(keys[4], sizeof keys[4], SCHED_KEY_PROVIDERS, id);
-    for (size_t i = 0; i < b->nprov; i++)
-        snprintf(keys[5 + i], sizeof keys[5 + i], SCHED_KEY_DUE, id, b->pnames[i]);
-    size_t nkeys = 5 + b->nprov, n = 0;
-    char nk[16], nr[16];
-    snprintf(nk, sizeof nk, "%zu", nkeys);
-    snprintf(nr, sizeof nr, "%zu", b->nrows);
-    const char **argv = (const char **)b->argv;
-    size_t *lens = b->argvlen;
-    argv[n] = "EVALSHA", lens[n++] = 7;
-    argv[n] = sha, lens[n++] = strlen(sha);
-    argv[n] = nk, lens[n++] = strlen(nk);
+    snprintf(keys[5], sizeof keys[5], SCHED_KEY_STATE, id);
+    snprintf(keys[6], sizeof keys[6], SCHED_KEY_BATCHES, id);
+    for (size_t i = 0; i < c->nprov; i++)
+        snprintf(keys[7 + i], sizeof keys[7 + i], SCHED_KEY_DUE, id, c->pnames[i]);
+    size_t nkeys = 7 + c->nprov;
+    /* Count the arguments, then point them at the batches' memory. */
+    size_t argc = 3 + nkeys + 1 + c->nprov;
+    for (size_t k = 0; k < nb; k++)
+        argc += 5 + 2 * c->b[k].nparts + 2 * c->b[k].nrej;
+    const char **argv = calloc(argc, sizeof *argv);
+    size_t *lens = calloc(argc, sizeof *lens);
+    char(*nums)[24] = calloc(2 + nb * (4 + 2 * MAX_CALL_PROVIDERS), sizeof *nums);
+    if (!argv || !lens || !nums) {
+        free(argv);
+        free(lens);
+        free(nums);
+        snprintf(err, errlen, "out of memory");
+        return VL_ENOMEM;
+    }
+    size_t n = 0, u = 0;
+#define ARG(p, l) (argv[n] = (p), lens[n++] = (l))
+#define NUM(fmt, v) (snprintf(nums[u], sizeof nums[u], fmt, v), ARG(nums[u], strlen(nums[u])), u++)
+    ARG("EVALSHA", 7);
+    ARG(sha, strlen(sha));
+    NUM("%zu", nkeys);
     for (size_t i = 0; i < nkeys; i++)
-        argv[n] = keys[i], lens[n++] = strlen(keys[i]);
-    argv[n] = nr, lens[n++] = strlen(nr);
-    for (size_t i = 0; i < b->nprov; i++)
-        argv[n] = b->pnames[i], lens[n++] = strlen(b->pnames[i]);
-    for (size_t i = 0; i < b->nrows * 7; i++)
-        argv[n] = b->rowargs[i], lens[n++] = b->rowlens[i];
-    redisReply *r = redisCommandArgv(c, (int)n, argv, lens);
+        ARG(keys[i], strlen(keys[i]));
+    NUM("%zu", nb);
+    for (size_t i = 0; i < c->nprov; i++)
+        ARG(c->pnames[i], strlen(c->pnames[i]));
+    for (size_t k = 0; k < nb; k++) {
+        ibatch_t *b = &c->b[k];
+        snprintf(nums[u], sizeof nums[u], "%lu-%lu", b->first, b->last);
+        ARG(nums[u], strlen(nums[u]));
+        u++;
+        NUM("%lld", (long long)b->due);
+        ARG(b->blob.data ? b->blob.data : "", b->blob.len);
+        NUM("%zu", b->nparts);
+        for (size_t i = 0; i < b->nparts; i++) {
+            NUM("%d", b->parts[i].pidx);
+            NUM("%lu", b->parts[i].n);
+        }
+        NUM("%zu", b->nrej);
+        const char *q = b->rej.data;
+        for (size_t i = 0; i < 2 * b->nrej; i++) {
+            size_t l = strlen(q);
+            ARG(q, l);
+            q += l + 1;
+        }
+    }
+#undef NUM
+#undef ARG
+    redisReply *r = redisCommandArgv(rc_, (int)n, argv, lens);
     if (r && r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "NOSCRIPT", 8)) {
         freeReplyObject(r);
         argv[0] = "EVAL";
         lens[0] = 4;
         argv[1] = sched_lua_ingest;
         lens[1] = strlen(sched_lua_ingest);
-        r = redisCommandArgv(c, (int)n, argv, lens);
+        r = redisCommandArgv(rc_, (int)n, argv, lens);
     }
     int rc = 0;
     if (!r) {
-        snprintf(err, errlen, "Redis: %s", c->errstr);
+        snprintf(err, errlen, "Redis: %s", rc_->errstr);
         rc = VL_EREDIS;
     } else if (r->type == REDIS_REPLY_ERROR) {
         snprintf(err, errlen, "Redis: ingest: %s", r->str);
@@ -162,7 +214,83 @@ static int flush(redisContext *c, const char *id, batch_t *b, const char *sha,
         st->added += (unsigned long)r->integer;
     }
     freeReplyObject(r);
-    batch_clear(b);
+    free(argv);
+    free(lens);
+    free(nums);
+    call_reset(c);
+    return rc;
+}
+
+/* Close the open batch; flush the call when it is full. */
+static int close_batch(redisContext *rc_, const sched_ingest_opts_t *o, call_t *c,
+                       const char *sha, sched_ingest_stats_t *st, char *err, size_t errlen)
+{
+    if (!c->b[c->nb].nrows)
+        return 0;
+    if (++c->nb == CALL_BATCHES)
+        return flush(rc_, o->id, c, sha, st, err, errlen);
+    return 0;
+}
+
+/* Add one row to the open batch (a new one when the row cannot join it). */
+static int add_row(redisContext *rc_, const sched_ingest_opts_t *o, call_t *c, const char *sha,
+                   sched_ingest_stats_t *st, const tpl_csv_row_t *row, const char *why,
+                   int64_t due, const char *pname, char *err, size_t errlen)
+{
+    ibatch_t *b = &c->b[c->nb];
+    int rc = 0;
+    int pidx = 0;
+    if (!why[0]) {
+        if (b->nrows && b->has_due && b->due != due)
+            rc = close_batch(rc_, o, c, sha, st, err, errlen);
+        if (!rc && (pidx = provider_index(c, pname)) < 0) {
+            /* Too many providers in one call: send what is there first. */
+            if (!(rc = close_batch(rc_, o, c, sha, st, err, errlen)) && c->nb)
+                rc = flush(rc_, o->id, c, sha, st, err, errlen);
+            pidx = provider_index(c, pname);
+        }
+        if (rc)
+            return rc;
+        b = &c->b[c->nb];
+    }
+    if (!b->nrows)
+        b->first = row->row;
+    b->last = row->row;
+    b->nrows++;
+    if (why[0]) {
+        sched_result_t res = {.status = "rejected", .response = why};
+        char email[512];
+        snprintf(email, sizeof email, "%.*s", (int)row->email.len,
+                 row->email.ptr ? row->email.ptr : "");
+        res.email = email;
+        if ((rc = buf_printf(&b->rej, "%lu", row->row)) || (rc = buf_putc(&b->rej, '\0')) ||
+            (rc = sched_result_json(&b->rej, &res)) || (rc = buf_putc(&b->rej, '\0')))
+            goto oom;
+        b->nrej++;
+    } else {
+        b->due = due;
+        b->has_due = 1;
+        size_t i = 0;
+        while (i < b->nparts && b->parts[i].pidx != pidx)
+            i++;
+        if (i == b->nparts)
+            b->parts[b->nparts++] = (part_t){pidx, 0};
+        b->parts[i].n++;
+        if ((rc = buf_printf(&b->blob, "%lu\t%s\t[", row->row, pname)))
+            goto oom;
+        for (size_t f = 0; f < row->nfields && !rc; f++) {
+            if (f && (rc = buf_putc(&b->blob, ',')))
+                break;
+            rc = sched_json_string(&b->blob, row->fields[f].ptr, row->fields[f].len);
+        }
+        if (rc || (rc = buf_puts(&b->blob, "]\n")))
+            goto oom;
+    }
+    if (b->nrows == SCHED_BATCH_ROWS)
+        return close_batch(rc_, o, c, sha, st, err, errlen);
+    return 0;
+oom:
+    snprintf(err, errlen, rc == VL_ETOOBIG ? "a row is too large" : "out of memory");
     return rc;
 }
 
@@ -227,10 +355,14 @@ int sched_ingest(redisContext *c, const sched_ingest_opts_t *o, sched_ingest_sta
     snprintf(sha, sizeof sha, "%s", r->str);
     freeReplyObject(r);
 
-    batch_t *b = calloc(1, sizeof *b);
-    if (!b) {
+    call_t *call = calloc(1, sizeof *call);
+    if (!call) {
         snprintf(err, errlen, "out of memory");
         return VL_ENOMEM;
+    }
+    for (size_t i = 0; i < CALL_BATCHES; i++) {
+        buf_init(&call->b[i].blob, (size_t)64 << 20);
+        buf_init(&call->b[i].rej, (size_t)64 << 20);
     }
     tpl_csv_row_t *row;
     int more;
@@ -248,7 +380,6 @@ int sched_ingest(redisContext *c, const sched_ingest_opts_t *o, sched_ingest_sta
                      o->path, row->line, (int)row->fields[o->send_at_col].len,
                      row->fields[o->send_at_col].ptr);
         const char *pname = "";
-        int pidx = 0;
         if (!why[0]) {
             char dom[256];
             size_t dl = row->ascii_domain_len < sizeof dom - 1 ? row->ascii_domain_len
@@ -256,56 +387,25 @@ int sched_ingest(redisContext *c, const sched_ingest_opts_t *o, sched_ingest_sta
             memcpy(dom, row->ascii_domain, dl);
             dom[dl] = '\0';
             pname = rl_providers_match(o->providers, dom)->name;
-            pidx = provider_index(b, pname);
-            if (pidx < 0) { /* too many providers in one batch: flush first */
-                rc = flush(c, o->id, b, sha, st, err, errlen);
-                pidx = provider_index(b, pname);
-            }
         }
         if (why[0]) {
             st->rejected++;
             if (o->on_reject)
                 o->on_reject(o->ud, row, why);
         }
-        json_t *fields = json_array();
-        if (!why[0])
-            for (size_t i = 0; i < row->nfields; i++)
-                json_array_append_new(fields,
-                                      json_stringn(row->fields[i].ptr, row->fields[i].len));
-        char *fj = json_dumps(fields, JSON_COMPACT);
-        json_decref(fields);
-        char tmp[3][32];
-        snprintf(tmp[0], sizeof tmp[0], "%lu", row->row);
-        snprintf(tmp[1], sizeof tmp[1], "%d", pidx);
-        snprintf(tmp[2], sizeof tmp[2], "%lld", (long long)due);
-        size_t k = b->nrows * 7;
-        const char *vals[7] = {tmp[0], tmp[1], tmp[2], fj ? fj : "[]", NULL,
-                               why[0] ? "rejected" : "pending", why};
-        size_t lens[7];
-        for (int i = 0; i < 7; i++)
-            lens[i] = vals[i] ? strlen(vals[i]) : 0;
-        for (int i = 0; i < 7; i++) {
-            if (i == 4) {
-                b->rowargs[k + 4] = dupn(row->email.ptr ? row->email.ptr : "", row->email.len);
-                b->rowlens[k + 4] = row->email.len;
-            } else {
-                b->rowargs[k + i] = dupn(vals[i], lens[i]);
-                b->rowlens[k + i] = lens[i];
-            }
-        }
-        free(fj);
-        b->nrows++;
-        if (b->nrows == BATCH)
-            rc = flush(c, o->id, b, sha, st, err, errlen);
+        rc = add_row(c, o, call, sha, st, row, why, due, pname, err, errlen);
     }
     if (!rc && more < 0) {
         snprintf(err, errlen, "reading the recipients failed");
         rc = VL_EPARSE;
     }
     if (!rc)
-        rc = flush(c, o->id, b, sha, st, err, errlen);
-    batch_clear(b);
-    free(b);
+        rc = flush(c, o->id, call, sha, st, err, errlen);
+    for (size_t i = 0; i < CALL_BATCHES; i++) {
+        buf_free(&call->b[i].blob);
+        buf_free(&call->b[i].rej);
+    }
+    free(call);
     if (!rc && !o->partial)
         rc = simple(c, err, errlen, "HSET %s ingested 1", meta);
     return rc;

@@ -1,7 +1,8 @@
 /* ingest.h: stream a campaign's CSV rows into Redis.
  *
- * Rows go in pipelined batches through ingest.lua, which adds a row only if
- * its number is new: an interrupted ingest is simply run again. Each good row
+ * Rows go in batches of consecutive rows (keys.h) through ingest.lua, which
+ * adds a batch only if its id is new: an interrupted ingest is simply run
+ * again, and adds nothing twice as long as the CSV is the same. Each good row
  * is routed to its provider (by recipient domain) and made due at the
  * campaign's start time or its own send_at; a bad row is recorded at once as
  * `rejected` with the reason, so it is reported, never silently dropped.

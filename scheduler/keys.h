@@ -14,21 +14,40 @@
  *                            rows ingested, bad ones included), created_ms,
  *                            started_ms, finished_ms, stop_reason (set when a
  *                            provider's sending is stopped: a person must act)
- *   {c:ID}:row         HASH  row number -> JSON array of the row's fields
- *   {c:ID}:res         HASH  row number -> JSON result object:
+ *   {c:ID}:batch       HASH  batch id "F-L" -> blob: the good rows F..L of the CSV
+ *                            (at most SCHED_BATCH_ROWS consecutive rows with one
+ *                            due time), one line each: "row<TAB>provider<TAB>
+ *                            fields as a JSON array<LF>". Rejected rows are not
+ *                            in the blob; they have a result from the start.
+ *   {c:ID}:batches     ZSET  batch id -> F: finds the batch of a row (reports)
+ *   {c:ID}:state       STRING 2 bits a row (BITFIELD u2 #row): 0 waiting in its
+ *                            batch, 1 retried on its own (member "F-L:row"),
+ *                            2 final. Claims skip rows that left their batch;
+ *                            records skip rows already final.
+ *   {c:ID}:res         HASH  row number -> JSON result object, written by the
+ *                            worker with each attempt (a row without one has
+ *                            not been tried yet: pending):
  *                            {"email","provider","status","attempts","code",
  *                             "enhanced","response","first","last","host"}
- *                            status: pending | deferred | delivered | bounced |
- *                            failed | suppressed | rejected | cancelled;
- *                            first/last: attempt times in ms since the epoch (0 if
- *                            none); code 0 when no reply was involved
+ *                            status: deferred | delivered | bounced | failed |
+ *                            suppressed | rejected | cancelled; first/last:
+ *                            attempt times in ms since the epoch (0 if none);
+ *                            code 0 when no reply was involved
  *   {c:ID}:count       HASH  total, delivered, bounced, failed, suppressed,
  *                            rejected, cancelled, final (sum of the final states),
  *                            attempts, deferred (attempts that were requeued)
  *   {c:ID}:providers   SET   provider names that have rows in this campaign
- *   {c:ID}:due:NAME    ZSET  row -> due time (ms): rows waiting for provider NAME
- *   {c:ID}:lease       ZSET  row -> lease expiry (ms): rows claimed by a worker
- *   {c:ID}:leasep      HASH  row -> provider name, for rows in :lease
+ *   {c:ID}:due:NAME    ZSET  member -> due time (ms). A member is a batch part
+ *                            "F-L/n" (provider NAME's n rows of batch F-L) or a
+ *                            single row "F-L:r" retried on its own
+ *   {c:ID}:lease       ZSET  "member|NAME" -> lease expiry (ms): members claimed
+ *                            by a worker, renewed while it holds them
+ *
+ * Why batches: per-row Redis commands cost more than sending the message (a
+ * benchmark of the per-row schema spent most of Redis's time on them). With
+ * batches, ingest and claims cost Redis one command per batch; per row only
+ * the result is written (one HSET field and two state bits, in one call per
+ * REC_BATCH results).
  *
  * Provider NAME's limits, shared by every worker and campaign (tag {p:NAME}):
  *   {p:NAME}:gcra      STRING GCRA theoretical arrival time (ratelimit/lua/gcra.lua)
@@ -52,19 +71,28 @@
 
 /* snprintf formats: the campaign id (or provider name) first. */
 #define SCHED_KEY_META "{c:%s}:meta"
-#define SCHED_KEY_ROW "{c:%s}:row"
+#define SCHED_KEY_BATCH "{c:%s}:batch"
+#define SCHED_KEY_BATCHES "{c:%s}:batches"
+#define SCHED_KEY_STATE "{c:%s}:state"
 #define SCHED_KEY_RES "{c:%s}:res"
 #define SCHED_KEY_COUNT "{c:%s}:count"
 #define SCHED_KEY_PROVIDERS "{c:%s}:providers"
 #define SCHED_KEY_DUE "{c:%s}:due:%s" /* id, provider */
 #define SCHED_KEY_LEASE "{c:%s}:lease"
-#define SCHED_KEY_LEASEP "{c:%s}:leasep"
 
 #define SCHED_KEY_P_GCRA "{p:%s}:gcra"
 #define SCHED_KEY_P_QUOTA "{p:%s}:quota:%d:%s" /* provider, quota index, window id */
 #define SCHED_KEY_P_SLOTS "{p:%s}:slots"
 #define SCHED_KEY_P_SUSPEND "{p:%s}:suspend"
 #define SCHED_KEY_P_LEARNED "{p:%s}:learned"
+
+/* Rows per batch: big enough that per-batch commands vanish next to the
+ * per-row work, small enough that a claimed batch is sent well within a
+ * lease. */
+#define SCHED_BATCH_ROWS 64
+
+/* Row states in {c:ID}:state. */
+enum { SCHED_ROW_WAITING = 0, SCHED_ROW_ALONE = 1, SCHED_ROW_FINAL = 2 };
 
 /* The final states, in the order reports list them. */
 #define SCHED_FINAL_STATES "delivered", "bounced", "failed", "suppressed", "rejected", "cancelled"

@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/buf.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "engine/engine.h"
@@ -17,29 +18,51 @@
 #include "ratelimit/rules.h"
 #include "scheduler/keys.h"
 #include "scheduler/lua.h"
+#include "scheduler/result.h"
 
 #define TICK_MS 10
 #define PROGRESS_MS 500
 #define REAP_MS 5000
-#define WINDOW_PER_CONN 8 /* messages per connection claimed ahead: one being answered,
+#define WINDOW_PER_CONN 8 /* messages per connection submitted ahead: one being answered,
                            * one pipelined behind it, two waiting in the pool's queue */
 #define KEYLEN 300
+#define LEASELEN 384
 #define MAX_SLOTS 256     /* connection slots one worker may hold per provider */
 #define SLOT_LEASE_MS 10000
 #define SLOT_RENEW_MS 1000
 #define MAX_PROVS_PROGRESS 64
-#define REC_BATCH 128 /* results per record.lua call */
-#define PEND_FIELDS 8
+#define REC_BATCH 128     /* results per record.lua call */
+#define MAX_LEASE_OPS 256 /* releases and returns per record.lua call */
+#define MAX_CLAIM 64      /* members per claim */
 
 typedef struct prov prov_t;
+typedef struct job job_t;
 
-/* A result waiting for the next batch. */
+/* A due-set member this worker holds under a lease (keys.h): a batch part
+ * or a single row. It is released (or, when the worker stops, returned to
+ * the due set) once each of its rows is recorded or given up. */
+typedef struct held {
+    struct held *next, *prev;
+    prov_t *p;
+    unsigned left;  /* rows not yet recorded or given up */
+    int giving_up;  /* the worker stopped: return it rather than release it */
+    char lease[LEASELEN]; /* "member|NAME" */
+} held_t;
+
+/* A result waiting for the next record.lua batch. */
 typedef struct pend {
     prov_t *p;
-    char *v[PEND_FIELDS]; /* row, status, code, enhanced, response, host, attempted, retry_at */
+    char *json;     /* owned */
+    char row[24], batch[48], retry_at[24];
+    const char *status; /* static */
+    int attempted;
 } pend_t;
 
-typedef struct job job_t;
+typedef struct lease_op {
+    prov_t *p;
+    int ret;        /* 1: back to due now; 0: release */
+    char lease[LEASELEN];
+} lease_op_t;
 
 struct prov {
     sched_worker_t *w;
@@ -49,9 +72,12 @@ struct prov {
     size_t nchain;
     rl_aimd_t aimd;
     rl_route_t route;
-    unsigned inflight;   /* claimed and not yet recorded */
-    int busy;            /* a rate/claim round trip is under way */
-    uint64_t next_try_ms;
+    unsigned inflight;   /* submitted to the engine, not yet recorded */
+    job_t *back, *back_tail; /* claimed rows waiting for tokens */
+    unsigned nback;
+    int claiming;        /* a claim round trip is under way */
+    int taking;          /* a rate/quota round trip is under way */
+    uint64_t next_claim_ms, next_take_ms;
     uint64_t suspended_until_ms;
     int stopped;         /* a configuration problem: a person must act */
     char reason[512];
@@ -69,16 +95,22 @@ typedef struct slot_ctx {
     unsigned i;
 } slot_ctx_t;
 
+/* One claimed row, from its claim to its record. */
 struct job {
     job_t *next;
     sched_worker_t *w;
     prov_t *p;
+    held_t *h;           /* the lease it came with */
+    int submitted;       /* handed to the engine */
     eng_msg_t msg;
     eng_rcpt_status_t st[1];
     const char *rcpts[1];
     msg_out_t *out;
-    char row[24];
-    unsigned attempts;
+    json_t *fields;      /* owned: the row's CSV fields */
+    char row[24], batch[48];
+    char email[512];     /* as in the CSV (results, suppression check) */
+    unsigned attempts;   /* before this one */
+    uint64_t first_ms, last_ms;
 };
 
 struct sched_worker {
@@ -90,22 +122,26 @@ struct sched_worker {
     size_t nprovs;
     uv_timer_t tick;
     int tick_open;
-    uint64_t last_progress, last_reap;
+    uint64_t last_progress, last_reap, last_renew;
     job_t *free_jobs;
-    unsigned inflight;
+    unsigned inflight;   /* jobs alive: waiting for tokens or submitted */
+    held_t *helds;       /* leases held */
     int stopping, finished, progress_busy;
     int reclaim_pending; /* take back every lease once connected */
-    struct rec *retry;   /* records waiting for Redis to come back */
+    struct rec *retry, *retry_tail; /* records waiting for Redis to come back, in order */
     unsigned records;    /* records sent and not yet answered */
     uint64_t stop_ms;    /* when stopping began */
     pend_t pend[REC_BATCH];
     unsigned npend;
+    lease_op_t ops[MAX_LEASE_OPS];
+    unsigned nops;
+    buf_t json;          /* scratch for composing results */
     char wid[96];        /* this worker's name in slot holders */
     int closing_pools;
     int rc;
     char why[1024];
-    char k_meta[KEYLEN], k_row[KEYLEN], k_res[KEYLEN], k_count[KEYLEN], k_lease[KEYLEN],
-        k_leasep[KEYLEN];
+    char k_meta[KEYLEN], k_batch[KEYLEN], k_state[KEYLEN], k_res[KEYLEN], k_count[KEYLEN],
+        k_lease[KEYLEN];
     /* recent delivery rate */
     uint64_t rate_t0;
     long long rate_n0, delivered;
@@ -126,14 +162,18 @@ static uint64_t rnd(void *arg)
 }
 
 static void maybe_finish(sched_worker_t *w);
+static void try_provider(prov_t *p, uint64_t now);
 
 /* ---- recording ---------------------------------------------------------- */
 
 /* Results are recorded in batches (one record.lua call for up to REC_BATCH
  * rows, flushed every tick), so Redis does one script call per batch rather
  * than per message. A batch that could not reach Redis is kept and sent
- * again when Redis is back: the result of a message that went out must not
- * be lost, and record.lua ignores rows already final, so a second try is safe. */
+ * again, in order, when Redis is back: the result of a message that went out
+ * must not be lost, and record.lua ignores rows already final, so a second
+ * try is safe. Order matters because a batch may release a lease whose
+ * earlier rows are in an earlier batch: a release applied before those rows
+ * are recorded would leave them in no set at all. */
 typedef struct rec {
     struct rec *next;
     sched_worker_t *w;
@@ -149,7 +189,22 @@ static void rec_free(rec_t *rc)
     free(rc);
 }
 
-static void rec_send(rec_t *rc);
+static void keep_for_retry(sched_worker_t *w, rec_t *rc, int front)
+{
+    if (front) {
+        rc->next = w->retry;
+        w->retry = rc;
+        if (!w->retry_tail)
+            w->retry_tail = rc;
+    } else {
+        rc->next = NULL;
+        if (w->retry_tail)
+            w->retry_tail->next = rc;
+        else
+            w->retry = rc;
+        w->retry_tail = rc;
+    }
+}
 
 static void on_recorded(sched_redis_t *r, redisReply *reply, void *priv, int err,
                         const char *errstr)
@@ -159,8 +214,9 @@ static void on_recorded(sched_redis_t *r, redisReply *reply, void *priv, int err
     sched_worker_t *w = rc->w;
     w->records--;
     if (err == VL_EREDIS || err == VL_ETIMEOUT) {
-        rc->next = w->retry;
-        w->retry = rc;
+        /* Batches sent after this one failed too (one connection, in order)
+         * and come back here in order; keep them in that order. */
+        keep_for_retry(w, rc, 0);
         return;
     }
     if (err || (reply && reply->type == REDIS_REPLY_ERROR))
@@ -168,55 +224,69 @@ static void on_recorded(sched_redis_t *r, redisReply *reply, void *priv, int err
     rec_free(rc);
 }
 
-static void rec_send(rec_t *rc)
+/* Send a batch, or queue it behind the batches waiting for Redis. */
+static void rec_send(rec_t *rc, int queued)
 {
     sched_worker_t *w = rc->w;
-    if (sched_redis_eval(w->r, on_recorded, rc, sched_lua_record, rc->nkeys,
+    if ((!w->retry || queued) &&
+        sched_redis_eval(w->r, on_recorded, rc, sched_lua_record, rc->nkeys,
                          rc->argc - rc->nkeys, (const char **)rc->argv, NULL) == 0) {
         w->records++;
         return;
     }
-    rc->next = w->retry;
-    w->retry = rc;
+    keep_for_retry(w, rc, queued);
 }
 
-/* Send the kept batches again (Redis is connected). */
+/* Send the kept batches again, oldest first (Redis is connected). */
 static void retry_records(sched_worker_t *w)
 {
-    rec_t *list = w->retry;
-    w->retry = NULL;
-    while (list) {
-        rec_t *rc = list;
-        list = rc->next;
-        rec_send(rc);
+    while (w->retry && sched_redis_connected(w->r)) {
+        rec_t *rc = w->retry;
+        w->retry = rc->next;
+        if (!w->retry)
+            w->retry_tail = NULL;
+        if (sched_redis_eval(w->r, on_recorded, rc, sched_lua_record, rc->nkeys,
+                             rc->argc - rc->nkeys, (const char **)rc->argv, NULL) == 0) {
+            w->records++;
+        } else {
+            keep_for_retry(w, rc, 1);
+            break;
+        }
     }
 }
 
-static void pend_clear(pend_t *pd)
-{
-    for (int k = 0; k < PEND_FIELDS; k++) {
-        free(pd->v[k]);
-        pd->v[k] = NULL;
-    }
-}
-
-/* Turn the pending results into one batch and send it. */
+/* Turn the pending results and lease operations into one batch and send it. */
 static void flush_records(sched_worker_t *w)
 {
-    if (!w->npend)
+    if (!w->npend && !w->nops)
         return;
-    prov_t *provs[REC_BATCH];
-    unsigned np = 0, idx[REC_BATCH];
-    for (unsigned i = 0; i < w->npend; i++) {
-        unsigned k = 0;
-        while (k < np && provs[k] != w->pend[i].p)
-            k++;
-        if (k == np)
-            provs[np++] = w->pend[i].p;
-        idx[i] = k + 1;
+    prov_t *provs[REC_BATCH + MAX_LEASE_OPS];
+    unsigned np = 0;
+#define PIDX(prov, out)                                                                            \
+    do {                                                                                           \
+        unsigned k_ = 0;                                                                           \
+        while (k_ < np && provs[k_] != (prov))                                                     \
+            k_++;                                                                                  \
+        if (k_ == np)                                                                              \
+            provs[np++] = (prov);                                                                  \
+        (out) = k_ + 1;                                                                            \
+    } while (0)
+    unsigned idx[REC_BATCH], ridx[MAX_LEASE_OPS];
+    unsigned nrel = 0, nret = 0;
+    for (unsigned i = 0; i < w->npend; i++)
+        PIDX(w->pend[i].p, idx[i]);
+    for (unsigned i = 0; i < w->nops; i++) {
+        if (w->ops[i].ret) {
+            PIDX(w->ops[i].p, ridx[i]);
+            nret++;
+        } else {
+            nrel++;
+        }
     }
+#undef PIDX
     rec_t *rc = calloc(1, sizeof *rc);
-    int nkeys = 5 + (int)np, argc = nkeys + 2 + 9 * (int)w->npend;
+    int nkeys = 5 + (int)np;
+    int argc = nkeys + 4 + 7 * (int)w->npend + (int)nrel + 2 * (int)nret;
     if (rc)
         rc->argv = calloc((size_t)argc, sizeof *rc->argv);
     if (!rc || !rc->argv) {
@@ -224,68 +294,166 @@ static void flush_records(sched_worker_t *w)
                 w->id);
         free(rc);
         for (unsigned i = 0; i < w->npend; i++)
-            pend_clear(&w->pend[i]);
+            free(w->pend[i].json);
         w->npend = 0;
+        w->nops = 0;
         return;
     }
     rc->w = w;
     rc->nkeys = nkeys;
     rc->argc = argc;
     int a = 0;
+    char buf[32];
+#define NUM(fmt, v) (snprintf(buf, sizeof buf, fmt, v), rc->argv[a++] = strdup(buf))
     rc->argv[a++] = strdup(w->k_lease);
-    rc->argv[a++] = strdup(w->k_leasep);
     rc->argv[a++] = strdup(w->k_res);
     rc->argv[a++] = strdup(w->k_count);
     rc->argv[a++] = strdup(w->k_meta);
+    rc->argv[a++] = strdup(w->k_state);
     for (unsigned k = 0; k < np; k++)
         rc->argv[a++] = strdup(provs[k]->key_due);
-    char buf[32];
-    snprintf(buf, sizeof buf, "%llu", (unsigned long long)now_ms());
-    rc->argv[a++] = strdup(buf);
-    snprintf(buf, sizeof buf, "%u", w->npend);
-    rc->argv[a++] = strdup(buf);
+    NUM("%llu", (unsigned long long)now_ms());
+    NUM("%u", w->npend);
+    NUM("%u", nrel);
+    NUM("%u", nret);
     for (unsigned i = 0; i < w->npend; i++) {
-        for (int k = 0; k < PEND_FIELDS; k++) {
-            rc->argv[a++] = w->pend[i].v[k]; /* ownership moves to the batch */
-            w->pend[i].v[k] = NULL;
-        }
-        snprintf(buf, sizeof buf, "%u", idx[i]);
-        rc->argv[a++] = strdup(buf);
+        pend_t *pd = &w->pend[i];
+        rc->argv[a++] = strdup(pd->row);
+        rc->argv[a++] = strdup(pd->status);
+        rc->argv[a++] = pd->json; /* ownership moves to the batch */
+        pd->json = NULL;
+        rc->argv[a++] = strdup(pd->retry_at);
+        NUM("%u", idx[i]);
+        rc->argv[a++] = strdup(pd->batch);
+        rc->argv[a++] = strdup(pd->attempted ? "1" : "0");
     }
+    for (unsigned i = 0; i < w->nops; i++)
+        if (!w->ops[i].ret)
+            rc->argv[a++] = strdup(w->ops[i].lease);
+    for (unsigned i = 0; i < w->nops; i++)
+        if (w->ops[i].ret) {
+            rc->argv[a++] = strdup(w->ops[i].lease);
+            NUM("%u", ridx[i]);
+        }
+#undef NUM
     w->npend = 0;
-    rec_send(rc);
+    w->nops = 0;
+    for (int i = 0; i < argc; i++)
+        if (!rc->argv[i]) {
+            VL_WARN("campaign %s: out of memory recording results; their leases bring the rows "
+                    "back", w->id);
+            rec_free(rc);
+            return;
+        }
+    rec_send(rc, 0);
 }
 
-/* Record a row's outcome: a final status, or "deferred" with a retry time. */
-static void record(sched_worker_t *w, prov_t *p, const char *row, const char *status, int code,
+/* Release a lease whose rows are all recorded, or return it when the worker
+ * gave up on some of them. */
+static void held_done(sched_worker_t *w, held_t *h)
+{
+    if (--h->left)
+        return;
+    if (w->nops == MAX_LEASE_OPS)
+        flush_records(w);
+    lease_op_t *op = &w->ops[w->nops++];
+    op->p = h->p;
+    op->ret = h->giving_up;
+    memcpy(op->lease, h->lease, sizeof op->lease);
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        w->helds = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    free(h);
+}
+
+/* Record j's outcome: a final status, or "deferred" with a retry time. The
+ * result is composed here (keys.h); record.lua only stores it. */
+static void record(sched_worker_t *w, job_t *j, const char *status, int code,
                    const char *enhanced, const char *response, const char *host, int attempted,
                    uint64_t retry_at)
 {
-    char code_s[16], retry_s[24];
-    snprintf(code_s, sizeof code_s, "%d", code);
-    snprintf(retry_s, sizeof retry_s, "%llu", (unsigned long long)retry_at);
+    uint64_t now = now_ms();
+    sched_result_t res = {.email = j->email,
+                          .provider = j->p->cfg->name,
+                          .status = status,
+                          .attempts = j->attempts + (attempted ? 1 : 0),
+                          .code = code,
+                          .enhanced = enhanced,
+                          .response = response,
+                          .host = host,
+                          .first_ms = (long long)(j->first_ms ? j->first_ms : attempted ? now : 0),
+                          .last_ms = (long long)(attempted ? now : j->last_ms)};
+    buf_reset(&w->json);
+    if (sched_result_json(&w->json, &res)) {
+        VL_WARN("campaign %s: row %s: out of memory recording its result; it will be tried "
+                "again", w->id, j->row);
+        j->h->giving_up = 1;
+        held_done(w, j->h);
+        j->h = NULL;
+        return;
+    }
     pend_t *pd = &w->pend[w->npend++];
-    pd->p = p;
-    const char *v[PEND_FIELDS] = {row,  status, code_s, enhanced ? enhanced : "",
-                                  response ? response : "", host ? host : "",
-                                  attempted ? "1" : "0", retry_s};
-    for (int k = 0; k < PEND_FIELDS; k++)
-        pd->v[k] = strdup(v[k]);
+    pd->p = j->p;
+    pd->json = buf_take(&w->json);
+    memcpy(pd->row, j->row, sizeof pd->row);
+    memcpy(pd->batch, j->batch, sizeof pd->batch);
+    snprintf(pd->retry_at, sizeof pd->retry_at, "%llu", (unsigned long long)retry_at);
+    pd->status = status;
+    pd->attempted = attempted;
     if (!strcmp(status, "delivered"))
         w->delivered++;
+    held_done(w, j->h);
+    j->h = NULL;
     if (w->npend == REC_BATCH)
         flush_records(w);
 }
 
-static void try_provider(prov_t *p, uint64_t now);
+/* ---- jobs ------------------------------------------------------------------ */
+
+static job_t *job_get(sched_worker_t *w)
+{
+    job_t *j = w->free_jobs;
+    if (j) {
+        w->free_jobs = j->next;
+        return j;
+    }
+    j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->w = w;
+    if (msg_out_new(&j->out, w->o.factory)) {
+        free(j);
+        return NULL;
+    }
+    return j;
+}
+
+/* j is done with (recorded, or given up): back to the free list. */
+static void job_put(sched_worker_t *w, job_t *j)
+{
+    prov_t *p = j->p;
+    if (j->submitted)
+        p->inflight--;
+    w->inflight--;
+    if (j->h) { /* not recorded: its lease goes back to the due set */
+        j->h->giving_up = 1;
+        held_done(w, j->h);
+        j->h = NULL;
+    }
+    json_decref(j->fields);
+    j->fields = NULL;
+    j->submitted = 0;
+    j->next = w->free_jobs;
+    w->free_jobs = j;
+}
 
 static void job_free(sched_worker_t *w, job_t *j)
 {
     prov_t *p = j->p;
-    p->inflight--;
-    w->inflight--;
-    j->next = w->free_jobs;
-    w->free_jobs = j;
+    job_put(w, j);
     try_provider(p, now_ms());
     maybe_finish(w);
 }
@@ -358,14 +526,14 @@ static void on_msg_done(eng_msg_t *m, const eng_result_t *res)
     unsigned attempts = j->attempts + 1;
     if (res->status == ENG_DELIVERED) {
         rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now); /* quiet time raises ceilings */
-        record(w, p, j->row, "delivered", res->reply.code, res->reply.enhanced, res->reply.text,
+        record(w, j, "delivered", res->reply.code, res->reply.enhanced, res->reply.text,
                res->remote, 1, 0);
         job_free(w, j);
         return;
     }
     if (res->status == ENG_CANCELLED) {
         /* Never tried (the worker is stopping): back to due at once. */
-        record(w, p, j->row, "deferred", 0, "", "not tried: the worker stopped", "", 0, now);
+        record(w, j, "deferred", 0, "", "not tried: the worker stopped", "", 0, now);
         job_free(w, j);
         return;
     }
@@ -373,7 +541,7 @@ static void on_msg_done(eng_msg_t *m, const eng_result_t *res)
                             : (res->reply.code ? &res->reply : NULL);
     if (!er && (res->err == VL_ENOTSUP || res->err == VL_ETOOBIG)) {
         /* The server cannot take this message at all (SMTPUTF8, SIZE). */
-        record(w, p, j->row, "failed", 0, "", res->errstr, res->remote, 1, 0);
+        record(w, j, "failed", 0, "", res->errstr, res->remote, 1, 0);
         job_free(w, j);
         return;
     }
@@ -384,10 +552,10 @@ static void on_msg_done(eng_msg_t *m, const eng_result_t *res)
         snprintf(resp, sizeof resp, "%s at %s: %s", eng_status_name(res->status),
                  eng_stage_name(res->stage), res->errstr ? res->errstr : "");
         if (attempts >= w->o.max_attempts) {
-            record(w, p, j->row, "failed", 0, "", resp, res->remote, 1, 0);
+            record(w, j, "failed", 0, "", resp, res->remote, 1, 0);
         } else {
             uint64_t delay = rl_backoff(attempts, 1000, 600000, rnd(NULL));
-            record(w, p, j->row, "deferred", 0, "", resp, res->remote, 1, now + delay);
+            record(w, j, "deferred", 0, "", resp, res->remote, 1, now + delay);
         }
         job_free(w, j);
         return;
@@ -421,69 +589,42 @@ static void on_msg_done(eng_msg_t *m, const eng_result_t *res)
     if (!status && attempts >= w->o.max_attempts)
         status = "failed";
     if (status) {
-        record(w, p, j->row, status, er->code, er->enhanced, er->text, res->remote, 1, 0);
+        record(w, j, status, er->code, er->enhanced, er->text, res->remote, 1, 0);
         if (a.suppress) {
-            sched_redis_cmd(w->r, NULL, NULL, "SADD %s %s", SCHED_KEY_SUPPRESS, j->rcpts[0]);
+            char lc[sizeof j->email];
+            snprintf(lc, sizeof lc, "%s", j->email);
+            for (char *q = lc; *q; q++)
+                if (*q >= 'A' && *q <= 'Z')
+                    *q = (char)(*q - 'A' + 'a');
+            sched_redis_cmd(w->r, NULL, NULL, "SADD %s %s", SCHED_KEY_SUPPRESS, lc);
         }
     } else {
         uint64_t at = now + a.delay_ms;
         if (a.cls == RL_PAUSE && a.pause_until_ms > (int64_t)at)
             at = (uint64_t)a.pause_until_ms;
-        record(w, p, j->row, "deferred", er->code, er->enhanced, er->text, res->remote, 1, at);
+        record(w, j, "deferred", er->code, er->enhanced, er->text, res->remote, 1, at);
     }
     job_free(w, j);
 }
 
 /* ---- rendering and submitting ------------------------------------------- */
 
-static job_t *job_get(sched_worker_t *w)
+/* Render j's row from its stored fields and submit it. */
+static void submit_row(sched_worker_t *w, prov_t *p, job_t *j)
 {
-    job_t *j = w->free_jobs;
-    if (j) {
-        w->free_jobs = j->next;
-        return j;
-    }
-    j = calloc(1, sizeof *j);
-    if (!j)
-        return NULL;
-    j->w = w;
-    if (msg_out_new(&j->out, w->o.factory)) {
-        free(j);
-        return NULL;
-    }
-    return j;
-}
-
-/* Rebuild the CSV row view from the stored fields and submit it. */
-static void submit_row(sched_worker_t *w, prov_t *p, const char *row, const char *fields_json,
-                       const char *res_json)
-{
-    job_t *j = job_get(w);
     p->inflight++;
-    w->inflight++;
-    if (!j) {
-        /* Out of memory: leave the row leased; its lease brings it back. */
-        p->inflight--;
-        w->inflight--;
-        return;
-    }
-    j->p = p;
-    snprintf(j->row, sizeof j->row, "%s", row);
-    json_t *res = json_loads(res_json, 0, NULL);
-    j->attempts = res ? (unsigned)json_integer_value(json_object_get(res, "attempts")) : 0;
-    json_decref(res);
-    json_t *fields = json_loads(fields_json, 0, NULL);
-    size_t nf = json_is_array(fields) ? json_array_size(fields) : 0;
+    j->submitted = 1;
+    size_t nf = json_is_array(j->fields) ? json_array_size(j->fields) : 0;
     tpl_csv_field_t fv[256];
     if (nf > 256)
         nf = 256;
     for (size_t i = 0; i < nf; i++) {
-        json_t *f = json_array_get(fields, i);
+        json_t *f = json_array_get(j->fields, i);
         fv[i].ptr = json_string_value(f) ? json_string_value(f) : "";
         fv[i].len = json_string_length(f);
     }
     tpl_csv_row_t cr = {0};
-    cr.row = strtoul(row, NULL, 10);
+    cr.row = strtoul(j->row, NULL, 10);
     cr.nfields = nf;
     cr.fields = fv;
     tpl_email_info_t info;
@@ -502,11 +643,9 @@ static void submit_row(sched_worker_t *w, prov_t *p, const char *row, const char
         why = "the row has no email field";
     }
     int rc = why ? -1 : msg_render(w->o.factory, j->out, &cr, time(NULL), 0);
-    json_decref(fields);
     if (rc) {
         const msg_error_t *e = why ? NULL : msg_out_error(j->out);
-        record(w, p, j->row, "rejected", 0, "", why ? why : (e ? e->message : "render failed"), "",
-               0, 0);
+        record(w, j, "rejected", 0, "", why ? why : (e ? e->message : "render failed"), "", 0, 0);
         job_free(w, j);
         return;
     }
@@ -521,137 +660,243 @@ static void submit_row(sched_worker_t *w, prov_t *p, const char *row, const char
     j->msg.on_done = on_msg_done;
     j->msg.ud = j;
     if (eng_pool_submit(p->pool, &j->msg)) {
-        record(w, p, j->row, "deferred", 0, "", "not tried: the connection pool is closing", "", 0,
+        record(w, j, "deferred", 0, "", "not tried: the connection pool is closing", "", 0,
                now_ms());
         job_free(w, j);
     }
 }
 
+/* Submit up to n rows of p's backlog (n tokens were granted). */
+static void submit_backlog(prov_t *p, unsigned n)
+{
+    sched_worker_t *w = p->w;
+    int taking = p->taking;
+    p->taking = 1; /* no second round from a job finished below */
+    while (n-- && p->back) {
+        job_t *j = p->back;
+        p->back = j->next;
+        if (!p->back)
+            p->back_tail = NULL;
+        p->nback--;
+        j->next = NULL;
+        submit_row(w, p, j);
+    }
+    p->taking = taking;
+}
+
+/* ---- claiming ----------------------------------------------------------- */
+
 typedef struct claim_ctx {
     prov_t *p;
-    redisReply *rows; /* the claim's reply, kept until suppression is known */
+    job_t *jobs; /* claimed rows, in order, until suppression is known */
+    unsigned n;
 } claim_ctx_t;
 
 static void on_suppress_checked(sched_redis_t *r, redisReply *reply, void *priv, int err,
                                 const char *errstr)
 {
+    (void)r;
+    (void)errstr;
     claim_ctx_t *cc = priv;
     prov_t *p = cc->p;
     sched_worker_t *w = p->w;
-    redisReply *rows = cc->rows;
-    size_t n = rows->elements / 3;
-    for (size_t i = 0; i < n; i++) {
-        const char *row = rows->element[3 * i]->str;
+    job_t *j = cc->jobs;
+    for (size_t i = 0; j; i++) {
+        job_t *next = j->next;
+        j->next = NULL;
         int suppressed = !err && reply && reply->type == REDIS_REPLY_ARRAY &&
                          i < reply->elements && reply->element[i]->integer == 1;
         if (suppressed) {
-            p->inflight++;
-            w->inflight++;
-            record(w, p, row, "suppressed", 0, "", "the address is on the suppression list", "",
-                   0, 0);
-            p->inflight--;
-            w->inflight--;
-            continue;
+            record(w, j, "suppressed", 0, "", "the address is on the suppression list", "", 0, 0);
+            job_put(w, j);
+        } else {
+            if (p->back_tail)
+                p->back_tail->next = j;
+            else
+                p->back = j;
+            p->back_tail = j;
+            p->nback++;
         }
-        submit_row(w, p, row, rows->element[3 * i + 1]->str, rows->element[3 * i + 2]->str);
+        j = next;
     }
-    freeReplyObject(rows);
     free(cc);
-    p->busy = 0;
+    p->claiming = 0;
     try_provider(p, now_ms());
+    maybe_finish(w);
 }
 
-/* Lowercased email of a stored result, for the suppression check. */
-static char *res_email(const char *res_json)
+/* A job for the row of line, claimed under h; NULL when out of memory. */
+static job_t *claim_row(sched_worker_t *w, prov_t *p, held_t *h, const sched_member_t *m,
+                        const sched_line_t *line, const redisReply *res)
 {
-    json_t *res = json_loads(res_json, 0, NULL);
-    const char *e = res ? json_string_value(json_object_get(res, "email")) : NULL;
-    char *out = strdup(e ? e : "");
-    json_decref(res);
-    for (char *q = out; q && *q; q++)
-        if (*q >= 'A' && *q <= 'Z')
-            *q = (char)(*q - 'A' + 'a');
-    return out;
+    job_t *j = job_get(w);
+    if (!j)
+        return NULL;
+    j->next = NULL;
+    j->p = p;
+    j->h = h;
+    j->submitted = 0;
+    snprintf(j->row, sizeof j->row, "%lu", line->row);
+    snprintf(j->batch, sizeof j->batch, "%lu-%lu", m->first, m->last);
+    j->attempts = 0;
+    j->first_ms = j->last_ms = 0;
+    j->email[0] = '\0';
+    j->fields = json_loadb(line->fields, line->fields_len, 0, NULL);
+    json_t *e = json_array_get(j->fields, (size_t)w->o.email_col);
+    if (json_is_string(e))
+        snprintf(j->email, sizeof j->email, "%s", json_string_value(e));
+    if (res && res->type == REDIS_REPLY_STRING && res->len) {
+        /* A row retried on its own: its attempts so far. */
+        json_t *o = json_loadb(res->str, res->len, 0, NULL);
+        j->attempts = (unsigned)json_integer_value(json_object_get(o, "attempts"));
+        j->first_ms = (uint64_t)json_integer_value(json_object_get(o, "first"));
+        j->last_ms = (uint64_t)json_integer_value(json_object_get(o, "last"));
+        json_decref(o);
+    }
+    w->inflight++;
+    h->left++;
+    return j;
+}
+
+/* Turn one claimed member into jobs appended at *tail. */
+static void claim_member(sched_worker_t *w, prov_t *p, redisReply **e, job_t ***tail,
+                         unsigned *n)
+{
+    const redisReply *mem = e[0], *blob = e[1], *bits = e[2], *res = e[3];
+    held_t *h = calloc(1, sizeof *h);
+    sched_member_t m;
+    if (!h || mem->type != REDIS_REPLY_STRING || blob->type != REDIS_REPLY_STRING ||
+        bits->type != REDIS_REPLY_STRING || sched_member_parse(mem->str, mem->len, &m)) {
+        /* Cannot happen with volley's own scripts; the lease brings it back. */
+        VL_WARN("campaign %s: provider %s: unreadable claim of %.*s", w->id, p->cfg->name,
+                mem->type == REDIS_REPLY_STRING ? (int)mem->len : 1,
+                mem->type == REDIS_REPLY_STRING ? mem->str : "?");
+        free(h);
+        return;
+    }
+    h->p = p;
+    snprintf(h->lease, sizeof h->lease, "%.*s|%s", (int)mem->len, mem->str, p->cfg->name);
+    h->next = w->helds;
+    if (h->next)
+        h->next->prev = h;
+    w->helds = h;
+    h->left = 1; /* held until every row below is made a job */
+    size_t pos = 0, plen = strlen(p->cfg->name);
+    sched_line_t line = {0};
+    int got;
+    while ((got = sched_blob_next(blob->str, blob->len, &pos, &line)) == 1) {
+        int st = sched_row_state(bits->str, bits->len, m.first, line.row);
+        if (m.row ? line.row != m.row || st == SCHED_ROW_FINAL
+                  : st != SCHED_ROW_WAITING || line.provider_len != plen ||
+                        memcmp(line.provider, p->cfg->name, plen))
+            continue;
+        job_t *j = claim_row(w, p, h, &m, &line, m.row ? res : NULL);
+        if (!j) {
+            h->giving_up = 1; /* out of memory: back to the due set */
+            break;
+        }
+        **tail = j;
+        *tail = &j->next;
+        (*n)++;
+        if (m.row)
+            break;
+    }
+    if (got < 0)
+        VL_WARN("campaign %s: batch %lu-%lu is malformed after row %lu", w->id, m.first, m.last,
+                line.row);
+    held_done(w, h);
 }
 
 static void on_claimed(sched_redis_t *r, redisReply *reply, void *priv, int err,
                        const char *errstr)
 {
+    (void)r;
     prov_t *p = priv;
     sched_worker_t *w = p->w;
     if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements == 0) {
         if (err || (reply && reply->type == REDIS_REPLY_ERROR))
             VL_WARN("campaign %s: claim for %s failed: %s", w->id, p->cfg->name,
                     err ? errstr : reply->str);
-        p->busy = 0;
-        p->next_try_ms = now_ms() + 200; /* nothing due: look again shortly */
+        p->claiming = 0;
+        p->next_claim_ms = now_ms() + 200; /* nothing due: look again shortly */
         return;
     }
-    /* Keep the reply: the row strings are used after the suppression check.
-     * hiredis frees replies after the callback, so take a deep copy. */
-    size_t n = reply->elements / 3;
-    redisReply *copy = calloc(1, sizeof *copy);
-    copy->type = REDIS_REPLY_ARRAY;
-    copy->elements = reply->elements;
-    copy->element = calloc(reply->elements, sizeof *copy->element);
-    for (size_t i = 0; i < reply->elements; i++) {
-        redisReply *e = calloc(1, sizeof *e);
-        e->type = REDIS_REPLY_STRING;
-        e->str = strndup(reply->element[i]->str ? reply->element[i]->str : "",
-                         reply->element[i]->len);
-        e->len = strlen(e->str);
-        copy->element[i] = e;
-    }
-    const char **argv = calloc(n + 2, sizeof *argv);
-    char **emails = calloc(n, sizeof *emails);
-    argv[0] = "SMISMEMBER";
-    argv[1] = SCHED_KEY_SUPPRESS;
-    for (size_t i = 0; i < n; i++)
-        argv[i + 2] = emails[i] = res_email(copy->element[3 * i + 2]->str);
     claim_ctx_t *cc = calloc(1, sizeof *cc);
+    if (!cc) {
+        p->claiming = 0;
+        p->next_claim_ms = now_ms() + 500;
+        return; /* the leases bring the rows back */
+    }
     cc->p = p;
-    cc->rows = copy;
-    /* One command for the batch (SMISMEMBER needs Redis 6.2; Debian 12 has
-     * 7.0). The suppression list is global, outside the campaign's slot, so
-     * it is a plain command, not part of a script. */
-    int rc = sched_redis_cmdargv(w->r, on_suppress_checked, cc, (int)n + 2, argv, NULL);
-    for (size_t i = 0; i < n; i++)
-        free(emails[i]);
-    free(emails);
+    job_t **tail = &cc->jobs;
+    for (size_t i = 0; i + 4 <= reply->elements; i += 4)
+        claim_member(w, p, reply->element + i, &tail, &cc->n);
+    /* The suppression check, one command for the claim (SMISMEMBER needs
+     * Redis 6.2; Debian 12 has 7.0). The list is global, outside the
+     * campaign's slot, so it is a plain command, not part of a script. */
+    int rc = -1;
+    const char **argv = cc->n ? calloc(cc->n + 2, sizeof *argv) : NULL;
+    char *lc = cc->n ? malloc((size_t)cc->n * sizeof cc->jobs->email) : NULL;
+    if (argv && lc) {
+        argv[0] = "SMISMEMBER";
+        argv[1] = SCHED_KEY_SUPPRESS;
+        size_t k = 0;
+        for (job_t *j = cc->jobs; j; j = j->next, k++) {
+            char *d = lc + k * sizeof j->email;
+            size_t q = 0;
+            for (; j->email[q]; q++)
+                d[q] = j->email[q] >= 'A' && j->email[q] <= 'Z' ? (char)(j->email[q] - 'A' + 'a')
+                                                              : j->email[q];
+            d[q] = '\0';
+            argv[k + 2] = d;
+        }
+        rc = sched_redis_cmdargv(w->r, on_suppress_checked, cc, (int)cc->n + 2, argv, NULL);
+    }
     free(argv);
+    free(lc);
     if (rc)
         on_suppress_checked(w->r, NULL, cc, rc, "Redis unavailable");
 }
 
-static void claim(prov_t *p, unsigned n)
+static void claim(prov_t *p, unsigned m)
 {
     sched_worker_t *w = p->w;
-    char now_s[24], n_s[16], lease_s[16];
+    char now_s[24], m_s[16], lease_s[16];
     snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now_ms());
-    snprintf(n_s, sizeof n_s, "%u", n);
+    snprintf(m_s, sizeof m_s, "%u", m);
     snprintf(lease_s, sizeof lease_s, "%u", w->o.lease_ms);
-    const char *argv[] = {p->key_due, w->k_lease, w->k_leasep, w->k_row, w->k_res, w->k_meta,
-                          now_s,      n_s,        lease_s,     p->cfg->name};
+    const char *argv[] = {p->key_due, w->k_lease, w->k_batch, w->k_state, w->k_res, w->k_meta,
+                          now_s,      m_s,        lease_s,    p->cfg->name};
+    p->claiming = 1;
     if (sched_redis_eval(w->r, on_claimed, p, sched_lua_claim, 6, 4, argv, NULL)) {
-        p->busy = 0;
-        p->next_try_ms = now_ms() + 500;
+        p->claiming = 0;
+        p->next_claim_ms = now_ms() + 500;
     }
 }
+
+/* ---- tokens: the provider's shared rate, then its quotas --------------- */
 
 typedef struct take_ctx {
     prov_t *p;
     unsigned n;
 } take_ctx_t;
 
+static void take_failed(prov_t *p, take_ctx_t *tc, uint64_t retry_ms)
+{
+    free(tc);
+    p->taking = 0;
+    p->next_take_ms = now_ms() + retry_ms;
+}
+
 static void on_quota(sched_redis_t *r, redisReply *reply, void *priv, int err, const char *errstr)
 {
+    (void)r;
+    (void)errstr;
     take_ctx_t *tc = priv;
     prov_t *p = tc->p;
     unsigned n = tc->n;
-    free(tc);
     if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3) {
-        p->busy = 0;
-        p->next_try_ms = now_ms() + 500;
+        take_failed(p, tc, 500);
         return;
     }
     if (reply->element[0]->integer != 1) {
@@ -660,16 +905,20 @@ static void on_quota(sched_redis_t *r, redisReply *reply, void *priv, int err, c
         snprintf(why, sizeof why, "quota %lld of provider %s is used up",
                  reply->element[1]->integer, p->cfg->name);
         suspend_provider(p, (uint64_t)reply->element[2]->integer, why);
-        p->busy = 0;
+        take_failed(p, tc, 0);
         return;
     }
-    claim(p, n);
+    free(tc);
+    p->taking = 0;
+    submit_backlog(p, n);
+    try_provider(p, now_ms());
 }
 
 static void take_quota(prov_t *p, unsigned n)
 {
     if (!p->cfg->nquotas) {
-        claim(p, n);
+        p->taking = 0;
+        submit_backlog(p, n);
         return;
     }
     uint64_t now = now_ms();
@@ -694,42 +943,43 @@ static void take_quota(prov_t *p, unsigned n)
         argv[k + 3 + 2 * i] = end[i];
     }
     take_ctx_t *tc = malloc(sizeof *tc);
+    if (!tc) {
+        take_failed(p, NULL, 500);
+        return;
+    }
     tc->p = p;
     tc->n = n;
     if (sched_redis_eval(p->w->r, on_quota, tc, rl_lua_quota, (int)k, (int)(2 + 2 * k), argv,
-                         NULL)) {
-        free(tc);
-        p->busy = 0;
-        p->next_try_ms = now + 500;
-    }
+                         NULL))
+        take_failed(p, tc, 500);
 }
 
 static void on_rate(sched_redis_t *r, redisReply *reply, void *priv, int err, const char *errstr)
 {
+    (void)r;
+    (void)errstr;
     take_ctx_t *tc = priv;
     prov_t *p = tc->p;
     if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 2) {
-        free(tc);
-        p->busy = 0;
-        p->next_try_ms = now_ms() + 500;
+        take_failed(p, tc, 500);
         return;
     }
     long long granted = reply->element[0]->integer;
     if (granted < 1) {
         long long retry = reply->element[1]->integer;
-        free(tc);
-        p->busy = 0;
-        p->next_try_ms = now_ms() + (uint64_t)(retry > 0 ? retry : 1);
+        take_failed(p, tc, (uint64_t)(retry > 0 ? retry : 1));
         return;
     }
     free(tc);
     take_quota(p, (unsigned)granted);
 }
 
-/* Ask the provider's shared rate for n tokens, then its quotas, then claim. */
+/* Ask the provider's shared rate for n tokens, then its quotas, then submit
+ * that many rows of the backlog. */
 static void take_rate(prov_t *p, unsigned n)
 {
     const rl_rate_t *rate = &p->cfg->rate;
+    p->taking = 1;
     if (!rate->interval_us) {
         take_quota(p, n);
         return;
@@ -746,13 +996,14 @@ static void take_rate(prov_t *p, unsigned n)
     snprintf(n_s, sizeof n_s, "%u", n);
     const char *argv[] = {key, now_s, iv, b, n_s};
     take_ctx_t *tc = malloc(sizeof *tc);
+    if (!tc) {
+        take_failed(p, NULL, 500);
+        return;
+    }
     tc->p = p;
     tc->n = n;
-    if (sched_redis_eval(p->w->r, on_rate, tc, sched_lua_take, 1, 4, argv, NULL)) {
-        free(tc);
-        p->busy = 0;
-        p->next_try_ms = now_ms() + 500;
-    }
+    if (sched_redis_eval(p->w->r, on_rate, tc, sched_lua_take, 1, 4, argv, NULL))
+        take_failed(p, tc, 500);
 }
 
 /* ---- connection slots ------------------------------------------------------ */
@@ -831,26 +1082,86 @@ static void release_slots(sched_worker_t *w)
 
 /* ---- the tick ------------------------------------------------------------ */
 
-/* Start a rate -> quota -> claim round for p if it has room for more work.
- * Called every tick, and as soon as a round or a message finishes, so a
- * fast provider is never held to one round per tick. */
+/* Keep p busy: claim rows ahead of need, and take tokens for claimed rows
+ * while the connections have room. Called every tick, and as soon as a round
+ * or a message finishes, so a fast provider is never held to one round per
+ * tick. */
 static void try_provider(prov_t *p, uint64_t now)
 {
     sched_worker_t *w = p->w;
-    if (w->stopping || p->busy || p->stopped || !p->pool || now < p->next_try_ms ||
-        now < p->suspended_until_ms || !sched_redis_connected(w->r))
+    if (w->stopping || p->stopped || !p->pool || now < p->suspended_until_ms ||
+        !sched_redis_connected(w->r))
         return;
     unsigned conns = rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now);
     unsigned cap = (p->held < conns ? p->held : conns) * WINDOW_PER_CONN;
-    /* Claim in chunks of at least a quarter of the window: a round trip per
-     * finished message would cost more than it gains. */
-    if (p->inflight >= cap || (p->inflight && cap - p->inflight < cap / 4))
+    if (!cap)
+        cap = 1;
+    /* Claimed rows wait here for tokens; keep about one window of them so
+     * the next tokens never wait for a claim. */
+    if (!p->claiming && now >= p->next_claim_ms && p->nback < cap) {
+        unsigned want = 2 * cap - p->nback - (p->inflight < cap ? p->inflight : cap);
+        unsigned m = (want + SCHED_BATCH_ROWS - 1) / SCHED_BATCH_ROWS;
+        claim(p, m < 1 ? 1 : m > MAX_CLAIM ? MAX_CLAIM : m);
+    }
+    /* Tokens in chunks of at least a quarter of the window: a round trip
+     * per finished message would cost more than it gains. */
+    if (p->taking || !p->nback || now < p->next_take_ms || p->inflight >= cap ||
+        (p->inflight && cap - p->inflight < cap / 4))
         return;
     unsigned n = cap - p->inflight;
+    if (n > p->nback)
+        n = p->nback;
     if (n > w->o.batch)
         n = w->o.batch;
-    p->busy = 1;
     take_rate(p, n);
+}
+
+/* Give members whose lease expired back to their due sets; with all, every
+ * lease (see reclaim_leases). reap.lua takes 1000 a call, so a large
+ * backlog takes a few ticks. */
+static void reap(sched_worker_t *w, int all)
+{
+    const char **argv = calloc(3 + 2 * w->nprovs, sizeof *argv);
+    if (!argv)
+        return;
+    char now_s[24], cut_s[24];
+    snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now_ms());
+    snprintf(cut_s, sizeof cut_s, "%s", all ? "+inf" : now_s);
+    size_t k = 0;
+    argv[k++] = w->k_lease;
+    for (size_t i = 0; i < w->nprovs; i++)
+        argv[k++] = w->provs[i].key_due;
+    argv[k++] = now_s;
+    argv[k++] = cut_s;
+    for (size_t i = 0; i < w->nprovs; i++)
+        argv[k++] = w->provs[i].cfg->name;
+    sched_redis_eval(w->r, NULL, NULL, sched_lua_reap, (int)(1 + w->nprovs),
+                     (int)(2 + w->nprovs), argv, NULL);
+    free(argv);
+}
+
+/* Extend the leases this worker holds: a batch at a slow provider's rate, or
+ * a message on a slow server, may take longer than one lease. Only leases
+ * still there are extended (XX): one taken back meanwhile stays with its new
+ * holder. */
+static void renew_leases(sched_worker_t *w, uint64_t now)
+{
+    enum { PER_CMD = 256 };
+    const char *argv[3 + 2 * PER_CMD];
+    char until[24];
+    snprintf(until, sizeof until, "%llu", (unsigned long long)(now + w->o.lease_ms));
+    held_t *h = w->helds;
+    while (h) {
+        int n = 0;
+        argv[n++] = "ZADD";
+        argv[n++] = w->k_lease;
+        argv[n++] = "XX";
+        for (; h && n < 3 + 2 * PER_CMD; h = h->next) {
+            argv[n++] = until;
+            argv[n++] = h->lease;
+        }
+        sched_redis_cmdargv(w->r, NULL, NULL, n, argv, NULL);
+    }
 }
 
 static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, int err,
@@ -940,31 +1251,6 @@ static void progress(sched_worker_t *w, uint64_t now)
         w->progress_busy = 1;
 }
 
-/* Give rows whose lease expired back to their due sets; with all, every
- * lease (see reclaim_leases). reap.lua takes 1000 rows a call, so a large
- * backlog takes a few ticks. */
-static void reap(sched_worker_t *w, int all)
-{
-    const char **argv = calloc(4 + 2 * w->nprovs, sizeof *argv);
-    if (!argv)
-        return;
-    char now_s[24], cut_s[24];
-    snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now_ms());
-    snprintf(cut_s, sizeof cut_s, "%s", all ? "+inf" : now_s);
-    size_t k = 0;
-    argv[k++] = w->k_lease;
-    argv[k++] = w->k_leasep;
-    for (size_t i = 0; i < w->nprovs; i++)
-        argv[k++] = w->provs[i].key_due;
-    argv[k++] = now_s;
-    argv[k++] = cut_s;
-    for (size_t i = 0; i < w->nprovs; i++)
-        argv[k++] = w->provs[i].cfg->name;
-    sched_redis_eval(w->r, NULL, NULL, sched_lua_reap, (int)(2 + w->nprovs),
-                     (int)(2 + w->nprovs), argv, NULL);
-    free(argv);
-}
-
 static void on_tick(uv_timer_t *t)
 {
     sched_worker_t *w = t->data;
@@ -986,6 +1272,10 @@ static void on_tick(uv_timer_t *t)
         /* Before the first claim: commands on one connection run in order. */
         w->reclaim_pending = 0;
         reap(w, 1);
+    }
+    if (now - w->last_renew >= w->o.lease_ms / 3) {
+        w->last_renew = now;
+        renew_leases(w, now);
     }
     if (now - w->last_reap >= REAP_MS) {
         w->last_reap = now;
@@ -1046,6 +1336,12 @@ static void on_tick_closed(uv_handle_t *h)
     int rc = w->rc;
     char why[1024];
     snprintf(why, sizeof why, "%s", w->why);
+    while (w->helds) { /* only when Redis was lost for good: their leases expire */
+        held_t *hd = w->helds;
+        w->helds = hd->next;
+        free(hd);
+    }
+    buf_free(&w->json);
     while (w->free_jobs) {
         job_t *j = w->free_jobs;
         w->free_jobs = j->next;
@@ -1069,12 +1365,26 @@ static void on_pool_closed(void *ud)
 /* Every message is recorded: close the pools, then finish. */
 static void maybe_finish(sched_worker_t *w)
 {
-    if (!w->stopping || w->inflight || w->finished)
+    if (!w->stopping || w->finished)
+        return;
+    /* Rows claimed but not submitted go back to the due set now rather than
+     * when their lease expires. */
+    for (size_t i = 0; i < w->nprovs; i++) {
+        prov_t *p = &w->provs[i];
+        while (p->back) {
+            job_t *j = p->back;
+            p->back = j->next;
+            p->nback--;
+            job_put(w, j);
+        }
+        p->back_tail = NULL;
+    }
+    if (w->inflight)
         return;
     /* A claim under way would hand us rows; a record under way must reach
      * Redis before the caller closes it. */
     for (size_t i = 0; i < w->nprovs; i++)
-        if (w->provs[i].busy)
+        if (w->provs[i].claiming)
             return;
     /* Records still to be made: wait for Redis, but not forever (their
      * leases bring the rows back to another run). */
@@ -1086,6 +1396,7 @@ static void maybe_finish(sched_worker_t *w)
     while (w->retry) {
         rec_t *rc = w->retry;
         w->retry = rc->next;
+        w->retry_tail = NULL;
         VL_WARN("campaign %s: results of %s rows could not be recorded; their rows will be "
                 "tried again", w->id, rc->argv[rc->nkeys + 1]);
         rec_free(rc);
@@ -1134,11 +1445,12 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
     if (!w->o.retry_base_ms)
         w->o.retry_base_ms = 60000;
     snprintf(w->k_meta, KEYLEN, SCHED_KEY_META, w->id);
-    snprintf(w->k_row, KEYLEN, SCHED_KEY_ROW, w->id);
+    snprintf(w->k_batch, KEYLEN, SCHED_KEY_BATCH, w->id);
+    snprintf(w->k_state, KEYLEN, SCHED_KEY_STATE, w->id);
     snprintf(w->k_res, KEYLEN, SCHED_KEY_RES, w->id);
     snprintf(w->k_count, KEYLEN, SCHED_KEY_COUNT, w->id);
     snprintf(w->k_lease, KEYLEN, SCHED_KEY_LEASE, w->id);
-    snprintf(w->k_leasep, KEYLEN, SCHED_KEY_LEASEP, w->id);
+    buf_init(&w->json, 1 << 20);
     /* Every provider of the file, plus the built-in default when it is the
      * fallback (it is not one of the file's entries). */
     size_t nlisted = rl_providers_count(o->providers);
@@ -1212,7 +1524,7 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
     char host[64] = "host";
     gethostname(host, sizeof host - 1);
     snprintf(w->wid, sizeof w->wid, "%s:%d:%08x", host, (int)getpid(), (unsigned)rand());
-    w->last_reap = now_ms();
+    w->last_reap = w->last_renew = now_ms();
     uv_timer_init(loop, &w->tick);
     w->tick.data = w;
     w->rate_t0 = now_ms();

@@ -1,38 +1,37 @@
--- claim.lua: lease up to n due rows of one provider to a worker.
--- Nothing is claimed unless the campaign is running. A claimed row moves from
--- the due set to the lease set (scored by lease expiry); if the worker dies,
--- reap.lua puts it back when the lease expires. Each step is one command for
--- the whole batch: per-row calls cost more than the work itself.
--- KEYS[1] due:P  KEYS[2] lease  KEYS[3] leasep  KEYS[4] row  KEYS[5] res  KEYS[6] meta
--- ARGV[1] now_ms  ARGV[2] n  ARGV[3] lease_ms  ARGV[4] provider name
--- Returns {row1, fields1, res1, row2, ...}.
-local state = redis.call('HGET', KEYS[6], 'state')
-if state ~= 'running' then
+-- claim.lua: lease up to m due members of one provider to a worker.
+-- A member is a batch part ("F-L/n": provider P's rows of batch F-L) or one
+-- row of a batch ("F-L:r", a row retried on its own). Nothing is claimed
+-- unless the campaign is running. A claimed member moves from the due set to
+-- the lease set as "member|P", scored by lease expiry; if the worker dies,
+-- reap.lua puts it back when the lease expires. With each member come its
+-- batch blob, the state bits of rows F..L (2 bits a row from bit 2F: 0 in
+-- its batch, 1 retried on its own, 2 final; the worker skips rows that are
+-- not 0 for a batch part) and, for a single row, its result so far.
+-- KEYS[1] due:P  KEYS[2] lease  KEYS[3] batch  KEYS[4] state  KEYS[5] res  KEYS[6] meta
+-- ARGV[1] now_ms  ARGV[2] m  ARGV[3] lease_ms  ARGV[4] provider name
+-- Returns {member1, blob1, bits1, res1, member2, ...}.
+if redis.call('HGET', KEYS[6], 'state') ~= 'running' then
     return {}
 end
 local now = tonumber(ARGV[1])
-local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
-if #rows == 0 then
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+if #members == 0 then
     return {}
 end
 redis.call('HSETNX', KEYS[6], 'started_ms', now)
 local until_ms = now + tonumber(ARGV[3])
-local zargs, hargs = {}, {}
-for i, row in ipairs(rows) do
+local zargs, out = {}, {}
+for i, m in ipairs(members) do
     zargs[2 * i - 1] = until_ms
-    zargs[2 * i] = row
-    hargs[2 * i - 1] = row
-    hargs[2 * i] = ARGV[4]
+    zargs[2 * i] = m .. '|' .. ARGV[4]
+    local f, l, rest = m:match('^(%d+)-(%d+)(.*)$')
+    local single = rest:match('^:(%d+)$')
+    out[4 * i - 3] = m
+    out[4 * i - 2] = redis.call('HGET', KEYS[3], f .. '-' .. l) or ''
+    out[4 * i - 1] = redis.call('GETRANGE', KEYS[4], math.floor(2 * tonumber(f) / 8),
+                                math.floor((2 * tonumber(l) + 1) / 8))
+    out[4 * i] = single and (redis.call('HGET', KEYS[5], single) or '') or ''
 end
-redis.call('ZREM', KEYS[1], unpack(rows))
+redis.call('ZREM', KEYS[1], unpack(members))
 redis.call('ZADD', KEYS[2], unpack(zargs))
-redis.call('HSET', KEYS[3], unpack(hargs))
-local fields = redis.call('HMGET', KEYS[4], unpack(rows))
-local res = redis.call('HMGET', KEYS[5], unpack(rows))
-local out = {}
-for i, row in ipairs(rows) do
-    out[3 * i - 2] = row
-    out[3 * i - 1] = fields[i] or '[]'
-    out[3 * i] = res[i] or '{}'
-end
 return out

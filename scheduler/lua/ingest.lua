@@ -1,52 +1,81 @@
--- ingest.lua: add a batch of CSV rows to a campaign, idempotently.
--- A row already present (by row number) is left alone, so rerunning an
--- interrupted ingest adds nothing twice.
--- KEYS[1] meta  KEYS[2] row  KEYS[3] res  KEYS[4] count  KEYS[5] providers
--- KEYS[6..] the due sets of the providers named in ARGV[2..1+#KEYS-5]
--- ARGV[1] number of rows; after the provider names, 7 values per row:
---   row, provider index (1-based among the due keys, 0 for none), due_ms,
---   fields (JSON array), email, status ("pending" | "rejected"), response
+-- ingest.lua: add batches of CSV rows to a campaign, idempotently.
+-- A batch is a run of consecutive rows ("F-L", first and last row number)
+-- stored as one blob; a batch already present is left alone, so rerunning
+-- an interrupted ingest adds nothing twice. Per row, Redis does nothing here:
+-- that is what lets ingest keep up with sending (see keys.h).
+-- KEYS[1] meta  KEYS[2] batch  KEYS[3] res  KEYS[4] count  KEYS[5] providers
+-- KEYS[6] state  KEYS[7] batches  KEYS[8..] the due sets of the providers named
+-- in ARGV[2..1+#KEYS-7]
+-- ARGV[1] number of batches; after the provider names, per batch:
+--   id ("F-L"), due_ms, blob, number of provider parts, then per part its
+--   provider index (1-based among the due keys) and row count, then the
+--   number of rejected rows and per rejected row: row, result JSON
 -- Returns the number of rows added.
-local ndue = #KEYS - 5
--- Rows that arrive after a cancel are cancelled at once, never left due.
-local cancelled = redis.call('HGET', KEYS[1], 'state') == 'cancelled'
-local n = tonumber(ARGV[1])
-local at = 2 + ndue
-local added = 0
-local hrow, zadd, incr = {}, {}, {}
+local ndue = #KEYS - 7
+local nb = tonumber(ARGV[1])
 for i = 1, ndue do
     redis.call('SADD', KEYS[5], ARGV[1 + i])
 end
-for _ = 1, n do
-    local row, pidx, due = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2]
-    local fields, email, status, response = ARGV[at + 3], ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
-    at = at + 7
-    local provider = pidx > 0 and ARGV[1 + pidx] or ''
-    if cancelled and status == 'pending' then
-        status = 'cancelled'
-        response = 'the campaign was cancelled'
+-- Rows that arrive after a cancel are cancelled at once, never left due.
+local cancelled = redis.call('HGET', KEYS[1], 'state') == 'cancelled'
+local email_col = tonumber(redis.call('HGET', KEYS[1], 'email_col') or '0') + 1
+local at = 2 + ndue
+local added, incr, zadd, bits, hres = 0, {}, {}, {}, {}
+local function final(row, status)
+    bits[#bits + 1] = 'SET'
+    bits[#bits + 1] = 'u2'
+    bits[#bits + 1] = '#' .. row
+    bits[#bits + 1] = 2
+    incr[status] = (incr[status] or 0) + 1
+    incr.final = (incr.final or 0) + 1
+end
+for _ = 1, nb do
+    local id, due, blob, np = ARGV[at], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])
+    at = at + 4
+    local parts = {}
+    for k = 1, np do
+        parts[k] = {tonumber(ARGV[at]), ARGV[at + 1]}
+        at = at + 2
     end
-    local res = cjson.encode({email = email, provider = provider, status = status,
-                              attempts = 0, code = 0, enhanced = '', response = response,
-                              first = 0, last = 0, host = ''})
-    if redis.call('HSETNX', KEYS[3], row, res) == 1 then
-        added = added + 1
-        hrow[#hrow + 1] = row
-        hrow[#hrow + 1] = fields
-        if status == 'pending' then
-            local z = zadd[5 + pidx] or {}
-            zadd[5 + pidx] = z
-            z[#z + 1] = due
-            z[#z + 1] = row
+    local nrej = tonumber(ARGV[at])
+    at = at + 1
+    local new = redis.call('HSETNX', KEYS[2], id, blob) == 1
+    if new then
+        redis.call('ZADD', KEYS[7], tonumber(id:match('^(%d+)')), id)
+        for k = 1, nrej do
+            hres[#hres + 1] = ARGV[at + 2 * k - 2]
+            hres[#hres + 1] = ARGV[at + 2 * k - 1]
+            final(ARGV[at + 2 * k - 2], 'rejected')
+        end
+        added = added + nrej
+        if cancelled then
+            for row, p, fields in blob:gmatch('(%d+)\t([^\t]*)\t([^\n]*)\n') do
+                local ok, f = pcall(cjson.decode, fields)
+                hres[#hres + 1] = row
+                hres[#hres + 1] = cjson.encode({email = ok and f[email_col] or '', provider = p,
+                    status = 'cancelled', attempts = 0, code = 0, enhanced = '',
+                    response = 'the campaign was cancelled', first = 0, last = 0, host = ''})
+                final(row, 'cancelled')
+                added = added + 1
+            end
         else
-            incr[status] = (incr[status] or 0) + 1
-            incr.final = (incr.final or 0) + 1
+            for _, part in ipairs(parts) do
+                local z = zadd[7 + part[1]] or {}
+                zadd[7 + part[1]] = z
+                z[#z + 1] = due
+                z[#z + 1] = id .. '/' .. part[2]
+                added = added + tonumber(part[2])
+            end
         end
     end
+    at = at + 2 * nrej
 end
--- One command per key for the whole batch.
-if #hrow > 0 then
-    redis.call('HSET', KEYS[2], unpack(hrow))
+-- One command per key for the whole call.
+if #hres > 0 then
+    redis.call('HSET', KEYS[3], unpack(hres))
+end
+if #bits > 0 then
+    redis.call('BITFIELD', KEYS[6], unpack(bits))
 end
 for k, args in pairs(zadd) do
     redis.call('ZADD', KEYS[k], unpack(args))

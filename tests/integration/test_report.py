@@ -139,12 +139,19 @@ def res(email, provider, status, attempts=0, code=0, enhanced="", response="", f
 T0 = 1795256130123  # 2026-11-21T10:15:30.123Z
 
 
+def blob(lines):
+    """A batch blob (scheduler/keys.h): row, provider and fields per line."""
+    return "".join("%d\t%s\t%s\n" % (n, p, json.dumps(f)) for n, p, f in lines)
+
+
 def fill_campaign(r, cid="c1"):
-    """A campaign of 8 rows following scheduler/keys.h. Row 6 has no result
-    yet. Rows 4 and 7 are due (provider rest, netease), row 8 is leased."""
+    """A campaign of 8 rows following scheduler/keys.h. Row 6 is not ingested
+    yet. Row 7 has not been tried (its batch part is due now, provider
+    netease); row 4 is retried later on its own (provider rest); row 8 was
+    tried once and is leased to a worker."""
     k = "{c:%s}" % cid
     r("DEL", *[k + s for s in (":meta", ":res", ":count", ":providers", ":due:netease",
-                               ":due:rest", ":lease", ":leasep", ":row")])
+                               ":due:rest", ":lease", ":batch", ":batches", ":state")])
     r("HSET", k + ":meta", "id", cid, "state", "running", "total", 8, "ingested", 1,
       "created_ms", T0 - 60000, "started_ms", T0, "email_col", 0,
       "columns", json.dumps(["email", "name"]))
@@ -158,19 +165,28 @@ def fill_campaign(r, cid="c1"):
         4: res("d@example.org", "rest", "deferred", 1, 451, "4.7.1",
                "Try again later & slowly", T0 + 1000, T0 + 1000),
         5: res("bad-address", "", "rejected", 0, 0, "", "invalid address"),
-        7: res("g@163.com", "netease", "pending"),
-        8: res("h@yeah.net", "netease", "pending", 1, 421, "4.4.2", "HL:ICC 连接过多",
+        8: res("h@yeah.net", "netease", "deferred", 1, 421, "4.4.2", "HL:ICC 连接过多",
                T0 + 1500, T0 + 1500),
     }
     for n, v in rows.items():
         r("HSET", k + ":res", n, v)
+    r("HSET", k + ":batch", "1-5", blob([(1, "netease", ["a@163.com", "A"]),
+                                         (2, "netease", ["b@126.com", "B"]),
+                                         (3, "rest", ["c@example.org", "C"]),
+                                         (4, "rest", ["d@example.org", "D"])]))
+    r("HSET", k + ":batch", "7-8", blob([(7, "netease", ["g@163.com", "G"]),
+                                         (8, "netease", ["h@yeah.net", "H"])]))
+    r("ZADD", k + ":batches", 1, "1-5", 7, "7-8")
+    for n in (1, 2, 3, 5):
+        r("BITFIELD", k + ":state", "SET", "u2", "#%d" % n, 2)
+    for n in (4, 8):
+        r("BITFIELD", k + ":state", "SET", "u2", "#%d" % n, 1)
     r("HSET", k + ":count", "total", 8, "delivered", 2, "bounced", 1, "rejected", 1,
       "final", 4, "attempts", 7, "deferred", 2)
     r("SADD", k + ":providers", "netease", "rest")
-    r("ZADD", k + ":due:rest", T0 + 3600000 * 24 * 3650, 4)   # far in the future
-    r("ZADD", k + ":due:netease", 0, 7)                         # due now
-    r("ZADD", k + ":lease", T0 + 60000, 8)
-    r("HSET", k + ":leasep", 8, "netease")
+    r("ZADD", k + ":due:rest", T0 + 3600000 * 24 * 3650, "1-5:4")  # far in the future
+    r("ZADD", k + ":due:netease", 0, "7-8/1")                      # due now
+    r("ZADD", k + ":lease", T0 + 60000, "7-8:8|netease")
     now = int(time.time() * 1000)
     r("HSET", "{p:netease}:suspend", "until", now + 3600000, "reason", "451 MI:SFQ quota")
     r("HSET", "{p:netease}:learned", "connections", 2, "messages_per_connection", 20)
@@ -207,6 +223,8 @@ def report_csv_columns_quoting_and_times():
     assert by[5][3] == "rejected" and by[5][8] == "" and by[5][9] == "", by[5]
     assert by[6][3] == "pending" and by[6][1] == "", by[6]
     assert by[8][7] == "HL:ICC 连接过多", by[8]
+    # A row not tried yet: address and provider from its batch.
+    assert by[7][1:5] == ["g@163.com", "netease", "pending", "0"], by[7]
     assert "\r\n" in out and out.startswith("row,email,"), out[:40]
 
 
@@ -237,7 +255,7 @@ def report_text_summary():
         assert m, (state, out)
         return int(m.group(1))
     assert count("delivered") == 2 and count("bounced") == 1 and count("rejected") == 1
-    assert count("pending") == 3 and count("deferred") == 1, out   # rows 6, 7, 8; row 4
+    assert count("pending") == 2 and count("deferred") == 2, out   # rows 6, 7; rows 4, 8
     assert re.search(r"^\s+netease\s+4\s+1\s+1\s+0\s+0\s+2$", out, re.M), out
     assert re.search(r"^\s+\(none\)\s+2\s+0\s+0\s+0\s+1\s+1$", out, re.M), out
     assert re.search(r"^\s+rest\s+2\s+1\s+0\s+0\s+0\s+1$", out, re.M), out
@@ -342,7 +360,9 @@ def pause_resume_cancel():
     assert r4["status"] == "cancelled" and r4["code"] == 451 and r4["attempts"] == 1, r4
     assert r4["response"] == "Try again later & slowly", r4
     assert json.loads(r("HGET", "{c:c1}:res", 7))["status"] == "cancelled"
-    assert json.loads(r("HGET", "{c:c1}:res", 8))["status"] == "pending"
+    r7 = json.loads(r("HGET", "{c:c1}:res", 7))
+    assert r7["email"] == "g@163.com" and r7["provider"] == "netease", r7
+    assert json.loads(r("HGET", "{c:c1}:res", 8))["status"] == "deferred", "left to its worker"
     assert r("HGET", "{c:c1}:count", "cancelled") == "2", r("HGETALL", "{c:c1}:count")
     assert r("HGET", "{c:c1}:count", "final") == "6"
     rc, out, err = volley("resume", "c1", "--redis", SRV.url)
@@ -358,14 +378,20 @@ def cancel_many_rows_in_batches():
     r = SRV.client()
     k = "{c:big}"
     n = 2500
-    r("DEL", k + ":meta", k + ":res", k + ":count", k + ":due:rest", k + ":providers")
-    r("HSET", k + ":meta", "id", "big", "state", "running", "total", n, "ingested", 1)
+    r("DEL", k + ":meta", k + ":res", k + ":count", k + ":due:rest", k + ":providers",
+      k + ":batch", k + ":batches", k + ":state")
+    r("HSET", k + ":meta", "id", "big", "state", "running", "total", n, "ingested", 1,
+      "email_col", 0)
     r("HSET", k + ":count", "total", n)
     r("SADD", k + ":providers", "rest")
     cmds = []
-    for i in range(1, n + 1):
-        cmds.append(("HSET", k + ":res", i, res("u%d@example.org" % i, "rest", "pending")))
-        cmds.append(("ZADD", k + ":due:rest", i, i))
+    for f in range(1, n + 1, 64):
+        l = min(n, f + 63)
+        bid = "%d-%d" % (f, l)
+        cmds.append(("HSET", k + ":batch", bid,
+                     blob([(i, "rest", ["u%d@example.org" % i]) for i in range(f, l + 1)])))
+        cmds.append(("ZADD", k + ":batches", f, bid))
+        cmds.append(("ZADD", k + ":due:rest", f, "%s/%d" % (bid, l - f + 1)))
     r.pipeline(cmds)
     rc, out, err = volley("cancel", "big", "--redis", SRV.url)
     assert rc == 0, (rc, err)

@@ -1,0 +1,174 @@
+#include "scheduler/result.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+
+/* Length of the valid UTF-8 sequence at s (n bytes left), or 0. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    size_t len;
+    unsigned min;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF)
+        len = 2, min = 0x80;
+    else if (c >= 0xE0 && c <= 0xEF)
+        len = 3, min = 0x800;
+    else if (c >= 0xF0 && c <= 0xF4)
+        len = 4, min = 0x10000;
+    else
+        return 0;
+    if (n < len)
+        return 0;
+    unsigned cp = c & (0x3F >> (len - 1));
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return len;
+}
+
+int sched_json_string(buf_t *out, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    int rc = buf_reserve(out, n + 2);
+    if (rc)
+        return rc;
+    rc = buf_putc(out, '"');
+    size_t i = 0;
+    while (!rc && i < n) {
+        /* Copy the run of bytes that need no escaping in one go. */
+        size_t j = i;
+        while (j < n && (unsigned char)s[j] >= 0x20 && (unsigned char)s[j] < 0x80 &&
+               s[j] != '"' && s[j] != '\\')
+            j++;
+        if (j > i) {
+            rc = buf_append(out, s + i, j - i);
+            i = j;
+            continue;
+        }
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x80) {
+            size_t l = utf8_len((const unsigned char *)s + i, n - i);
+            if (l) {
+                rc = buf_append(out, s + i, l);
+                i += l;
+            } else {
+                rc = buf_puts(out, "\xEF\xBF\xBD");
+                i++;
+            }
+            continue;
+        }
+        char esc[7] = {'\\', 0};
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default:
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+        }
+        rc = buf_puts(out, esc);
+        i++;
+    }
+    return rc ? rc : buf_putc(out, '"');
+}
+
+static int str_field(buf_t *out, const char *key, const char *v)
+{
+    int rc = buf_puts(out, key);
+    return rc ? rc : sched_json_string(out, v ? v : "", v ? strlen(v) : 0);
+}
+
+int sched_result_json(buf_t *out, const sched_result_t *r)
+{
+    int rc = str_field(out, "{\"email\":", r->email);
+    if (!rc) rc = str_field(out, ",\"provider\":", r->provider);
+    if (!rc) rc = str_field(out, ",\"status\":", r->status);
+    if (!rc) rc = buf_printf(out, ",\"attempts\":%lld,\"code\":%lld", r->attempts, r->code);
+    if (!rc) rc = str_field(out, ",\"enhanced\":", r->enhanced);
+    if (!rc) rc = str_field(out, ",\"response\":", r->response);
+    if (!rc) rc = buf_printf(out, ",\"first\":%lld,\"last\":%lld", r->first_ms, r->last_ms);
+    if (!rc) rc = str_field(out, ",\"host\":", r->host);
+    return rc ? rc : buf_putc(out, '}');
+}
+
+static int read_num(const char *s, size_t len, size_t *pos, unsigned long *v)
+{
+    size_t i = *pos;
+    unsigned long n = 0;
+    if (i >= len || s[i] < '0' || s[i] > '9')
+        return -1;
+    while (i < len && s[i] >= '0' && s[i] <= '9') {
+        if (n > (~0UL - 9) / 10)
+            return -1;
+        n = n * 10 + (unsigned long)(s[i++] - '0');
+    }
+    *v = n;
+    *pos = i;
+    return 0;
+}
+
+int sched_blob_next(const char *blob, size_t len, size_t *pos, sched_line_t *line)
+{
+    size_t i = *pos;
+    if (i >= len)
+        return 0;
+    if (read_num(blob, len, &i, &line->row) || i >= len || blob[i] != '\t')
+        return -1;
+    const char *p = blob + ++i;
+    const char *tab = memchr(p, '\t', len - i);
+    if (!tab)
+        return -1;
+    line->provider = p;
+    line->provider_len = (size_t)(tab - p);
+    i += line->provider_len + 1;
+    const char *nl = memchr(blob + i, '\n', len - i);
+    if (!nl)
+        return -1;
+    line->fields = blob + i;
+    line->fields_len = (size_t)(nl - (blob + i));
+    *pos = (size_t)(nl - blob) + 1;
+    return 1;
+}
+
+int sched_member_parse(const char *m, size_t len, sched_member_t *out)
+{
+    size_t i = 0;
+    memset(out, 0, sizeof *out);
+    if (read_num(m, len, &i, &out->first) || i >= len || m[i++] != '-' ||
+        read_num(m, len, &i, &out->last) || i >= len || out->last < out->first)
+        return -1;
+    char kind = m[i++];
+    unsigned long v;
+    if (read_num(m, len, &i, &v) || i != len)
+        return -1;
+    if (kind == '/') {
+        out->rows = v;
+    } else if (kind == ':' && v >= out->first && v <= out->last) {
+        out->row = v;
+        out->rows = 1;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+int sched_row_state(const char *bits, size_t len, unsigned long first, unsigned long row)
+{
+    if (row < first)
+        return 0;
+    size_t byte = (size_t)(2 * row / 8 - 2 * first / 8);
+    if (byte >= len)
+        return 0;
+    return ((unsigned char)bits[byte] >> (6 - (2 * row) % 8)) & 3;
+}

@@ -1,0 +1,58 @@
+/* result.h: a row's result as stored in {c:ID}:res (see keys.h), and the
+ * parts of a batch blob.
+ *
+ * The worker composes results here rather than in Lua, so Redis never parses
+ * JSON on the hot path; cli/report.c reads them back. Pure functions, no I/O.
+ */
+#ifndef VL_SCHED_RESULT_H
+#define VL_SCHED_RESULT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+
+typedef struct sched_result {
+    const char *email, *provider, *status; /* borrowed; NULL is "" */
+    long long attempts, code;
+    const char *enhanced, *response, *host; /* borrowed; NULL is "" */
+    long long first_ms, last_ms;
+} sched_result_t;
+
+/* Append r to out as one compact JSON object with the keys in the order of
+ * keys.h ("status" always right after "provider": record.lua relies on the
+ * exact text "\"status\":\"deferred\""). Invalid UTF-8 in the text fields is
+ * replaced by U+FFFD, so the result is always valid JSON. 0 or VL_E*. */
+BUF_MUST_USE int sched_result_json(buf_t *out, const sched_result_t *r);
+
+/* Append s (n bytes) as a JSON string, quotes included. 0 or VL_E*. */
+BUF_MUST_USE int sched_json_string(buf_t *out, const char *s, size_t n);
+
+/* One line of a batch blob: "row<TAB>provider<TAB>fields JSON<LF>". */
+typedef struct sched_line {
+    unsigned long row;
+    const char *provider; /* into the blob; not NUL-terminated */
+    size_t provider_len;
+    const char *fields;   /* the JSON array, into the blob */
+    size_t fields_len;
+} sched_line_t;
+
+/* Read the line at *pos of blob (len bytes) and advance *pos past it.
+ * 1 with *line, 0 at the end, -1 when the blob is malformed there. */
+int sched_blob_next(const char *blob, size_t len, size_t *pos, sched_line_t *line);
+
+/* A member of a due set (see keys.h): "F-L/n" (a batch part) or "F-L:r" (a
+ * single row). 0, or -1 when m is not one. */
+typedef struct sched_member {
+    unsigned long first, last;
+    unsigned long row; /* the single row, 0 for a batch part */
+    unsigned long rows; /* n of a batch part, 1 for a single row */
+} sched_member_t;
+int sched_member_parse(const char *m, size_t len, sched_member_t *out);
+
+/* The state (SCHED_ROW_*) of row in the bits a claim returned for batch
+ * first..: 2 bits a row from bit 2*first rounded down to a byte. Rows past
+ * the end of bits are 0 (Redis strings read as zeros there). */
+int sched_row_state(const char *bits, size_t len, unsigned long first, unsigned long row);
+
+#endif

@@ -1,0 +1,125 @@
+/* test_result.c: the pure parts of the scheduler's storage format (result.h):
+ * results as JSON, batch blobs, due-set members and row state bits. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "scheduler/keys.h"
+#include "scheduler/result.h"
+
+/* Every byte value, invalid UTF-8 and quotes survive as valid JSON that
+ * jansson reads back (invalid bytes as U+FFFD). */
+static void json_string_escapes(void **state)
+{
+    (void)state;
+    char in[300];
+    size_t n = 0;
+    for (int c = 1; c < 0x80; c++)
+        in[n++] = (char)c;
+    memcpy(in + n, "\xE4\xBD\xA0\xFF\xC3(", 6); /* valid CJK, invalid byte, bad sequence */
+    n += 6;
+    buf_t b;
+    buf_init(&b, 4096);
+    assert_int_equal(sched_json_string(&b, in, n), 0);
+    json_error_t e;
+    json_t *v = json_loadb(b.data, b.len, JSON_DECODE_ANY, &e);
+    assert_non_null(v);
+    const char *s = json_string_value(v);
+    assert_memory_equal(s, in, 0x7F);
+    assert_string_equal(s + 0x7F, "\xE4\xBD\xA0\xEF\xBF\xBD\xEF\xBF\xBD(");
+    json_decref(v);
+    buf_free(&b);
+}
+
+static void result_round_trip(void **state)
+{
+    (void)state;
+    buf_t b;
+    buf_init(&b, 4096);
+    sched_result_t r = {.email = "a@b.c", .provider = "netease", .status = "deferred",
+                        .attempts = 2, .code = 451, .enhanced = "4.7.1",
+                        .response = "MI:SFQ \"slow\"\r\n", .host = NULL,
+                        .first_ms = 1795256130123LL, .last_ms = 1795256130999LL};
+    assert_int_equal(sched_result_json(&b, &r), 0);
+    /* record.lua rewrites this exact text when a campaign is cancelled. */
+    assert_non_null(strstr(b.data, "\"status\":\"deferred\""));
+    json_t *o = json_loads(b.data, 0, NULL);
+    assert_non_null(o);
+    assert_string_equal(json_string_value(json_object_get(o, "response")), "MI:SFQ \"slow\"\r\n");
+    assert_string_equal(json_string_value(json_object_get(o, "host")), "");
+    assert_int_equal(json_integer_value(json_object_get(o, "code")), 451);
+    assert_int_equal(json_integer_value(json_object_get(o, "first")), 1795256130123LL);
+    assert_int_equal(json_object_size(o), 10);
+    json_decref(o);
+    buf_free(&b);
+}
+
+static void blob_lines(void **state)
+{
+    (void)state;
+    const char blob[] = "7\tnetease\t[\"a@163.com\",\"x\\ty\"]\n9\trest\t[]\n";
+    size_t pos = 0;
+    sched_line_t l;
+    assert_int_equal(sched_blob_next(blob, strlen(blob), &pos, &l), 1);
+    assert_int_equal(l.row, 7);
+    assert_int_equal(l.provider_len, 7);
+    assert_memory_equal(l.provider, "netease", 7);
+    assert_int_equal(l.fields_len, strlen("[\"a@163.com\",\"x\\ty\"]"));
+    assert_int_equal(sched_blob_next(blob, strlen(blob), &pos, &l), 1);
+    assert_int_equal(l.row, 9);
+    assert_int_equal(sched_blob_next(blob, strlen(blob), &pos, &l), 0);
+    /* Truncated or garbled lines are errors, never reads past the end. */
+    const char *bad[] = {"7\tnetease\t[]", "x\tp\t[]\n", "7netease\t[]\n", "7\tnetease[]\n"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        pos = 0;
+        assert_int_equal(sched_blob_next(bad[i], strlen(bad[i]), &pos, &l), -1);
+    }
+}
+
+static void members(void **state)
+{
+    (void)state;
+    sched_member_t m;
+    assert_int_equal(sched_member_parse("1-64/40", 7, &m), 0);
+    assert_int_equal(m.first, 1);
+    assert_int_equal(m.last, 64);
+    assert_int_equal(m.row, 0);
+    assert_int_equal(m.rows, 40);
+    assert_int_equal(sched_member_parse("65-128:100", 10, &m), 0);
+    assert_int_equal(m.row, 100);
+    assert_int_equal(m.rows, 1);
+    const char *bad[] = {"", "1-64", "64-1/3", "1-64:65", "1-64/3x", "1-64|3", "-1-2/3", "1-2/"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_int_equal(sched_member_parse(bad[i], strlen(bad[i]), &m), -1);
+}
+
+/* The bits GETRANGE returns for rows first..: u2 #row is bits 2*row and
+ * 2*row+1, most significant first, as Redis's BITFIELD numbers them. */
+static void row_states(void **state)
+{
+    (void)state;
+    /* Rows 4..7 live in byte 1 (bits 8..15): row 4 = 2, row 5 = 0, row 6 = 1, row 7 = 3. */
+    const char bits[] = {(char)0x87};
+    assert_int_equal(sched_row_state(bits, 1, 4, 4), SCHED_ROW_FINAL);
+    assert_int_equal(sched_row_state(bits, 1, 4, 5), SCHED_ROW_WAITING);
+    assert_int_equal(sched_row_state(bits, 1, 4, 6), SCHED_ROW_ALONE);
+    assert_int_equal(sched_row_state(bits, 1, 4, 7), 3);
+    assert_int_equal(sched_row_state(bits, 1, 4, 8), SCHED_ROW_WAITING); /* past the end */
+    /* A batch starting mid-byte (row 5): the bytes still start at row 4's. */
+    assert_int_equal(sched_row_state(bits, 1, 5, 6), SCHED_ROW_ALONE);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(json_string_escapes), cmocka_unit_test(result_round_trip),
+        cmocka_unit_test(blob_lines),          cmocka_unit_test(members),
+        cmocka_unit_test(row_states),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
