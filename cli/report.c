@@ -339,37 +339,33 @@ static void fmt_time(long long ms, char *dst, size_t n)
         dst[0] = '\0';
         return;
     }
-    time_t t = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    size_t len = strftime(dst, n, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(dst + len, n - len, ".%03dZ", (int)(ms % 1000));
+    /* A report prints two times a row, mostly of the same few seconds:
+     * keep the last second's text (reports run on one thread). */
+    static long long last_sec = -1;
+    static char last[32];
+    static size_t last_len;
+    long long sec = ms / 1000;
+    if (sec != last_sec) {
+        time_t t = (time_t)sec;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        last_len = strftime(last, sizeof last, "%Y-%m-%dT%H:%M:%S", &tm);
+        last_sec = sec;
+    }
+    int ms3 = (int)(ms % 1000);
+    if (n < last_len + 6) {
+        dst[0] = '\0';
+        return;
+    }
+    memcpy(dst, last, last_len);
+    dst[last_len] = '.';
+    dst[last_len + 1] = (char)('0' + ms3 / 100);
+    dst[last_len + 2] = (char)('0' + ms3 / 10 % 10);
+    dst[last_len + 3] = (char)('0' + ms3 % 10);
+    dst[last_len + 4] = 'Z';
+    dst[last_len + 5] = '\0';
 }
 
-/* The length of the valid UTF-8 sequence at s (n bytes left), or 0. */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    size_t len;
-    unsigned min;
-    if (c < 0x80) return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        len = 2, min = 0x80;
-    else if (c >= 0xE0 && c <= 0xEF)
-        len = 3, min = 0x800;
-    else if (c >= 0xF0 && c <= 0xF4)
-        len = 4, min = 0x10000;
-    else
-        return 0;
-    if (n < len) return 0;
-    unsigned cp = c & (0x3F >> (len - 1));
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        cp = cp << 6 | (s[i] & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp < 0xE000)) return 0;
-    return len;
-}
 
 static void csv_field(FILE *f, const char *s)
 {
@@ -405,7 +401,7 @@ static void json_str(FILE *f, const char *s)
         } else if (c < 0x20 || c == 0x7F) {
             fprintf(f, "\\u%04x", c);
         } else if (c >= 0x80) {
-            size_t l = utf8_len(p + i, n - i);
+            size_t l = sched_utf8_len(p + i, n - i);
             if (l == 0) {
                 fputs("\\ufffd", f);
                 i++;
@@ -447,7 +443,7 @@ static void html_str(FILE *f, const char *s, size_t max)
             break;
         default:
             if (c >= 0x80) {
-                size_t l = utf8_len(p + i, n - i);
+                size_t l = sched_utf8_len(p + i, n - i);
                 if (l == 0) {
                     fputs("&#xFFFD;", f);
                     i++;
@@ -1112,6 +1108,50 @@ static int html_row(void *ud, const row_t *r)
     html_str(f, str_or(&r->response), 0);
     fprintf(f, "</pre></td><td>%s</td></tr>\n", t);
     return ferror(f) ? VL_EIO : 0;
+}
+
+typedef struct both {
+    FILE *csv;
+    summary_t *s;
+} both_t;
+
+static int both_row(void *ud, const row_t *r)
+{
+    both_t *b = ud;
+    int rc = csv_row(b->csv, r);
+    return rc ? rc : summary_row(b->s, r);
+}
+
+int cli_report_write_csv_and_text(redisContext *c, const char *id, FILE *csv, FILE *text,
+                                  char *err, size_t errlen)
+{
+    if (errlen) err[0] = '\0';
+    meta_t m;
+    int rc = read_meta(c, id, &m, err, errlen);
+    if (rc) return rc;
+    both_t b = {csv, calloc(1, sizeof *b.s)};
+    if (!b.s) {
+        snprintf(err, errlen, "out of memory");
+        return VL_ENOMEM;
+    }
+    fputs("row,email,provider,status,attempts,code,enhanced_code,response,"
+          "first_attempt_at,last_attempt_at\r\n",
+          csv);
+    rc = each_row(c, id, m.email_col, m.total, both_row, &b, err, errlen);
+    if (!rc && (fflush(csv) != 0 || ferror(csv))) {
+        snprintf(err, errlen, "write error");
+        rc = VL_EIO;
+    }
+    if (!rc) {
+        write_text(text, id, &m, b.s);
+        if (fflush(text) != 0 || ferror(text)) {
+            snprintf(err, errlen, "write error");
+            rc = VL_EIO;
+        }
+    }
+    summary_free(b.s);
+    free(b.s);
+    return rc;
 }
 
 int cli_report_format_ok(const char *format)

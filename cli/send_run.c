@@ -7,6 +7,7 @@
  * prints the summary and stops Redis. A second send of the same campaign
  * resumes where the first stopped. With --redis URL it uses that server.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <signal.h>
@@ -31,8 +32,11 @@
 #include "scheduler/redisproc.h"
 #include "scheduler/worker.h"
 
+typedef struct ingest_thread ingest_thread_t;
+
 typedef struct run {
     uv_loop_t *loop;
+    ingest_thread_t *ingest; /* send's ingest, running beside the worker */
     sched_redis_t *r;
     sched_worker_t *w;
     int rc;
@@ -114,13 +118,65 @@ static void on_signal(uv_signal_t *s, int signum)
     snprintf(run->why, sizeof run->why, "interrupted");
 }
 
-/* Run a worker for campaign id over url until it finishes. */
+/* send ingests in a thread of its own (with its own Redis connection) while
+ * the worker sends the rows already in: a million rows take seconds to
+ * ingest, and the worker need not wait for the last to send the first. */
+struct ingest_thread {
+    uv_thread_t tid;
+    uv_async_t done; /* the thread's end, on the worker's loop */
+    run_t *run;
+    const char *url;
+    camp_job_t *j;
+    const rl_providers_t *provs;
+    const char *abspath;
+    unsigned long limit;
+    int code;        /* cli_ingest()'s exit code */
+};
+
+static void ingest_main(void *arg)
+{
+    ingest_thread_t *t = arg;
+    char err[1024];
+    redisContext *c = sched_redis_connect_sync(t->url, 5000, err, sizeof err);
+    if (!c) {
+        fprintf(stderr, "volley: Redis: %s\n", err);
+        t->code = EX_UNAVAILABLE;
+    } else {
+        t->code = cli_ingest(c, t->j, t->provs, t->abspath, NULL, t->limit);
+        redisFree(c);
+    }
+    uv_async_send(&t->done);
+}
+
+static void on_ingest_done(uv_async_t *a)
+{
+    ingest_thread_t *t = a->data;
+    run_t *run = t->run;
+    uv_thread_join(&t->tid);
+    uv_close((uv_handle_t *)a, NULL);
+    if (!run->w)
+        return;
+    if (t->code) {
+        /* Nothing more will come: finish what is in flight and stop. */
+        sched_worker_stop(run->w);
+        if (!run->rc)
+            run->rc = VL_EPARSE;
+        snprintf(run->why, sizeof run->why, "ingest failed");
+    } else {
+        sched_worker_ingest_ended(run->w);
+    }
+}
+
+/* Run a worker for campaign id over url until it finishes; with ingest, that
+ * thread runs beside it. */
 static int run_worker(const char *url, const char *id, const msg_factory_t *f,
                       const rl_providers_t *provs, int email_col, int until_done, int progress,
-                      const cli_send_opts_t *o, char *why, size_t whylen)
+                      const cli_send_opts_t *o, ingest_thread_t *ingest, char *why,
+                      size_t whylen)
 {
     run_t run = {0};
     run.loop = uv_default_loop();
+    run.ingest = ingest;
     run.progress = progress;
     run.t0 = time(NULL);
     char err[512];
@@ -135,6 +191,7 @@ static int run_worker(const char *url, const char *id, const msg_factory_t *f,
     wo.providers = provs;
     wo.email_col = email_col;
     wo.until_done = until_done;
+    wo.require_ingested = ingest != NULL; /* until the thread says it ended */
     wo.reclaim_leases = o->redis_url == NULL; /* the embedded Redis has no other worker */
     wo.ca_file = o->ca_file;
     wo.tls_insecure = o->insecure;
@@ -154,6 +211,16 @@ static int run_worker(const char *url, const char *id, const msg_factory_t *f,
     run.sigint.data = run.sigterm.data = &run;
     uv_signal_start(&run.sigint, on_signal, SIGINT);
     uv_signal_start(&run.sigterm, on_signal, SIGTERM);
+    if (ingest) {
+        ingest->run = &run;
+        ingest->done.data = ingest;
+        uv_async_init(run.loop, &ingest->done, on_ingest_done);
+        if (uv_thread_create(&ingest->tid, ingest_main, ingest)) {
+            ingest->code = EX_OSERR;
+            fprintf(stderr, "volley: cannot start the ingest thread\n");
+            uv_async_send(&ingest->done);
+        }
+    }
     uv_run(run.loop, UV_RUN_DEFAULT);
     if (run.drew)
         fputc('\n', stderr);
@@ -269,22 +336,27 @@ int cli_send_run(const char *path, const cli_send_opts_t *o)
         return EX_UNAVAILABLE;
     }
 
-    /* Ingest: stream the CSV in (a rerun adds nothing twice). */
-    code = cli_ingest(c, &j, provs, abspath, NULL, o->limit);
+    /* Ingest (a rerun adds nothing twice) in a thread, and send meanwhile. */
+    ingest_thread_t it = {.url = url, .j = &j, .provs = provs, .abspath = abspath,
+                          .limit = o->limit};
     int wrc = 0;
     char why[1024] = "";
-    if (!code) {
+    {
         int progress = o->progress && isatty(STDERR_FILENO);
         wrc = run_worker(url, j.c->id, j.f, provs, tpl_csv_email_column(j.csv), 1, progress, o,
-                         why, sizeof why);
-        if (wrc == VL_ECONFIG)
-            fprintf(stderr, "volley: %s\n", why);
-        else if (wrc && why[0])
-            fprintf(stderr, "volley: %s\n", why);
-        code = wrc == 0                  ? EX_OK
-               : wrc == VL_ECONFIG       ? EX_CONFIG
-               : wrc == VL_EREDIS        ? EX_UNAVAILABLE
-                                         : EX_TEMPFAIL;
+                         &it, why, sizeof why);
+        if (it.code) {
+            /* The ingest printed why; its code is send's. */
+            wrc = 0;
+            code = it.code;
+        } else {
+            if (wrc && why[0])
+                fprintf(stderr, "volley: %s\n", why);
+            code = wrc == 0                  ? EX_OK
+                   : wrc == VL_ECONFIG       ? EX_CONFIG
+                   : wrc == VL_EREDIS        ? EX_UNAVAILABLE
+                                             : EX_TEMPFAIL;
+        }
     }
 
     /* The report: report.csv in the state directory, the summary on stdout. */
@@ -294,20 +366,25 @@ int cli_send_run(const char *path, const cli_send_opts_t *o)
                  j.c->state_dir[0] && j.c->state_dir[strlen(j.c->state_dir) - 1] == '/' ? "" : "/");
         snprintf(tmp, sizeof tmp, "%s.tmp", rpath);
         mkdir(j.c->state_dir, 0700);
+        /* One pass writes both: for a million rows, reading them twice
+         * would cost seconds. */
         FILE *f = fopen(tmp, "w");
-        if (f && cli_report_write(c, j.c->id, "csv", f, err, sizeof err) == 0 && !fclose(f)) {
-            rename(tmp, rpath);
-            f = NULL;
+        if (!f) {
+            fprintf(stderr, "volley: could not write %s: %s\n", tmp, strerror(errno));
+            if (cli_report_write(c, j.c->id, "text", stdout, err, sizeof err))
+                fprintf(stderr, "volley: report: %s\n", err);
+        } else if (cli_report_write_csv_and_text(c, j.c->id, f, stdout, err, sizeof err) == 0) {
+            if (fclose(f) == 0 && rename(tmp, rpath) == 0) {
+                printf("report: %s\n", rpath);
+            } else {
+                fprintf(stderr, "volley: could not write %s: %s\n", rpath, strerror(errno));
+                unlink(tmp);
+            }
         } else {
-            if (f)
-                fclose(f);
+            fclose(f);
             unlink(tmp);
-            fprintf(stderr, "volley: could not write %s: %s\n", rpath, err);
-        }
-        if (cli_report_write(c, j.c->id, "text", stdout, err, sizeof err))
             fprintf(stderr, "volley: report: %s\n", err);
-        else
-            printf("report: %s\n", rpath);
+        }
     }
     redisFree(c);
     sched_rproc_stop(proc);

@@ -5,8 +5,7 @@
 
 #include "common/err.h"
 
-/* Length of the valid UTF-8 sequence at s (n bytes left), or 0. */
-static size_t utf8_len(const unsigned char *s, size_t n)
+size_t sched_utf8_len(const unsigned char *s, size_t n)
 {
     unsigned c = s[0];
     size_t len;
@@ -55,7 +54,7 @@ int sched_json_string(buf_t *out, const char *s, size_t n)
         }
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x80) {
-            size_t l = utf8_len((const unsigned char *)s + i, n - i);
+            size_t l = sched_utf8_len((const unsigned char *)s + i, n - i);
             if (l) {
                 rc = buf_append(out, s + i, l);
                 i += l;
@@ -171,4 +170,118 @@ int sched_row_state(const char *bits, size_t len, unsigned long first, unsigned 
     if (byte >= len)
         return 0;
     return ((unsigned char)bits[byte] >> (6 - (2 * row) % 8)) & 3;
+}
+
+static int hex4(const char *s, unsigned *v)
+{
+    unsigned n = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = s[i];
+        n <<= 4;
+        if (c >= '0' && c <= '9') n |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f') n |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') n |= (unsigned)(c - 'A' + 10);
+        else return -1;
+    }
+    *v = n;
+    return 0;
+}
+
+static int put_utf8(buf_t *out, unsigned cp)
+{
+    char u[4];
+    size_t n;
+    if (cp < 0x80) {
+        u[0] = (char)cp, n = 1;
+    } else if (cp < 0x800) {
+        u[0] = (char)(0xC0 | cp >> 6), u[1] = (char)(0x80 | (cp & 0x3F)), n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (char)(0xE0 | cp >> 12), u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        u[2] = (char)(0x80 | (cp & 0x3F)), n = 3;
+    } else {
+        u[0] = (char)(0xF0 | cp >> 18), u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+        u[2] = (char)(0x80 | ((cp >> 6) & 0x3F)), u[3] = (char)(0x80 | (cp & 0x3F)), n = 4;
+    }
+    return buf_append(out, u, n);
+}
+
+int sched_fields_decode(const char *json, size_t len, buf_t *out, size_t *offs, size_t *lens,
+                        size_t max)
+{
+    size_t i = 0, nf = 0;
+    buf_reset(out);
+    if (len < 2 || json[0] != '[' || json[len - 1] != ']')
+        return VL_EPARSE;
+    i = 1;
+    if (i == len - 1)
+        return 0;
+    for (;;) {
+        if (i >= len || json[i] != '"')
+            return VL_EPARSE;
+        i++;
+        size_t start = out->len;
+        for (;;) {
+            size_t j = i;
+            while (j < len && json[j] != '"' && json[j] != '\\')
+                j++;
+            if (j >= len)
+                return VL_EPARSE;
+            int rc = buf_append(out, json + i, j - i);
+            if (rc)
+                return rc;
+            i = j;
+            if (json[i] == '"')
+                break;
+            if (i + 1 >= len)
+                return VL_EPARSE;
+            char e = json[i + 1], c;
+            i += 2;
+            switch (e) {
+            case '"': c = '"'; break;
+            case '\\': c = '\\'; break;
+            case '/': c = '/'; break;
+            case 'b': c = '\b'; break;
+            case 'f': c = '\f'; break;
+            case 'n': c = '\n'; break;
+            case 'r': c = '\r'; break;
+            case 't': c = '\t'; break;
+            case 'u': {
+                unsigned cp, lo;
+                if (i + 4 > len || hex4(json + i, &cp))
+                    return VL_EPARSE;
+                i += 4;
+                if (cp >= 0xD800 && cp <= 0xDBFF && i + 6 <= len && json[i] == '\\' &&
+                    json[i + 1] == 'u' && !hex4(json + i + 2, &lo) && lo >= 0xDC00 &&
+                    lo <= 0xDFFF) {
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                    i += 6;
+                } else if (cp >= 0xD800 && cp <= 0xDFFF) {
+                    cp = 0xFFFD;
+                }
+                if ((rc = put_utf8(out, cp)))
+                    return rc;
+                continue;
+            }
+            default:
+                return VL_EPARSE;
+            }
+            if ((rc = buf_putc(out, c)))
+                return rc;
+        }
+        i++; /* the closing quote */
+        if (nf < max) {
+            offs[nf] = start;
+            lens[nf] = out->len - start;
+        }
+        nf++;
+        int rc = buf_putc(out, '\0');
+        if (rc)
+            return rc;
+        if (json[i] == ']' && i == len - 1)
+            break;
+        if (json[i] != ',')
+            return VL_EPARSE;
+        i++;
+    }
+    return (int)(nf < max ? nf : max);
 }

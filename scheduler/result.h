@@ -25,6 +25,10 @@ typedef struct sched_result {
  * replaced by U+FFFD, so the result is always valid JSON. 0 or VL_E*. */
 BUF_MUST_USE int sched_result_json(buf_t *out, const sched_result_t *r);
 
+/* Length of the valid UTF-8 sequence at s (n > 0 bytes left), or 0 when it
+ * is not one (overlong, surrogate, past U+10FFFF, cut short). */
+size_t sched_utf8_len(const unsigned char *s, size_t n);
+
 /* Append s (n bytes) as a JSON string, quotes included. 0 or VL_E*. */
 BUF_MUST_USE int sched_json_string(buf_t *out, const char *s, size_t n);
 
@@ -40,6 +44,15 @@ typedef struct sched_line {
 /* Read the line at *pos of blob (len bytes) and advance *pos past it.
  * 1 with *line, 0 at the end, -1 when the blob is malformed there. */
 int sched_blob_next(const char *blob, size_t len, size_t *pos, sched_line_t *line);
+
+/* Decode a line's fields (a JSON array of strings, as ingest writes them;
+ * no whitespace) into out: each field's bytes then a NUL. Field i starts at
+ * out->data + offs[i] and has lens[i] bytes. At most max fields are kept.
+ * Returns the number of fields kept, VL_EPARSE when json is not such an
+ * array, or VL_ENOMEM / VL_ETOOBIG when out cannot grow. Faster than a general JSON
+ * library by not building a tree: this is done once per message. */
+int sched_fields_decode(const char *json, size_t len, buf_t *out, size_t *offs, size_t *lens,
+                        size_t max);
 
 /* A member of a due set (see keys.h): "F-L/n" (a batch part) or "F-L:r" (a
  * single row). 0, or -1 when m is not one. */

@@ -114,12 +114,51 @@ static void row_states(void **state)
     assert_int_equal(sched_row_state(bits, 1, 5, 6), SCHED_ROW_ALONE);
 }
 
+/* What ingest encodes, the worker decodes: every byte value, NULs and
+ * multibyte text included; and JSON it did not write (\\u escapes, surrogate
+ * pairs, a lone surrogate) is still read. Malformed arrays are errors. */
+static void fields_round_trip(void **state)
+{
+    (void)state;
+    const char *f[] = {"a@b.c", "", "x\"y\\z\r\n\t", "\xE4\xBD\xA0\xE5\xA5\xBD", "nul\0in"};
+    size_t fl[] = {5, 0, 8, 6, 6};
+    buf_t enc, dec;
+    buf_init(&enc, 4096);
+    buf_init(&dec, 4096);
+    assert_int_equal(buf_putc(&enc, '['), 0);
+    for (size_t i = 0; i < 5; i++) {
+        if (i)
+            assert_int_equal(buf_putc(&enc, ','), 0);
+        assert_int_equal(sched_json_string(&enc, f[i], fl[i]), 0);
+    }
+    assert_int_equal(buf_putc(&enc, ']'), 0);
+    size_t offs[8], lens[8];
+    assert_int_equal(sched_fields_decode(enc.data, enc.len, &dec, offs, lens, 8), 5);
+    for (size_t i = 0; i < 5; i++) {
+        assert_int_equal(lens[i], fl[i]);
+        assert_memory_equal(dec.data + offs[i], f[i], fl[i]);
+        assert_int_equal(dec.data[offs[i] + lens[i]], '\0');
+    }
+    /* Only max fields are kept. */
+    assert_int_equal(sched_fields_decode(enc.data, enc.len, &dec, offs, lens, 2), 2);
+    const char *other = "[\"\\u00e9\\ud83d\\ude00\\ud800x\\/\"]";
+    assert_int_equal(sched_fields_decode(other, strlen(other), &dec, offs, lens, 8), 1);
+    assert_string_equal(dec.data, "\xC3\xA9\xF0\x9F\x98\x80\xEF\xBF\xBDx/");
+    assert_int_equal(sched_fields_decode("[]", 2, &dec, offs, lens, 8), 0);
+    const char *bad[] = {"", "[", "[\"a\"", "[\"a\",]", "[a]", "[\"a\"x]", "[\"\\q\"]",
+                         "[\"\\u12\"]", "{\"a\"}"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_true(sched_fields_decode(bad[i], strlen(bad[i]), &dec, offs, lens, 8) < 0);
+    buf_free(&enc);
+    buf_free(&dec);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(json_string_escapes), cmocka_unit_test(result_round_trip),
         cmocka_unit_test(blob_lines),          cmocka_unit_test(members),
-        cmocka_unit_test(row_states),
+        cmocka_unit_test(row_states),          cmocka_unit_test(fields_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -34,6 +34,7 @@
 #define REC_BATCH 128     /* results per record.lua call */
 #define MAX_LEASE_OPS 256 /* releases and returns per record.lua call */
 #define MAX_CLAIM 64      /* members per claim */
+#define MAX_FIELDS 256    /* CSV columns a message can use */
 
 typedef struct prov prov_t;
 typedef struct job job_t;
@@ -52,7 +53,7 @@ typedef struct held {
 /* A result waiting for the next record.lua batch. */
 typedef struct pend {
     prov_t *p;
-    char *json;     /* owned */
+    size_t json_off, json_len; /* the result, in the worker's pjson */
     char row[24], batch[48], retry_at[24];
     const char *status; /* static */
     int attempted;
@@ -106,7 +107,9 @@ struct job {
     eng_rcpt_status_t st[1];
     const char *rcpts[1];
     msg_out_t *out;
-    json_t *fields;      /* owned: the row's CSV fields */
+    buf_t fields;        /* the row's CSV fields, decoded (sched_fields_decode) */
+    int nf;              /* fields, or < 0 when the stored row is unreadable */
+    size_t foff[MAX_FIELDS], flen[MAX_FIELDS];
     char row[24], batch[48];
     char email[512];     /* as in the CSV (results, suppression check) */
     unsigned attempts;   /* before this one */
@@ -135,7 +138,7 @@ struct sched_worker {
     unsigned npend;
     lease_op_t ops[MAX_LEASE_OPS];
     unsigned nops;
-    buf_t json;          /* scratch for composing results */
+    buf_t pjson;         /* the pending results' JSON, one after another */
     char wid[96];        /* this worker's name in slot holders */
     int closing_pools;
     int rc;
@@ -178,14 +181,16 @@ typedef struct rec {
     struct rec *next;
     sched_worker_t *w;
     int argc, nkeys;
-    char **argv; /* owned strings */
+    char **argv;  /* into arena */
+    size_t *lens; /* their lengths */
+    char *arena;  /* owned: the arguments, each NUL-terminated */
 } rec_t;
 
 static void rec_free(rec_t *rc)
 {
-    for (int i = 0; i < rc->argc; i++)
-        free(rc->argv[i]);
+    free(rc->arena);
     free(rc->argv);
+    free(rc->lens);
     free(rc);
 }
 
@@ -230,7 +235,7 @@ static void rec_send(rec_t *rc, int queued)
     sched_worker_t *w = rc->w;
     if ((!w->retry || queued) &&
         sched_redis_eval(w->r, on_recorded, rc, sched_lua_record, rc->nkeys,
-                         rc->argc - rc->nkeys, (const char **)rc->argv, NULL) == 0) {
+                         rc->argc - rc->nkeys, (const char **)rc->argv, rc->lens) == 0) {
         w->records++;
         return;
     }
@@ -246,7 +251,7 @@ static void retry_records(sched_worker_t *w)
         if (!w->retry)
             w->retry_tail = NULL;
         if (sched_redis_eval(w->r, on_recorded, rc, sched_lua_record, rc->nkeys,
-                             rc->argc - rc->nkeys, (const char **)rc->argv, NULL) == 0) {
+                             rc->argc - rc->nkeys, (const char **)rc->argv, rc->lens) == 0) {
             w->records++;
         } else {
             keep_for_retry(w, rc, 1);
@@ -293,8 +298,7 @@ static void flush_records(sched_worker_t *w)
         VL_WARN("campaign %s: out of memory recording results; their leases bring the rows back",
                 w->id);
         free(rc);
-        for (unsigned i = 0; i < w->npend; i++)
-            free(w->pend[i].json);
+        buf_reset(&w->pjson);
         w->npend = 0;
         w->nops = 0;
         return;
@@ -302,49 +306,69 @@ static void flush_records(sched_worker_t *w)
     rc->w = w;
     rc->nkeys = nkeys;
     rc->argc = argc;
-    int a = 0;
-    char buf[32];
-#define NUM(fmt, v) (snprintf(buf, sizeof buf, fmt, v), rc->argv[a++] = strdup(buf))
-    rc->argv[a++] = strdup(w->k_lease);
-    rc->argv[a++] = strdup(w->k_res);
-    rc->argv[a++] = strdup(w->k_count);
-    rc->argv[a++] = strdup(w->k_meta);
-    rc->argv[a++] = strdup(w->k_state);
-    for (unsigned k = 0; k < np; k++)
-        rc->argv[a++] = strdup(provs[k]->key_due);
-    NUM("%llu", (unsigned long long)now_ms());
-    NUM("%u", w->npend);
-    NUM("%u", nrel);
-    NUM("%u", nret);
-    for (unsigned i = 0; i < w->npend; i++) {
-        pend_t *pd = &w->pend[i];
-        rc->argv[a++] = strdup(pd->row);
-        rc->argv[a++] = strdup(pd->status);
-        rc->argv[a++] = pd->json; /* ownership moves to the batch */
-        pd->json = NULL;
-        rc->argv[a++] = strdup(pd->retry_at);
-        NUM("%u", idx[i]);
-        rc->argv[a++] = strdup(pd->batch);
-        rc->argv[a++] = strdup(pd->attempted ? "1" : "0");
-    }
-    for (unsigned i = 0; i < w->nops; i++)
-        if (!w->ops[i].ret)
-            rc->argv[a++] = strdup(w->ops[i].lease);
-    for (unsigned i = 0; i < w->nops; i++)
-        if (w->ops[i].ret) {
-            rc->argv[a++] = strdup(w->ops[i].lease);
-            NUM("%u", ridx[i]);
+    /* All arguments in one allocation: a batch has about a thousand. */
+    buf_t ar;
+    buf_init(&ar, (size_t)64 << 20);
+    size_t *off = calloc((size_t)argc, sizeof *off);
+    int a = 0, err = !off;
+#define ARG(str) (err = err || buf_puts(&ar, (str)) || buf_putc(&ar, '\0'), off[a++] = ar.len)
+#define NUM(fmt, v) (err = err || buf_printf(&ar, fmt, v) || buf_putc(&ar, '\0'), off[a++] = ar.len)
+    if (!err) {
+        ARG(w->k_lease);
+        ARG(w->k_res);
+        ARG(w->k_count);
+        ARG(w->k_meta);
+        ARG(w->k_state);
+        for (unsigned k = 0; k < np; k++)
+            ARG(provs[k]->key_due);
+        NUM("%llu", (unsigned long long)now_ms());
+        NUM("%u", w->npend);
+        NUM("%u", nrel);
+        NUM("%u", nret);
+        for (unsigned i = 0; i < w->npend; i++) {
+            pend_t *pd = &w->pend[i];
+            ARG(pd->row);
+            ARG(pd->status);
+            err = err || buf_append(&ar, w->pjson.data + pd->json_off, pd->json_len) ||
+                  buf_putc(&ar, '\0');
+            off[a++] = ar.len;
+            ARG(pd->retry_at);
+            NUM("%u", idx[i]);
+            ARG(pd->batch);
+            ARG(pd->attempted ? "1" : "0");
         }
+        for (unsigned i = 0; i < w->nops; i++)
+            if (!w->ops[i].ret)
+                ARG(w->ops[i].lease);
+        for (unsigned i = 0; i < w->nops; i++)
+            if (w->ops[i].ret) {
+                ARG(w->ops[i].lease);
+                NUM("%u", ridx[i]);
+            }
+    }
 #undef NUM
+#undef ARG
+    buf_reset(&w->pjson);
     w->npend = 0;
     w->nops = 0;
-    for (int i = 0; i < argc; i++)
-        if (!rc->argv[i]) {
-            VL_WARN("campaign %s: out of memory recording results; their leases bring the rows "
-                    "back", w->id);
-            rec_free(rc);
-            return;
-        }
+    if (err) {
+        VL_WARN("campaign %s: out of memory recording results; their leases bring the rows back",
+                w->id);
+        buf_free(&ar);
+        free(off);
+        rec_free(rc);
+        return;
+    }
+    rc->arena = buf_take(&ar);
+    /* off[i] is the end of argument i, so argument i starts at off[i - 1]. */
+    size_t start = 0;
+    for (int i = 0; i < argc; i++) {
+        size_t end = off[i];
+        rc->argv[i] = rc->arena + start;
+        off[i] = end - start - 1; /* now the length, without the NUL */
+        start = end;
+    }
+    rc->lens = off;
     rec_send(rc, 0);
 }
 
@@ -386,8 +410,9 @@ static void record(sched_worker_t *w, job_t *j, const char *status, int code,
                           .host = host,
                           .first_ms = (long long)(j->first_ms ? j->first_ms : attempted ? now : 0),
                           .last_ms = (long long)(attempted ? now : j->last_ms)};
-    buf_reset(&w->json);
-    if (sched_result_json(&w->json, &res)) {
+    size_t at = w->pjson.len;
+    if (sched_result_json(&w->pjson, &res)) {
+        w->pjson.len = at; /* drop the partial result */
         VL_WARN("campaign %s: row %s: out of memory recording its result; it will be tried "
                 "again", w->id, j->row);
         j->h->giving_up = 1;
@@ -397,7 +422,8 @@ static void record(sched_worker_t *w, job_t *j, const char *status, int code,
     }
     pend_t *pd = &w->pend[w->npend++];
     pd->p = j->p;
-    pd->json = buf_take(&w->json);
+    pd->json_off = at;
+    pd->json_len = w->pjson.len - at;
     memcpy(pd->row, j->row, sizeof pd->row);
     memcpy(pd->batch, j->batch, sizeof pd->batch);
     snprintf(pd->retry_at, sizeof pd->retry_at, "%llu", (unsigned long long)retry_at);
@@ -424,6 +450,7 @@ static job_t *job_get(sched_worker_t *w)
     if (!j)
         return NULL;
     j->w = w;
+    buf_init(&j->fields, (size_t)16 << 20);
     if (msg_out_new(&j->out, w->o.factory)) {
         free(j);
         return NULL;
@@ -443,8 +470,6 @@ static void job_put(sched_worker_t *w, job_t *j)
         held_done(w, j->h);
         j->h = NULL;
     }
-    json_decref(j->fields);
-    j->fields = NULL;
     j->submitted = 0;
     j->next = w->free_jobs;
     w->free_jobs = j;
@@ -614,14 +639,11 @@ static void submit_row(sched_worker_t *w, prov_t *p, job_t *j)
 {
     p->inflight++;
     j->submitted = 1;
-    size_t nf = json_is_array(j->fields) ? json_array_size(j->fields) : 0;
-    tpl_csv_field_t fv[256];
-    if (nf > 256)
-        nf = 256;
+    size_t nf = j->nf > 0 ? (size_t)j->nf : 0;
+    tpl_csv_field_t fv[MAX_FIELDS];
     for (size_t i = 0; i < nf; i++) {
-        json_t *f = json_array_get(j->fields, i);
-        fv[i].ptr = json_string_value(f) ? json_string_value(f) : "";
-        fv[i].len = json_string_length(f);
+        fv[i].ptr = j->fields.data + j->foff[i];
+        fv[i].len = j->flen[i];
     }
     tpl_csv_row_t cr = {0};
     cr.row = strtoul(j->row, NULL, 10);
@@ -629,7 +651,9 @@ static void submit_row(sched_worker_t *w, prov_t *p, job_t *j)
     cr.fields = fv;
     tpl_email_info_t info;
     const char *why = NULL;
-    if ((size_t)w->o.email_col < nf) {
+    if (j->nf < 0) {
+        why = "the row stored in Redis is unreadable";
+    } else if ((size_t)w->o.email_col < nf) {
         cr.email = fv[w->o.email_col];
         if (tpl_email_check(cr.email.ptr, cr.email.len, &info) == 0) {
             cr.needs_smtputf8 = info.needs_smtputf8;
@@ -741,10 +765,11 @@ static job_t *claim_row(sched_worker_t *w, prov_t *p, held_t *h, const sched_mem
     j->attempts = 0;
     j->first_ms = j->last_ms = 0;
     j->email[0] = '\0';
-    j->fields = json_loadb(line->fields, line->fields_len, 0, NULL);
-    json_t *e = json_array_get(j->fields, (size_t)w->o.email_col);
-    if (json_is_string(e))
-        snprintf(j->email, sizeof j->email, "%s", json_string_value(e));
+    j->nf = sched_fields_decode(line->fields, line->fields_len, &j->fields, j->foff, j->flen,
+                                MAX_FIELDS);
+    if (j->nf > w->o.email_col)
+        snprintf(j->email, sizeof j->email, "%.*s", (int)j->flen[w->o.email_col],
+                 j->fields.data + j->foff[w->o.email_col]);
     if (res && res->type == REDIS_REPLY_STRING && res->len) {
         /* A row retried on its own: its attempts so far. */
         json_t *o = json_loadb(res->str, res->len, 0, NULL);
@@ -1221,6 +1246,11 @@ static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, i
 
 static void progress(sched_worker_t *w, uint64_t now)
 {
+    if (getenv("VOLLEY_DEBUG_WORKER"))
+        for (size_t i = 0; i < w->nprovs; i++)
+            fprintf(stderr, "DBG %s inflight %u back %u held %u claiming %d taking %d\n",
+                    w->provs[i].cfg->name, w->provs[i].inflight, w->provs[i].nback,
+                    w->provs[i].held, w->provs[i].claiming, w->provs[i].taking);
     if (w->progress_busy)
         return;
     if (now - w->rate_t0 >= 2000) {
@@ -1341,11 +1371,12 @@ static void on_tick_closed(uv_handle_t *h)
         w->helds = hd->next;
         free(hd);
     }
-    buf_free(&w->json);
+    buf_free(&w->pjson);
     while (w->free_jobs) {
         job_t *j = w->free_jobs;
         w->free_jobs = j->next;
         msg_out_free(j->out);
+        buf_free(&j->fields);
         free(j);
     }
     free(w->provs);
@@ -1412,6 +1443,11 @@ static void maybe_finish(sched_worker_t *w)
     on_pool_closed(w);
 }
 
+void sched_worker_ingest_ended(sched_worker_t *w)
+{
+    w->o.require_ingested = 0;
+}
+
 void sched_worker_stop(sched_worker_t *w)
 {
     if (w->stopping)
@@ -1450,7 +1486,7 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
     snprintf(w->k_res, KEYLEN, SCHED_KEY_RES, w->id);
     snprintf(w->k_count, KEYLEN, SCHED_KEY_COUNT, w->id);
     snprintf(w->k_lease, KEYLEN, SCHED_KEY_LEASE, w->id);
-    buf_init(&w->json, 1 << 20);
+    buf_init(&w->pjson, (size_t)64 << 20);
     /* Every provider of the file, plus the built-in default when it is the
      * fallback (it is not one of the file's entries). */
     size_t nlisted = rl_providers_count(o->providers);

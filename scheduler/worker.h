@@ -61,6 +61,11 @@ typedef struct sched_worker_opts {
 int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
                        const sched_worker_opts_t *o, char *err, size_t errlen);
 
+/* The caller's ingest (running beside the worker, as in `send`) has ended:
+ * from now on the worker finishes when every row is final even if the
+ * campaign is not marked fully ingested (a trial run with --limit). */
+void sched_worker_ingest_ended(sched_worker_t *w);
+
 /* Stop claiming; finish what is in flight, record it, then call on_finish and
  * free the worker. */
 void sched_worker_stop(sched_worker_t *w);
