@@ -210,7 +210,7 @@ static int do_status(cli_redis_t *r, const char *name, int json)
     json_t *counts = hash_to_json(rep);
     freeReplyObject(rep);
     snprintf(key, sizeof key, SCHED_KEY_LEASE, id);
-    long long leased, unused;
+    long long leased = 0, unused = 0;
     if ((code = count_rows(r, name, key, 0, &unused, &leased)))
         goto out_counts;
     snprintf(key, sizeof key, SCHED_KEY_PROVIDERS, id);
@@ -227,7 +227,7 @@ static int do_status(cli_redis_t *r, const char *name, int json)
         json_t *po = json_object();
         json_object_set_new(po, "name", json_string(p));
         snprintf(key, sizeof key, SCHED_KEY_DUE, id, p);
-        long long all, due;
+        long long all = 0, due = 0;
         if ((code = count_rows(r, name, key, now, &due, &all)))
             goto out_list;
         pending += all;

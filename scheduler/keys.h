@@ -56,6 +56,9 @@
  *   {p:NAME}:suspend   HASH  {until, reason} (suspend.lua)
  *   {p:NAME}:learned   HASH  limits learnt from replies (AIMD): connections,
  *                            messages_per_connection, recipients_per_connection
+ *                            (absent: the configured value holds)
+ *   {p:NAME}:learned_ms HASH the same fields -> when each was last learnt (ms);
+ *                            every worker adopts the newest (scheduler/worker.c)
  *
  * Global:
  *   volley:campaigns   SET   ids of campaigns enqueued on this server
@@ -85,6 +88,7 @@
 #define SCHED_KEY_P_SLOTS "{p:%s}:slots"
 #define SCHED_KEY_P_SUSPEND "{p:%s}:suspend"
 #define SCHED_KEY_P_LEARNED "{p:%s}:learned"
+#define SCHED_KEY_P_LEARNED_MS "{p:%s}:learned_ms"
 
 /* Rows per batch: big enough that per-batch commands vanish next to the
  * per-row work, small enough that a claimed batch is sent well within a

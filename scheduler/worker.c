@@ -84,6 +84,9 @@ struct prov {
     char reason[512];
     char key_due[KEYLEN];
     char key_slots[KEYLEN];
+    char key_learned[KEYLEN], key_learned_ms[KEYLEN];
+    uint64_t next_learned_ms;
+    int learned_busy;
     /* Connection slots held in {p:NAME}:slots, so that the connections of
      * every worker together stay within the provider's ceiling. */
     unsigned char slot_ok[MAX_SLOTS];
@@ -506,6 +509,91 @@ static void apply_learned(prov_t *p, uint64_t now)
                       rl_aimd_get(&p->aimd, RL_LIMIT_RECIPIENTS_PER_CONNECTION, now));
 }
 
+/* ---- learned limits, shared ---------------------------------------------- */
+
+/* What one worker learns (AIMD) goes to {p:NAME}:learned with its time in
+ * {p:NAME}:learned_ms, and every worker adopts the newest: the workers of a
+ * provider, and the next run, share one learned ceiling rather than each
+ * finding the limit again. Newest wins, so halvings and raises both spread. */
+static const struct {
+    rl_limit_t lim;
+    const char *field;
+} shared_limits[] = {
+    {RL_LIMIT_CONNECTIONS, "connections"},
+    {RL_LIMIT_MESSAGES_PER_CONNECTION, "messages_per_connection"},
+    {RL_LIMIT_RECIPIENTS_PER_CONNECTION, "recipients_per_connection"},
+};
+#define NSHARED (sizeof shared_limits / sizeof *shared_limits)
+#define LEARNED_SYNC_MS 1000
+
+/* KEYS learned, learned_ms; ARGV field, value (0: nothing learned), ms. */
+static const char learned_set_lua[] =
+    "if tonumber(ARGV[3]) <= tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') then\n"
+    "    return 0\n"
+    "end\n"
+    "if ARGV[2] == '0' then redis.call('HDEL', KEYS[1], ARGV[1])\n"
+    "else redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end\n"
+    "redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n"
+    "return 1\n";
+
+/* KEYS learned, learned_ms; ARGV the fields. */
+static const char learned_get_lua[] =
+    "return {redis.call('HMGET', KEYS[1], unpack(ARGV)), redis.call('HMGET', KEYS[2], "
+    "unpack(ARGV))}\n";
+
+static void publish_learned(prov_t *p, size_t i)
+{
+    char v[16], ms[24];
+    snprintf(v, sizeof v, "%u", p->aimd.learned[shared_limits[i].lim]);
+    snprintf(ms, sizeof ms, "%llu", (unsigned long long)p->aimd.last_ms[shared_limits[i].lim]);
+    const char *argv[] = {p->key_learned, p->key_learned_ms, shared_limits[i].field, v, ms};
+    sched_redis_eval(p->w->r, NULL, NULL, learned_set_lua, 2, 3, argv, NULL);
+}
+
+static void on_learned(sched_redis_t *r, redisReply *reply, void *priv, int err,
+                       const char *errstr)
+{
+    (void)r;
+    (void)errstr;
+    prov_t *p = priv;
+    p->learned_busy = 0;
+    if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->elements != NSHARED || reply->element[1]->elements != NSHARED)
+        return;
+    uint64_t now = now_ms();
+    int changed = 0;
+    for (size_t i = 0; i < NSHARED; i++) {
+        rl_limit_t lim = shared_limits[i].lim;
+        const redisReply *v = reply->element[0]->element[i], *ms = reply->element[1]->element[i];
+        uint64_t at = ms->str ? strtoull(ms->str, NULL, 10) : 0;
+        rl_aimd_get(&p->aimd, lim, now); /* bring the local value up to date */
+        if (at > p->aimd.last_ms[lim]) {
+            uint32_t val = v->str ? (uint32_t)strtoul(v->str, NULL, 10) : 0;
+            uint32_t cfg = p->aimd.configured[lim];
+            p->aimd.learned[lim] = cfg && val >= cfg ? 0 : val;
+            p->aimd.last_ms[lim] = at;
+            changed = 1;
+        } else if (p->aimd.last_ms[lim] > at) {
+            publish_learned(p, i);
+        }
+    }
+    if (changed)
+        apply_learned(p, now);
+}
+
+static void learned_tick(prov_t *p, uint64_t now)
+{
+    if (p->learned_busy || now < p->next_learned_ms)
+        return;
+    p->next_learned_ms = now + LEARNED_SYNC_MS;
+    const char *argv[2 + NSHARED] = {p->key_learned, p->key_learned_ms};
+    for (size_t i = 0; i < NSHARED; i++)
+        argv[2 + i] = shared_limits[i].field;
+    if (sched_redis_eval(p->w->r, on_learned, p, learned_get_lua, 2, (int)NSHARED, argv, NULL) ==
+        0)
+        p->learned_busy = 1;
+}
+
 /* Turn an action into the provider's state (AIMD, suspensions). */
 static void act_on_provider(prov_t *p, const rl_action_t *a, const rl_reply_t *rr)
 {
@@ -518,11 +606,15 @@ static void act_on_provider(prov_t *p, const rl_action_t *a, const rl_reply_t *r
         rl_aimd_decrease(&p->aimd, RL_LIMIT_CONNECTIONS, now,
                          eng_pool_connections(p->pool) ? eng_pool_connections(p->pool) : 1);
         apply_learned(p, now);
+        publish_learned(p, 0);
         break;
     case RL_LOWER_PER_CONNECTION: {
         rl_limit_t lim = rl_limit_from_cap(a->cap);
         rl_aimd_decrease(&p->aimd, lim, now, rl_aimd_get(&p->aimd, lim, now));
         apply_learned(p, now);
+        for (size_t i = 0; i < NSHARED; i++)
+            if (shared_limits[i].lim == lim)
+                publish_learned(p, i);
         break;
     }
     case RL_PAUSE:
@@ -1246,11 +1338,6 @@ static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, i
 
 static void progress(sched_worker_t *w, uint64_t now)
 {
-    if (getenv("VOLLEY_DEBUG_WORKER"))
-        for (size_t i = 0; i < w->nprovs; i++)
-            fprintf(stderr, "DBG %s inflight %u back %u held %u claiming %d taking %d\n",
-                    w->provs[i].cfg->name, w->provs[i].inflight, w->provs[i].nback,
-                    w->provs[i].held, w->provs[i].claiming, w->provs[i].taking);
     if (w->progress_busy)
         return;
     if (now - w->rate_t0 >= 2000) {
@@ -1315,6 +1402,7 @@ static void on_tick(uv_timer_t *t)
         prov_t *p = &w->provs[i];
         if (p->stopped || !p->pool)
             continue;
+        learned_tick(p, now);
         slots_tick(p, now, rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now));
         try_provider(p, now);
     }
@@ -1505,6 +1593,8 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
         p->nchain = rl_provider_rules(p->cfg, p->chain);
         snprintf(p->key_due, KEYLEN, SCHED_KEY_DUE, w->id, p->cfg->name);
         snprintf(p->key_slots, KEYLEN, SCHED_KEY_P_SLOTS, p->cfg->name);
+        snprintf(p->key_learned, KEYLEN, SCHED_KEY_P_LEARNED, p->cfg->name);
+        snprintf(p->key_learned_ms, KEYLEN, SCHED_KEY_P_LEARNED_MS, p->cfg->name);
         uint32_t conf[RL_LIMIT_LAST] = {0};
         conf[RL_LIMIT_CONNECTIONS] = p->cfg->max_connections ? p->cfg->max_connections : 1;
         conf[RL_LIMIT_MESSAGES_PER_CONNECTION] = p->cfg->max_messages_per_connection;

@@ -1,12 +1,14 @@
 /* worker.h: the claim -> render -> submit -> record loop for one campaign.
  *
  * A worker runs on the caller's libuv loop beside the engine. For every
- * provider with due rows it takes tokens from the provider's shared rate and
- * quotas (Redis, ratelimit/lua), leases a batch of rows (claim.lua), renders
- * each with the campaign's message factory, submits it to the provider's
- * connection pool, turns the outcome into an action with the provider's reply
- * rules (ratelimit/rules.h), and records the result atomically with the row's
- * state change (record.lua). Rows whose worker dies come back when their
+ * provider with due rows it leases batches of rows (claim.lua, keys.h) about
+ * one window ahead of need and drops suppressed addresses; then, as its
+ * connections have room, it takes tokens from the provider's shared rate and
+ * quotas (Redis, ratelimit/lua), renders each row with the campaign's message
+ * factory, submits it to the provider's connection pool, turns the outcome
+ * into an action with the provider's reply rules (ratelimit/rules.h), and
+ * records the result atomically with the row's state change (record.lua).
+ * Leases are renewed while held; rows whose worker dies come back when their
  * lease expires (reap.lua), so many workers can share one Redis.
  */
 #ifndef VL_SCHED_WORKER_H
@@ -35,7 +37,7 @@ typedef struct sched_worker_opts {
     const msg_factory_t *factory;    /* borrowed; outlives the worker */
     const rl_providers_t *providers; /* borrowed */
     int email_col;                   /* index of `email` among the stored fields */
-    unsigned batch;                  /* rows per claim (0: 200) */
+    unsigned batch;                  /* most tokens asked for at once (0: 500) */
     uint32_t lease_ms;               /* 0: 120 s */
     unsigned max_attempts;           /* then a retried row fails (0: 10) */
     uint64_t retry_base_ms;          /* first backoff of a generic retry (0: 60 s) */

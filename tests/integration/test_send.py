@@ -105,6 +105,18 @@ def test_netease_faults(tmp):
           rej["max_conn"] < 60 and rej["max_msgs_per_conn"] < 120, json.dumps(rej))
     check("the shared rate kept every second under 200: 451 MI:SFQ hit at most a few times",
           rej["max_rate"] <= 5, json.dumps(rej))
+    # What was learnt is shared through Redis (every worker and the next run
+    # start from it), and status shows it.
+    p = subprocess.run([VOLLEY, "status", camp, "--json"], capture_output=True, text=True,
+                       timeout=60)
+    learned = {}
+    if p.returncode == 0:
+        provs = {x["name"]: x for x in json.loads(p.stdout)["providers"]}
+        learned = provs.get("netease", {}).get("learned") or {}
+    check("the learnt ceilings are in Redis: connections <= 5, messages per connection <= 20",
+          0 < learned.get("connections", 0) <= 5
+          and 0 < learned.get("messages_per_connection", 0) <= 20,
+          p.stdout + p.stderr)
     bounced = [r for r in rows if r["status"] == "bounced"]
     check("bounces carry the reply (550 5.1.1 Invalid User)",
           all(r["code"] == "550" and "Invalid User" in r["response"] for r in bounced),
