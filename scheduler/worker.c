@@ -1213,10 +1213,11 @@ static void try_provider(prov_t *p, uint64_t now)
     unsigned cap = (p->held < conns ? p->held : conns) * WINDOW_PER_CONN;
     if (!cap)
         cap = 1;
-    /* Claimed rows wait here for tokens; keep about one window of them so
-     * the next tokens never wait for a claim. */
-    if (!p->claiming && now >= p->next_claim_ms && p->nback < cap) {
-        unsigned want = 2 * cap - p->nback - (p->inflight < cap ? p->inflight : cap);
+    /* Claimed rows wait here for tokens. Keep two to three windows of them:
+     * with one, the backlog ran dry whenever a claim's reply was late (Redis
+     * shares the cores), and the connections idled. */
+    if (!p->claiming && now >= p->next_claim_ms && p->nback < 2 * cap) {
+        unsigned want = 3 * cap - p->nback;
         unsigned m = (want + SCHED_BATCH_ROWS - 1) / SCHED_BATCH_ROWS;
         claim(p, m < 1 ? 1 : m > MAX_CLAIM ? MAX_CLAIM : m);
     }
