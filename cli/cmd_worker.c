@@ -17,6 +17,7 @@
 #include "cli/campaign.h"
 #include "cli/cmds.h"
 #include "cli/exitcodes.h"
+#include "cli/metrics.h"
 #include "cli/send_run.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -88,6 +89,18 @@ int cmd_enqueue(int argc, char **argv)
 /* ---- worker ---------------------------------------------------------------- */
 
 typedef struct served served_t;
+
+/* Results counted for --metrics, per campaign, provider and status; kept
+ * after a campaign finishes so the counters never go back (Prometheus
+ * counters must only grow while the process lives). */
+typedef struct tally {
+    struct tally *next;
+    char *campaign;
+    const char *provider_copy; /* owned copy */
+    const char *status;        /* static */
+    unsigned long long n;
+} tally_t;
+
 typedef struct wk {
     uv_loop_t *loop;
     sched_redis_t *r;
@@ -99,6 +112,8 @@ typedef struct wk {
     int insecure;
     uint64_t retry_base_ms;
     uint32_t lease_ms;
+    cli_metrics_t *metrics;
+    tally_t *tallies;
 } wk_t;
 
 struct served {
@@ -110,10 +125,91 @@ struct served {
     sched_worker_t *w;
 };
 
+static void on_result(const char *provider, const char *status, void *ud)
+{
+    served_t *s = ud;
+    wk_t *wk = s->wk;
+    if (!wk->metrics)
+        return;
+    tally_t *t = wk->tallies;
+    while (t && (t->status != status || strcmp(t->provider_copy, provider) ||
+                 strcmp(t->campaign, s->id)))
+        t = t->next;
+    if (!t) {
+        t = calloc(1, sizeof *t);
+        if (!t)
+            return;
+        t->campaign = strdup(s->id);
+        t->provider_copy = strdup(provider);
+        t->status = status;
+        if (!t->campaign || !t->provider_copy) {
+            free(t->campaign);
+            free((char *)t->provider_copy);
+            free(t);
+            return;
+        }
+        t->next = wk->tallies;
+        wk->tallies = t;
+    }
+    t->n++;
+}
+
+/* The Prometheus text of this worker process. */
+static int fill_metrics(buf_t *out, void *ud)
+{
+    wk_t *wk = ud;
+    int rc = buf_puts(out, "# HELP volley_worker_results_total Results this worker recorded.\n"
+                           "# TYPE volley_worker_results_total counter\n");
+    for (tally_t *t = wk->tallies; t && !rc; t = t->next) {
+        rc = buf_puts(out, "volley_worker_results_total{campaign=");
+        if (!rc) rc = cli_metrics_label(out, t->campaign);
+        if (!rc) rc = buf_puts(out, ",provider=");
+        if (!rc) rc = cli_metrics_label(out, t->provider_copy);
+        if (!rc) rc = buf_printf(out, ",status=\"%s\"} %llu\n", t->status, t->n);
+    }
+    static const struct {
+        const char *name, *help;
+    } gauges[] = {
+        {"volley_worker_in_flight", "Messages handed to the connections."},
+        {"volley_worker_backlog", "Claimed rows waiting for rate and quota tokens."},
+        {"volley_worker_connections", "Open connections."},
+        {"volley_worker_max_connections", "The connection ceiling in force (learned or configured)."},
+    };
+    for (size_t g = 0; g < sizeof gauges / sizeof *gauges && !rc; g++) {
+        rc = buf_printf(out, "# HELP %s %s\n# TYPE %s gauge\n", gauges[g].name, gauges[g].help,
+                        gauges[g].name);
+        for (served_t *s = wk->served; s && !rc; s = s->next) {
+            for (size_t i = 0; i < sched_worker_providers(s->w) && !rc; i++) {
+                sched_prov_stats_t st;
+                sched_worker_provider_stats(s->w, i, &st);
+                unsigned v = g == 0 ? st.inflight
+                             : g == 1 ? st.backlog
+                             : g == 2 ? st.connections
+                                      : st.max_connections;
+                rc = buf_printf(out, "%s{campaign=", gauges[g].name);
+                if (!rc) rc = cli_metrics_label(out, s->id);
+                if (!rc) rc = buf_puts(out, ",provider=");
+                if (!rc) rc = cli_metrics_label(out, st.provider);
+                if (!rc) rc = buf_printf(out, "} %u\n", v);
+            }
+        }
+    }
+    unsigned n = 0;
+    for (served_t *s = wk->served; s; s = s->next)
+        n++;
+    if (!rc)
+        rc = buf_printf(out, "# HELP volley_worker_campaigns Campaigns this worker serves.\n"
+                             "# TYPE volley_worker_campaigns gauge\nvolley_worker_campaigns %u\n",
+                        n);
+    return rc;
+}
+
 static void maybe_exit(wk_t *wk)
 {
     if (!wk->stopping || wk->served)
         return;
+    cli_metrics_close(wk->metrics);
+    wk->metrics = NULL;
     uv_timer_stop(&wk->scan);
     uv_close((uv_handle_t *)&wk->scan, NULL);
     uv_close((uv_handle_t *)&wk->sigint, NULL);
@@ -176,6 +272,7 @@ static void serve(wk_t *wk, const char *id, const char *path)
     o.retry_base_ms = wk->retry_base_ms;
     o.lease_ms = wk->lease_ms;
     o.on_finish = served_finish;
+    o.on_result = on_result;
     o.ud = s;
     char err[512];
     if (sched_worker_start(&s->w, wk->loop, wk->r, &o, err, sizeof err)) {
@@ -258,10 +355,11 @@ int cmd_worker(int argc, char **argv)
                                          {"insecure", no_argument, NULL, 'k'},
                                          {"retry-base-ms", required_argument, NULL, 'b'},
                                          {"lease-ms", required_argument, NULL, 'l'},
+                                         {"metrics", required_argument, NULL, 'm'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     wk_t wk = {0};
-    const char *url = NULL;
+    const char *url = NULL, *metrics = NULL;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -281,15 +379,22 @@ int cmd_worker(int argc, char **argv)
         case 'l':
             wk.lease_ms = (uint32_t)strtoul(optarg, NULL, 10);
             break;
+        case 'm':
+            metrics = optarg;
+            break;
         case 'h':
-            printf("usage: volley worker --redis URL [--ca-file FILE] [--insecure]\n"
-                   "                     [--retry-base-ms N] [--lease-ms N]\n\n"
+            printf("usage: volley worker --redis URL [--metrics HOST:PORT] [--ca-file FILE]\n"
+                   "                     [--insecure] [--retry-base-ms N] [--lease-ms N]\n\n"
                    "Send the running campaigns enqueued on that Redis, sharing every\n"
                    "provider's limits with the other workers. SIGINT/SIGTERM: finish the\n"
                    "messages in flight and stop (twice: stop at once; leases bring the\n"
                    "rows back to the other workers).\n"
                    "  --lease-ms N  how long a claimed row stays this worker's before another\n"
-                   "                may take it (default 120000; longer than a transaction)\n");
+                   "                may take it (default 120000; renewed while held)\n"
+                   "  --metrics HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics\n"
+                   "                (results by campaign, provider and status; messages in\n"
+                   "                flight, backlog and connections per provider). Port 0\n"
+                   "                picks one; the address is printed on stderr.\n");
             return EX_OK;
         default:
             return EX_USAGE;
@@ -307,6 +412,17 @@ int cmd_worker(int argc, char **argv)
         fprintf(stderr, "volley worker: Redis: %s\n", err);
         return EX_USAGE;
     }
+    if (metrics) {
+        char bound[96];
+        if (cli_metrics_start(&wk.metrics, wk.loop, metrics, fill_metrics, &wk, bound,
+                              sizeof bound, err, sizeof err)) {
+            fprintf(stderr, "volley worker: %s\n", err);
+            sched_redis_close(wk.r);
+            uv_run(wk.loop, UV_RUN_DEFAULT);
+            return EX_USAGE;
+        }
+        fprintf(stderr, "volley worker: metrics on http://%s/metrics\n", bound);
+    }
     uv_timer_init(wk.loop, &wk.scan);
     wk.scan.data = &wk;
     uv_timer_start(&wk.scan, on_scan, 0, 2000);
@@ -317,5 +433,12 @@ int cmd_worker(int argc, char **argv)
     uv_signal_start(&wk.sigterm, on_wk_signal, SIGTERM);
     uv_run(wk.loop, UV_RUN_DEFAULT);
     uv_loop_close(wk.loop);
+    while (wk.tallies) {
+        tally_t *t = wk.tallies;
+        wk.tallies = t->next;
+        free(t->campaign);
+        free((char *)t->provider_copy);
+        free(t);
+    }
     return EX_OK;
 }

@@ -434,6 +434,8 @@ static void record(sched_worker_t *w, job_t *j, const char *status, int code,
     pd->attempted = attempted;
     if (!strcmp(status, "delivered"))
         w->delivered++;
+    if (w->o.on_result)
+        w->o.on_result(j->p->cfg->name, status, w->o.ud);
     held_done(w, j->h);
     j->h = NULL;
     if (w->npend == REC_BATCH)
@@ -1530,6 +1532,21 @@ static void maybe_finish(sched_worker_t *w)
             w->closing_pools--;
     }
     on_pool_closed(w);
+}
+
+size_t sched_worker_providers(const sched_worker_t *w)
+{
+    return w->nprovs;
+}
+
+void sched_worker_provider_stats(sched_worker_t *w, size_t i, sched_prov_stats_t *out)
+{
+    prov_t *p = &w->provs[i];
+    out->provider = p->cfg->name;
+    out->inflight = p->inflight;
+    out->backlog = p->nback;
+    out->connections = p->pool ? eng_pool_connections(p->pool) : 0;
+    out->max_connections = rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now_ms());
 }
 
 void sched_worker_ingest_ended(sched_worker_t *w)

@@ -53,6 +53,9 @@ typedef struct sched_worker_opts {
     int tls_insecure;
     /* Called about twice a second with fresh counts (optional). */
     void (*on_progress)(const sched_progress_t *p, void *ud);
+    /* Called for every result recorded, with the provider's name and the
+     * status (a final state or "deferred"; both static strings). Optional. */
+    void (*on_result)(const char *provider, const char *status, void *ud);
     /* Called once when the worker has stopped: 0 when the campaign is done,
      * else a VL_E* code with why (a provider stopped, Redis lost for good). */
     void (*on_finish)(int rc, const char *why, void *ud);
@@ -62,6 +65,19 @@ typedef struct sched_worker_opts {
 /* Start a worker for campaign o->id using r (borrowed, must outlive it). */
 int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
                        const sched_worker_opts_t *o, char *err, size_t errlen);
+
+/* What one provider of a worker is doing now, for metrics. */
+typedef struct sched_prov_stats {
+    const char *provider; /* borrowed from the providers file */
+    unsigned inflight;    /* messages handed to the connections */
+    unsigned backlog;     /* claimed rows waiting for tokens */
+    unsigned connections; /* open */
+    unsigned max_connections; /* the ceiling in force (learned or configured) */
+} sched_prov_stats_t;
+
+/* The number of providers of w, and the stats of the i-th. */
+size_t sched_worker_providers(const sched_worker_t *w);
+void sched_worker_provider_stats(sched_worker_t *w, size_t i, sched_prov_stats_t *out);
 
 /* The caller's ingest (running beside the worker, as in `send`) has ended:
  * from now on the worker finishes when every row is final even if the

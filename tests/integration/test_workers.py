@@ -6,10 +6,13 @@ Prints TAP."""
 
 import os
 import random
+import re
 import signal
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 
 from vtest import VOLLEY, Sink, check, make_campaign, read_report, run_tests, scaled
 
@@ -187,6 +190,70 @@ def test_shared_rate(tmp):
     redis.wait(timeout=20)
 
 
+def test_metrics(tmp):
+    """volley worker --metrics serves Prometheus text that counts what it did."""
+    d = os.path.join(tmp, "metrics")
+    rd = os.path.join(d, "redis")
+    os.makedirs(rd)
+    sock = os.path.join(rd, "redis.sock")
+    redis = redis_start(rd, sock)
+    check("metrics: a private redis-server is up", wait_socket(sock))
+    url = "unix://" + sock
+    sink = Sink(d, "--reject-rcpt", "^bad[0-9]+@")
+    n = 300
+    camp = make_campaign(d, "met", n, [{
+        "name": "p\"q", "domains": ["*"], "route": "smtp://" + sink.addr,
+        "max_connections": 3, "rate": "100/s"}], bad_every=30)
+    subprocess.run([VOLLEY, "enqueue", camp, "--redis", url], check=True, capture_output=True)
+    bad = subprocess.run([VOLLEY, "worker", "--redis", url, "--metrics", "nowhere"],
+                         capture_output=True, text=True, timeout=30)
+    check("--metrics with a bad address: usage error naming it",
+          bad.returncode == 64 and "HOST:PORT" in bad.stderr, bad.stderr)
+    w = subprocess.Popen([VOLLEY, "worker", "--redis", url, "--metrics", "127.0.0.1:0"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    line = w.stderr.readline()
+    m = re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", line)
+    check("the worker prints where its metrics are", m is not None, line)
+    gauges = ("volley_worker_in_flight", "volley_worker_backlog", "volley_worker_connections",
+              "volley_worker_max_connections")
+    def has_gauges(text):
+        return all(re.search(r'^%s\{campaign="met",provider="p\\"q"\} \d+$' % g, text, re.M)
+                   for g in gauges)
+    # The gauges exist while the campaign is served (about 3 s at 100/s).
+    body, seen, deadline = "", "", time.time() + 60
+    while m and time.time() < deadline:
+        with urllib.request.urlopen(m.group(1), timeout=10) as resp:
+            ctype = resp.headers.get("Content-Type", "")
+            body = resp.read().decode()
+        if has_gauges(body):
+            seen = body
+        if 'status="delivered"} %d' % (n - n // 30) in body:
+            break
+        time.sleep(0.2)
+    check("Prometheus text format", m is not None and ctype.startswith("text/plain; version=0.0.4"),
+          ctype if m else "")
+    check("results counted by campaign, provider (escaped) and status",
+          'volley_worker_results_total{campaign="met",provider="p\\"q",status="delivered"} %d'
+          % (n - n // 30) in body and
+          'volley_worker_results_total{campaign="met",provider="p\\"q",status="bounced"} %d'
+          % (n // 30) in body, body)
+    check("gauges per provider while it sends: in flight, backlog, connections, ceiling",
+          has_gauges(seen), body)
+    if m:
+        try:
+            urllib.request.urlopen(m.group(1).replace("/metrics", "/other"), timeout=10)
+            code = 200
+        except urllib.error.HTTPError as e:
+            code = e.code
+        check("other paths: 404", code == 404, code)
+    w.send_signal(signal.SIGTERM)
+    w.communicate(timeout=30)
+    sink.stop()
+    redis.terminate()
+    redis.wait(timeout=20)
+
+
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
-        run_tests([test_kill9_and_resume, test_redis_restart, test_shared_rate], tmp)
+        run_tests([test_kill9_and_resume, test_redis_restart, test_shared_rate, test_metrics],
+                  tmp)
