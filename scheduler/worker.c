@@ -1284,6 +1284,26 @@ static void renew_leases(sched_worker_t *w, uint64_t now)
     }
 }
 
+/* The campaign was cancelled: rows claimed and not yet submitted end as
+ * cancelled here (cancel.lua only reaches the rows still due); messages
+ * already handed to the connections finish. */
+static void cancel_backlog(sched_worker_t *w)
+{
+    for (size_t i = 0; i < w->nprovs; i++) {
+        prov_t *p = &w->provs[i];
+        while (p->back) {
+            job_t *j = p->back;
+            p->back = j->next;
+            p->nback--;
+            j->next = NULL;
+            record(w, j, "cancelled", 0, "", "the campaign was cancelled", "", 0, 0);
+            job_put(w, j);
+        }
+        p->back_tail = NULL;
+    }
+    maybe_finish(w);
+}
+
 static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, int err,
                               const char *errstr)
 {
@@ -1314,6 +1334,8 @@ static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, i
                            .state = state};
     if (w->o.on_progress)
         w->o.on_progress(&pr, w->o.ud);
+    if (!strcmp(state, "cancelled"))
+        cancel_backlog(w);
     if (!w->o.until_done || w->stopping)
         return;
     /* send ingests before its worker starts, so final >= total is the end

@@ -1,9 +1,11 @@
 #!/usr/bin/python3
 """Resilience and shared limits: `volley send` killed with SIGKILL five times
 and resumed; a Redis restart in the middle of a campaign run by `volley
-worker`s; a provider rate held by three worker processes sharing one Redis.
+worker`s; a provider rate held by three worker processes sharing one Redis;
+`volley cancel` of a campaign a worker is sending; `worker --metrics`.
 Prints TAP."""
 
+import json
 import os
 import random
 import re
@@ -190,6 +192,54 @@ def test_shared_rate(tmp):
     redis.wait(timeout=20)
 
 
+def test_cancel_running(tmp):
+    """volley cancel while a worker sends: every row ends final, the rows the
+    worker had claimed but not sent included, and sending stops."""
+    d = os.path.join(tmp, "cancel")
+    rd = os.path.join(d, "redis")
+    os.makedirs(rd)
+    sock = os.path.join(rd, "redis.sock")
+    redis = redis_start(rd, sock)
+    check("cancel: a private redis-server is up", wait_socket(sock))
+    url = "unix://" + sock
+    sink = Sink(d)
+    n = 3000
+    camp = make_campaign(d, "cxl", n, [{
+        "name": "p", "domains": ["*"], "route": "smtp://" + sink.addr,
+        "max_connections": 4, "rate": "200/s"}])
+    subprocess.run([VOLLEY, "enqueue", camp, "--redis", url], check=True, capture_output=True)
+    w = subprocess.Popen([VOLLEY, "worker", "--redis", url], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    def counts_now():
+        out = subprocess.run([VOLLEY, "status", "cxl", "--redis", url, "--json"],
+                             capture_output=True, text=True).stdout
+        return json.loads(out)["counts"] if out else {}
+    deadline = time.time() + 30
+    while time.time() < deadline and int(counts_now().get("delivered", 0)) < 100:
+        time.sleep(0.1)
+    r = subprocess.run([VOLLEY, "cancel", "cxl", "--redis", url], capture_output=True, text=True)
+    check("cancel: exit 0", r.returncode == 0, r.stdout + r.stderr)
+    deadline, counts = time.time() + 30, {}
+    while time.time() < deadline:
+        counts = counts_now()
+        if int(counts.get("final", 0)) >= n:
+            break
+        time.sleep(0.3)
+    time.sleep(1.0)
+    st = sink.stop()
+    w.send_signal(signal.SIGTERM)
+    w.communicate(timeout=30)
+    delivered, cancelled = int(counts.get("delivered", 0)), int(counts.get("cancelled", 0))
+    check("every row final after the cancel: %d delivered + %d cancelled = %d"
+          % (delivered, cancelled, n), delivered + cancelled == n and delivered >= 100 and
+          cancelled > 0,
+          json.dumps(counts))
+    check("sending stopped: the sink took only the delivered rows (%d)" % st["messages"],
+          st["messages"] == delivered and delivered < 1000, json.dumps(st))
+    redis.terminate()
+    redis.wait(timeout=20)
+
+
 def test_metrics(tmp):
     """volley worker --metrics serves Prometheus text that counts what it did."""
     d = os.path.join(tmp, "metrics")
@@ -255,5 +305,5 @@ def test_metrics(tmp):
 
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
-        run_tests([test_kill9_and_resume, test_redis_restart, test_shared_rate, test_metrics],
-                  tmp)
+        run_tests([test_kill9_and_resume, test_redis_restart, test_shared_rate,
+                   test_cancel_running, test_metrics], tmp)
