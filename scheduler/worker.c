@@ -528,9 +528,11 @@ static const struct {
 #define NSHARED (sizeof shared_limits / sizeof *shared_limits)
 #define LEARNED_SYNC_MS 1000
 
-/* KEYS learned, learned_ms; ARGV field, value (0: nothing learned), ms. */
+/* KEYS learned, learned_ms; ARGV field, value (0: nothing learned), ms.
+ * A value as new as the stored one replaces it: two halvings within one ms
+ * must leave the second. */
 static const char learned_set_lua[] =
-    "if tonumber(ARGV[3]) <= tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') then\n"
+    "if tonumber(ARGV[3]) < tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') then\n"
     "    return 0\n"
     "end\n"
     "if ARGV[2] == '0' then redis.call('HDEL', KEYS[1], ARGV[1])\n"
@@ -575,7 +577,9 @@ static void on_learned(sched_redis_t *r, redisReply *reply, void *priv, int err,
             p->aimd.learned[lim] = cfg && val >= cfg ? 0 : val;
             p->aimd.last_ms[lim] = at;
             changed = 1;
-        } else if (p->aimd.last_ms[lim] > at) {
+        } else if (p->aimd.last_ms[lim] > at ||
+                   (p->aimd.last_ms[lim] == at && at &&
+                    p->aimd.learned[lim] != (v->str ? strtoul(v->str, NULL, 10) : 0))) {
             publish_learned(p, i);
         }
     }

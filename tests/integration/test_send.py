@@ -113,10 +113,13 @@ def test_netease_faults(tmp):
     if p.returncode == 0:
         provs = {x["name"]: x for x in json.loads(p.stdout)["providers"]}
         learned = provs.get("netease", {}).get("learned") or {}
-    check("the learnt ceilings are in Redis: connections <= 5, messages per connection <= 20",
-          0 < learned.get("connections", 0) <= 5
-          and 0 < learned.get("messages_per_connection", 0) <= 20,
-          p.stdout + p.stderr)
+    # 450 MI:DMC always comes (50 configured, 20 allowed); 421 HL:ICC only if
+    # the pool happened to open more than 5 connections at once.
+    check("the learnt ceilings are in Redis: messages per connection <= 20, and "
+          "connections <= 5 if 421 HL:ICC came",
+          0 < learned.get("messages_per_connection", 0) <= 20
+          and (rej["max_conn"] == 0 or 0 < learned.get("connections", 0) <= 5),
+          "%s\nrejected: %s" % (p.stdout + p.stderr, json.dumps(rej)))
     bounced = [r for r in rows if r["status"] == "bounced"]
     check("bounces carry the reply (550 5.1.1 Invalid User)",
           all(r["code"] == "550" and "Invalid User" in r["response"] for r in bounced),
