@@ -114,6 +114,7 @@ typedef struct wk {
     uint32_t lease_ms;
     cli_metrics_t *metrics;
     tally_t *tallies;
+    tally_t *refused; /* campaigns of an older layout, by id (only campaign is set) */
 } wk_t;
 
 struct served {
@@ -237,6 +238,22 @@ static void served_finish(int rc, const char *why, void *ud)
     maybe_exit(wk);
 }
 
+/* Whether id was already refused (said once, not every scan). */
+static int is_refused(wk_t *wk, const char *id)
+{
+    for (tally_t *t = wk->refused; t; t = t->next)
+        if (!strcmp(t->campaign, id))
+            return 1;
+    tally_t *t = calloc(1, sizeof *t);
+    if (t && (t->campaign = strdup(id))) {
+        t->next = wk->refused;
+        wk->refused = t;
+    } else {
+        free(t);
+    }
+    return 0;
+}
+
 static int is_served(wk_t *wk, const char *id)
 {
     for (served_t *s = wk->served; s; s = s->next)
@@ -292,10 +309,15 @@ static void on_meta(sched_redis_t *r, redisReply *reply, void *priv, int err, co
 {
     wk_t *wk = sched_redis_loop(r)->data;
     char *id = priv;
-    if (!err && reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+    if (!err && reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
         reply->element[0]->str && reply->element[1]->str && !wk->stopping &&
-        !strcmp(reply->element[0]->str, "running") && !is_served(wk, id))
-        serve(wk, id, reply->element[1]->str);
+        !strcmp(reply->element[0]->str, "running") && !is_served(wk, id)) {
+        if (reply->element[2]->str && !strcmp(reply->element[2]->str, SCHED_SCHEMA))
+            serve(wk, id, reply->element[1]->str);
+        else if (!is_refused(wk, id))
+            fprintf(stderr, "volley worker: campaign %s was enqueued by an older volley whose "
+                            "Redis layout this one cannot read; skipped\n", id);
+    }
     free(id);
 }
 
@@ -312,7 +334,7 @@ static void on_campaigns(sched_redis_t *r, redisReply *reply, void *priv, int er
         char key[300];
         snprintf(key, sizeof key, SCHED_KEY_META, id);
         char *copy = strdup(id);
-        if (sched_redis_cmd(r, on_meta, copy, "HMGET %s state path", key))
+        if (sched_redis_cmd(r, on_meta, copy, "HMGET %s state path schema", key))
             free(copy);
     }
 }
@@ -433,12 +455,14 @@ int cmd_worker(int argc, char **argv)
     uv_signal_start(&wk.sigterm, on_wk_signal, SIGTERM);
     uv_run(wk.loop, UV_RUN_DEFAULT);
     uv_loop_close(wk.loop);
-    while (wk.tallies) {
-        tally_t *t = wk.tallies;
-        wk.tallies = t->next;
-        free(t->campaign);
-        free((char *)t->provider_copy);
-        free(t);
-    }
+    tally_t *lists[] = {wk.tallies, wk.refused};
+    for (size_t i = 0; i < 2; i++)
+        while (lists[i]) {
+            tally_t *t = lists[i];
+            lists[i] = t->next;
+            free(t->campaign);
+            free((char *)t->provider_copy);
+            free(t);
+        }
     return EX_OK;
 }

@@ -285,9 +285,10 @@ int cli_ingest(redisContext *c, camp_job_t *j, const rl_providers_t *provs, cons
                               .now_ms = wall_ms(),
                               .partial = limit != 0};
     sched_ingest_stats_t st;
-    if (sched_ingest(c, &io, &st, err, sizeof err)) {
+    int rc = sched_ingest(c, &io, &st, err, sizeof err);
+    if (rc) {
         fprintf(stderr, "volley: ingest: %s\n", err);
-        return EX_UNAVAILABLE;
+        return rc == VL_ESTATE ? EX_DATAERR : EX_UNAVAILABLE;
     }
     if (!st.skipped)
         fprintf(stderr, "volley: campaign %s: %lu rows read, %lu new, %lu rejected\n", j->c->id,

@@ -315,12 +315,25 @@ int sched_ingest(redisContext *c, const sched_ingest_opts_t *o, sched_ingest_sta
     memset(st, 0, sizeof *st);
     char meta[300];
     snprintf(meta, sizeof meta, SCHED_KEY_META, o->id);
-    redisReply *r = redisCommand(c, "HGET %s ingested", meta);
-    if (!r) {
-        snprintf(err, errlen, "Redis: %s", c->errstr);
+    redisReply *r = redisCommand(c, "HMGET %s ingested created_ms schema", meta);
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
+        snprintf(err, errlen, "Redis: %s", r && r->type == REDIS_REPLY_ERROR ? r->str : c->errstr);
+        freeReplyObject(r);
         return VL_EREDIS;
     }
-    int done = r->type == REDIS_REPLY_STRING && !strcmp(r->str, "1");
+    int done = r->element[0]->str && !strcmp(r->element[0]->str, "1");
+    /* A campaign begun by a volley that stored rows one by one (before
+     * batches) cannot be resumed by this one: say so rather than misread it. */
+    if (r->element[1]->str && !(r->element[2]->str && !strcmp(r->element[2]->str,
+                                                              SCHED_SCHEMA))) {
+        snprintf(err, errlen,
+                 "campaign %s was started by an older volley whose Redis layout this one "
+                 "cannot read; finish it with that version, or remove its state (the "
+                 "campaign's state directory, or its keys {c:%s}:*) to start over",
+                 o->id, o->id);
+        freeReplyObject(r);
+        return VL_ESTATE;
+    }
     freeReplyObject(r);
     if (done) {
         st->skipped = 1;
@@ -334,8 +347,8 @@ int sched_ingest(redisContext *c, const sched_ingest_opts_t *o, sched_ingest_sta
     char now[32], email_col[16];
     snprintf(now, sizeof now, "%lld", (long long)o->now_ms);
     snprintf(email_col, sizeof email_col, "%d", o->email_col);
-    int rc = simple(c, err, errlen, "HSET %s id %s path %s columns %s email_col %s", meta, o->id,
-                    o->path, cols_json ? cols_json : "[]", email_col);
+    int rc = simple(c, err, errlen, "HSET %s id %s path %s columns %s email_col %s schema %s",
+                    meta, o->id, o->path, cols_json ? cols_json : "[]", email_col, SCHED_SCHEMA);
     free(cols_json);
     if (!rc)
         rc = simple(c, err, errlen, "HSETNX %s state running", meta);

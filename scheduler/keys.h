@@ -7,7 +7,8 @@
  * commands: the campaign registry and the suppression list.
  *
  * Campaign ID (tag {c:ID}):
- *   {c:ID}:meta        HASH  id, path (absolute campaign file), state
+ *   {c:ID}:meta        HASH  id, schema (SCHED_SCHEMA), path (absolute campaign
+ *                            file), state
  *                            (running | paused | cancelled | done), columns (JSON
  *                            array of the CSV header), email_col (0-based),
  *                            ingested ("1" once the whole CSV is in), total (data
@@ -89,6 +90,10 @@
 #define SCHED_KEY_P_SUSPEND "{p:%s}:suspend"
 #define SCHED_KEY_P_LEARNED "{p:%s}:learned"
 #define SCHED_KEY_P_LEARNED_MS "{p:%s}:learned_ms"
+
+/* The layout version in {c:ID}:meta "schema": a campaign without it was
+ * written by a volley that stored rows one by one and is refused. */
+#define SCHED_SCHEMA "2"
 
 /* Rows per batch: big enough that per-batch commands vanish next to the
  * per-row work, small enough that a claimed batch is sent well within a

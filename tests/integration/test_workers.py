@@ -240,6 +240,36 @@ def test_cancel_running(tmp):
     redis.wait(timeout=20)
 
 
+def test_older_layout(tmp):
+    """A campaign left in Redis by a volley that stored rows one by one is
+    refused with a clear message, never misread."""
+    d = os.path.join(tmp, "older")
+    rd = os.path.join(d, "redis")
+    os.makedirs(rd)
+    sock = os.path.join(rd, "redis.sock")
+    redis = redis_start(rd, sock)
+    check("older layout: a private redis-server is up", wait_socket(sock))
+    url = "unix://" + sock
+    camp = make_campaign(d, "old", 10, [{"name": "p", "domains": ["*"],
+                                         "route": "smtp://127.0.0.1:9"}])
+    cli = ["redis-cli", "-s", sock]
+    subprocess.run(cli + ["HSET", "{c:old}:meta", "id", "old", "state", "running", "path", camp,
+                          "created_ms", "1", "ingested", "1"], check=True, capture_output=True)
+    subprocess.run(cli + ["SADD", "volley:campaigns", "old"], check=True, capture_output=True)
+    r = subprocess.run([VOLLEY, "enqueue", camp, "--redis", url], capture_output=True, text=True)
+    check("enqueue over an older layout: exit 65 and says why",
+          r.returncode == 65 and "older volley" in r.stderr, (r.returncode, r.stderr))
+    w = subprocess.Popen([VOLLEY, "worker", "--redis", url], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(4.5)  # two scans of volley:campaigns
+    w.send_signal(signal.SIGTERM)
+    err = w.communicate(timeout=30)[1]
+    check("a worker skips it, saying so once", err.count("older volley") == 1 and
+          "serving campaign old" not in err, err)
+    redis.terminate()
+    redis.wait(timeout=20)
+
+
 def test_metrics(tmp):
     """volley worker --metrics serves Prometheus text that counts what it did."""
     d = os.path.join(tmp, "metrics")
@@ -306,4 +336,4 @@ def test_metrics(tmp):
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         run_tests([test_kill9_and_resume, test_redis_restart, test_shared_rate,
-                   test_cancel_running, test_metrics], tmp)
+                   test_cancel_running, test_older_layout, test_metrics], tmp)
