@@ -75,20 +75,26 @@ def wait_socket(sock, timeout=10):
     return False
 
 
+def private_redis(tmp, name):
+    """A redis-server of the test's own on a unix socket under tmp/name/redis:
+    (the test's directory, the socket, its redis:// URL, the process)."""
+    d = os.path.join(tmp, name)
+    rd = os.path.join(d, "redis")
+    os.makedirs(rd)
+    sock = os.path.join(rd, "redis.sock")
+    redis = redis_start(rd, sock)
+    check("%s: a private redis-server is up" % name, wait_socket(sock))
+    return d, sock, "unix://" + sock, redis
+
+
 def status_state(url, cid):
     r = subprocess.run([VOLLEY, "status", cid, "--redis", url], capture_output=True, text=True)
     return r.stdout.splitlines()[0] if r.stdout else r.stderr
 
 
 def test_redis_restart(tmp):
-    d = os.path.join(tmp, "restart")
-    os.makedirs(d)
-    rd = os.path.join(d, "redis")
-    os.makedirs(rd)
-    sock = os.path.join(rd, "redis.sock")
-    redis = redis_start(rd, sock)
-    check("a private redis-server is up", wait_socket(sock))
-    url = "unix://" + sock
+    d, sock, url, redis = private_redis(tmp, "restart")
+    rd = os.path.dirname(sock)
     sink = Sink(d)
     n = scaled(6000)
     camp = make_campaign(d, "restart", n, [{
@@ -135,14 +141,7 @@ def test_redis_restart(tmp):
 
 
 def test_shared_rate(tmp):
-    d = os.path.join(tmp, "rate")
-    os.makedirs(d)
-    rd = os.path.join(d, "redis")
-    os.makedirs(rd)
-    sock = os.path.join(rd, "redis.sock")
-    redis = redis_start(rd, sock)
-    wait_socket(sock)
-    url = "unix://" + sock
+    d, sock, url, redis = private_redis(tmp, "rate")
     sink = Sink(d)
     R, burst, secs = 100, 10, 30
     n = R * (secs + 8)
@@ -195,13 +194,7 @@ def test_shared_rate(tmp):
 def test_cancel_running(tmp):
     """volley cancel while a worker sends: every row ends final, the rows the
     worker had claimed but not sent included, and sending stops."""
-    d = os.path.join(tmp, "cancel")
-    rd = os.path.join(d, "redis")
-    os.makedirs(rd)
-    sock = os.path.join(rd, "redis.sock")
-    redis = redis_start(rd, sock)
-    check("cancel: a private redis-server is up", wait_socket(sock))
-    url = "unix://" + sock
+    d, sock, url, redis = private_redis(tmp, "cancel")
     sink = Sink(d)
     n = 3000
     camp = make_campaign(d, "cxl", n, [{
@@ -243,13 +236,7 @@ def test_cancel_running(tmp):
 def test_older_layout(tmp):
     """A campaign left in Redis by a volley that stored rows one by one is
     refused with a clear message, never misread."""
-    d = os.path.join(tmp, "older")
-    rd = os.path.join(d, "redis")
-    os.makedirs(rd)
-    sock = os.path.join(rd, "redis.sock")
-    redis = redis_start(rd, sock)
-    check("older layout: a private redis-server is up", wait_socket(sock))
-    url = "unix://" + sock
+    d, sock, url, redis = private_redis(tmp, "older")
     camp = make_campaign(d, "old", 10, [{"name": "p", "domains": ["*"],
                                          "route": "smtp://127.0.0.1:9"}])
     cli = ["redis-cli", "-s", sock]
@@ -272,13 +259,7 @@ def test_older_layout(tmp):
 
 def test_metrics(tmp):
     """volley worker --metrics serves Prometheus text that counts what it did."""
-    d = os.path.join(tmp, "metrics")
-    rd = os.path.join(d, "redis")
-    os.makedirs(rd)
-    sock = os.path.join(rd, "redis.sock")
-    redis = redis_start(rd, sock)
-    check("metrics: a private redis-server is up", wait_socket(sock))
-    url = "unix://" + sock
+    d, sock, url, redis = private_redis(tmp, "metrics")
     sink = Sink(d, "--reject-rcpt", "^bad[0-9]+@")
     n = 300
     camp = make_campaign(d, "met", n, [{
