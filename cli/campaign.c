@@ -23,15 +23,11 @@ struct loader {
 __attribute__((format(printf, 4, 5))) static void report(struct loader *ld, enum tplf_kind kind,
                                                          const char *where, const char *fmt, ...)
 {
-    char msg[512];
+    ld->nerr++;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    tplf_vreport(ld->diag, ld->ud, kind, ld->c->path, ld->text, ld->len, where, fmt, ap);
     va_end(ap);
-    ld->nerr++;
-    int line = 0, col = 0;
-    if (where && ld->text) tplf_locate(ld->text, ld->len, where, 0, 0, &line, &col);
-    if (ld->diag) ld->diag(ld->ud, kind, ld->c->path, line, col, msg);
 }
 
 /* A string member as an owned copy, or NULL (reported when of the wrong type). */

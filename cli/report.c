@@ -75,20 +75,12 @@ static void jp_ws(jp_t *j)
         j->p++;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 static int read_hex4(jp_t *j, unsigned *out)
 {
     if (j->end - j->p < 4) return -1;
     unsigned v = 0;
     for (int i = 0; i < 4; i++) {
-        int h = hexval(j->p[i]);
+        int h = vl_hexval(j->p[i]);
         if (h < 0) return -1;
         v = v << 4 | (unsigned)h;
     }

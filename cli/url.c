@@ -6,13 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
+#include "common/buf.h"
 
 /* A percent-decoded copy of [s, s+len), or NULL on a bad escape or NUL. */
 static char *pct_decode(const char *s, size_t len)
@@ -22,8 +16,8 @@ static char *pct_decode(const char *s, size_t len)
         return NULL;
     for (size_t i = 0; i < len; i++) {
         if (s[i] == '%') {
-            int a = i + 2 < len ? hexval((unsigned char)s[i + 1]) : -1;
-            int b = i + 2 < len ? hexval((unsigned char)s[i + 2]) : -1;
+            int a = i + 2 < len ? vl_hexval((unsigned char)s[i + 1]) : -1;
+            int b = i + 2 < len ? vl_hexval((unsigned char)s[i + 2]) : -1;
             if (a < 0 || b < 0 || (a == 0 && b == 0)) {
                 free(out);
                 return NULL;

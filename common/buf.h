@@ -54,6 +54,15 @@ void buf_consume(buf_t *b, size_t n);
  * empty. Returns NULL when nothing was ever allocated. */
 char *buf_take(buf_t *b);
 
+/* The value of one hexadecimal digit (either case), or -1. */
+static inline int vl_hexval(int c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
 /* Total length of an iovec array. */
 size_t iov_total(const struct iovec *iov, size_t n);
 

@@ -1,5 +1,8 @@
 #include "err.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+
 const char *vl_err_str(int err)
 {
     switch (err) {
@@ -26,4 +29,14 @@ const char *vl_err_name(int err)
 #undef VL_ERR_NAME
     }
     return "UNKNOWN";
+}
+
+void vl_set_err(char *err, size_t n, const char *fmt, ...)
+{
+    if (!err || n == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, n, fmt, ap);
+    va_end(ap);
 }

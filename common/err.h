@@ -8,6 +8,8 @@
 #ifndef VL_ERR_H
 #define VL_ERR_H
 
+#include <stddef.h>
+
 /* X(NAME, value, message). Values are stable: they appear in JSON output. */
 #define VL_ERR_MAP(X)                                                                              \
     X(NOMEM, -1, "out of memory")                                                                  \
@@ -44,5 +46,9 @@ const char *vl_err_str(int err);
 
 /* The short name ("TIMEOUT") of a VL_E* code, for machine-readable output. */
 const char *vl_err_name(int err);
+
+/* Format a message into err (n bytes; nothing when err is NULL or n is 0):
+ * the one way modules fill their caller's error buffer. */
+void vl_set_err(char *err, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #endif

@@ -27,6 +27,7 @@
 #include <hiredis/async.h>
 #include <openssl/sha.h>
 
+#include "buf.h"
 #include "err.h"
 #include "log.h"
 
@@ -88,26 +89,7 @@ struct sched_redis {
     int nscripts;
 };
 
-static void set_err(char *err, size_t n, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t n, const char *fmt, ...)
-{
-    if (!err || n == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, n, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- URL parsing ------------------------------------------------------------------- */
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
 
 /* Percent-decode s[0..len) into out (cap bytes with the NUL). -1 on a bad escape, a NUL
  * byte or overflow. */
@@ -118,7 +100,7 @@ static int pct_decode(const char *s, size_t len, char *out, size_t cap, int deco
         int c = (unsigned char)s[i];
         if (decode && c == '%') {
             if (i + 2 >= len) return -1;
-            int h = hexval((unsigned char)s[i + 1]), l = hexval((unsigned char)s[i + 2]);
+            int h = vl_hexval((unsigned char)s[i + 1]), l = vl_hexval((unsigned char)s[i + 2]);
             if (h < 0 || l < 0) return -1;
             c = h * 16 + l;
             i += 2;
@@ -152,12 +134,12 @@ static int parse_query(const char *q, sched_redis_url_t *u, char *err, size_t n)
         long v;
         if (len > 3 && strncmp(q, "db=", 3) == 0) {
             if (parse_uint(q + 3, len - 3, 1000000, &v) < 0) {
-                set_err(err, n, "bad database number in the Redis URL's query");
+                vl_set_err(err, n, "bad database number in the Redis URL's query");
                 return VL_EINVAL;
             }
             u->db = (int)v;
         } else if (len > 0) {
-            set_err(err, n, "unknown parameter in the Redis URL's query (only db=N)");
+            vl_set_err(err, n, "unknown parameter in the Redis URL's query (only db=N)");
             return VL_EINVAL;
         }
         q += len + (amp ? 1 : 0);
@@ -176,7 +158,7 @@ static int parse_userinfo(const char *a, size_t len, sched_redis_url_t *u, char 
     else
         bad = pct_decode(a, len, u->pass, sizeof u->pass, 1) < 0;
     if (bad) {
-        set_err(err, n, "bad or too long user name or password in the Redis URL");
+        vl_set_err(err, n, "bad or too long user name or password in the Redis URL");
         return VL_EINVAL;
     }
     return 0;
@@ -187,13 +169,13 @@ int sched_redis_url_parse(const char *url, sched_redis_url_t *out, char *err, si
     memset(out, 0, sizeof *out);
     out->port = 6379;
     if (!url || !*url) {
-        set_err(err, errlen, "empty Redis URL");
+        vl_set_err(err, errlen, "empty Redis URL");
         return VL_EINVAL;
     }
     if (url[0] == '/') {
         out->is_unix = 1;
         if (pct_decode(url, strlen(url), out->path, sizeof out->path, 0) < 0) {
-            set_err(err, errlen, "Redis socket path too long");
+            vl_set_err(err, errlen, "Redis socket path too long");
             return VL_EINVAL;
         }
         out->port = 0;
@@ -217,21 +199,21 @@ int sched_redis_url_parse(const char *url, sched_redis_url_t *out, char *err, si
         out->is_unix = 1;
         out->port = 0;
         if (len == 0 || p[0] != '/') {
-            set_err(err, errlen, "a unix:// Redis URL needs an absolute path (unix:///path)");
+            vl_set_err(err, errlen, "a unix:// Redis URL needs an absolute path (unix:///path)");
             return VL_EINVAL;
         }
         if (pct_decode(p, len, out->path, sizeof out->path, 1) < 0) {
-            set_err(err, errlen, "bad or too long socket path in the Redis URL");
+            vl_set_err(err, errlen, "bad or too long socket path in the Redis URL");
             return VL_EINVAL;
         }
         return q ? parse_query(q + 1, out, err, errlen) : 0;
     }
     if (strncmp(url, "rediss://", 9) == 0) {
-        set_err(err, errlen, "rediss:// (TLS) is not supported; use a unix socket or a tunnel");
+        vl_set_err(err, errlen, "rediss:// (TLS) is not supported; use a unix socket or a tunnel");
         return VL_EINVAL;
     }
     if (strncmp(url, "redis://", 8) != 0) {
-        set_err(err, errlen, "a Redis URL starts with redis://, unix:// or /");
+        vl_set_err(err, errlen, "a Redis URL starts with redis://, unix:// or /");
         return VL_EINVAL;
     }
     const char *a = url + 8;
@@ -252,14 +234,14 @@ int sched_redis_url_parse(const char *url, sched_redis_url_t *out, char *err, si
     if (*h == '[') {
         const char *rb = memchr(h, ']', (size_t)(hend - h));
         if (!rb) {
-            set_err(err, errlen, "unterminated [IPv6] host in the Redis URL");
+            vl_set_err(err, errlen, "unterminated [IPv6] host in the Redis URL");
             return VL_EINVAL;
         }
         hlen = (size_t)(rb - h - 1);
         if (pct_decode(h + 1, hlen, out->host, sizeof out->host, 0) < 0) hlen = 0;
         if (rb + 1 < hend) {
             if (rb[1] != ':') {
-                set_err(err, errlen, "junk after the [IPv6] host in the Redis URL");
+                vl_set_err(err, errlen, "junk after the [IPv6] host in the Redis URL");
                 return VL_EINVAL;
             }
             port = rb + 2;
@@ -271,13 +253,13 @@ int sched_redis_url_parse(const char *url, sched_redis_url_t *out, char *err, si
         if (hlen > 0 && pct_decode(h, hlen, out->host, sizeof out->host, 1) < 0) hlen = 0;
     }
     if (hlen == 0 || out->host[0] == '\0') {
-        set_err(err, errlen, "missing or bad host in the Redis URL");
+        vl_set_err(err, errlen, "missing or bad host in the Redis URL");
         return VL_EINVAL;
     }
     if (port) {
         long v;
         if (parse_uint(port, (size_t)(hend - port), 65535, &v) < 0 || v == 0) {
-            set_err(err, errlen, "bad port in the Redis URL");
+            vl_set_err(err, errlen, "bad port in the Redis URL");
             return VL_EINVAL;
         }
         out->port = (int)v;
@@ -288,7 +270,7 @@ int sched_redis_url_parse(const char *url, sched_redis_url_t *out, char *err, si
         if (dlen > 0) {
             long v;
             if (parse_uint(d, dlen, 1000000, &v) < 0) {
-                set_err(err, errlen, "bad database number in the Redis URL (redis://host/N)");
+                vl_set_err(err, errlen, "bad database number in the Redis URL (redis://host/N)");
                 return VL_EINVAL;
             }
             out->db = (int)v;
@@ -857,7 +839,7 @@ int sched_redis_new(sched_redis_t **out, uv_loop_t *loop, const char *url,
     *out = NULL;
     sched_redis_t *r = calloc(1, sizeof *r);
     if (!r) {
-        set_err(err, errlen, "out of memory");
+        vl_set_err(err, errlen, "out of memory");
         return VL_ENOMEM;
     }
     int rc = sched_redis_url_parse(url, &r->url, err, errlen);
@@ -947,11 +929,11 @@ redisContext *sched_redis_connect_sync(const char *url, int timeout_ms, char *er
     char where[WHERE_MAX];
     url_describe(&u, where, sizeof where);
     if (!c) {
-        set_err(err, errlen, "redis %s: out of memory", where);
+        vl_set_err(err, errlen, "redis %s: out of memory", where);
         goto fail;
     }
     if (c->err) {
-        set_err(err, errlen, "redis %s: %s", where, c->errstr);
+        vl_set_err(err, errlen, "redis %s: %s", where, c->errstr);
         goto fail;
     }
     redisSetTimeout(c, tv);
@@ -970,12 +952,12 @@ redisContext *sched_redis_connect_sync(const char *url, int timeout_ms, char *er
         else
             continue;
         if (!rep) {
-            set_err(err, errlen, "redis %s: %s: %s", where, what[step],
+            vl_set_err(err, errlen, "redis %s: %s: %s", where, what[step],
                     c->errstr[0] ? c->errstr : "no reply");
             goto fail;
         }
         if (rep->type == REDIS_REPLY_ERROR) {
-            set_err(err, errlen, "redis %s: %s: %s", where, what[step], rep->str);
+            vl_set_err(err, errlen, "redis %s: %s: %s", where, what[step], rep->str);
             freeReplyObject(rep);
             goto fail;
         }

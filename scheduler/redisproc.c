@@ -36,17 +36,6 @@ struct sched_rproc {
     char sock[sizeof(((struct sockaddr_un *)0)->sun_path)];
 };
 
-static void set_err(char *err, size_t n, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t n, const char *fmt, ...)
-{
-    if (!err || n == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, n, fmt, ap);
-    va_end(ap);
-}
-
 static void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -141,29 +130,29 @@ int sched_rproc_start(sched_rproc_t **out, const char *dir, char *err, size_t er
     char server_buf[PATH_MAX];
     const char *server = find_server(server_buf, sizeof server_buf);
     if (!server) {
-        set_err(err, errlen, "redis-server not found on PATH or in /usr/bin");
+        vl_set_err(err, errlen, "redis-server not found on PATH or in /usr/bin");
         return VL_ENOENT;
     }
     int rc = make_dirs(dir);
     if (rc < 0) {
-        set_err(err, errlen, "cannot create state directory %s: %s", dir, strerror(-rc));
+        vl_set_err(err, errlen, "cannot create state directory %s: %s", dir, strerror(-rc));
         return VL_EIO;
     }
     sched_rproc_t *p = calloc(1, sizeof *p);
     if (!p) {
-        set_err(err, errlen, "out of memory");
+        vl_set_err(err, errlen, "out of memory");
         return VL_ENOMEM;
     }
     p->pid = -1;
     p->lockfd = -1;
     /* redis-server changes to its --dir, so every path given to it must be absolute. */
     if (!realpath(dir, p->dir)) {
-        set_err(err, errlen, "state directory %s: %s", dir, strerror(errno));
+        vl_set_err(err, errlen, "state directory %s: %s", dir, strerror(errno));
         free(p);
         return VL_EIO;
     }
     if (snprintf(p->sock, sizeof p->sock, "%s/redis.sock", p->dir) >= (int)sizeof p->sock) {
-        set_err(err, errlen, "state directory path %s is too long for a unix socket", p->dir);
+        vl_set_err(err, errlen, "state directory path %s is too long for a unix socket", p->dir);
         free(p);
         return VL_EINVAL;
     }
@@ -171,7 +160,7 @@ int sched_rproc_start(sched_rproc_t **out, const char *dir, char *err, size_t er
     snprintf(path, sizeof path, "%s/redis.lock", p->dir);
     p->lockfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (p->lockfd < 0) {
-        set_err(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        vl_set_err(err, errlen, "cannot open %s: %s", path, strerror(errno));
         free(p);
         return VL_EIO;
     }
@@ -194,7 +183,7 @@ int sched_rproc_start(sched_rproc_t **out, const char *dir, char *err, size_t er
         sleep_ms(100);
     }
     if (!locked) {
-        set_err(err, errlen,
+        vl_set_err(err, errlen,
                 "a redis-server already runs for state directory %s (another volley send of "
                 "this campaign?)",
                 p->dir);
@@ -207,7 +196,7 @@ int sched_rproc_start(sched_rproc_t **out, const char *dir, char *err, size_t er
     for (int waited = 0; waited < 10000 && probe(p->sock, 200); waited += 100)
         sleep_ms(100);
     if (probe(p->sock, 500)) {
-        set_err(err, errlen, "a redis-server already answers on %s", p->sock);
+        vl_set_err(err, errlen, "a redis-server already answers on %s", p->sock);
         close(p->lockfd);
         free(p);
         return VL_ESTATE;
@@ -225,7 +214,7 @@ int sched_rproc_start(sched_rproc_t **out, const char *dir, char *err, size_t er
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
-        set_err(err, errlen, "fork: %s", strerror(errno));
+        vl_set_err(err, errlen, "fork: %s", strerror(errno));
         close(p->lockfd);
         free(p);
         return VL_EIO;
@@ -271,7 +260,7 @@ int sched_rproc_start(sched_rproc_t **out, const char *dir, char *err, size_t er
         if (waitpid(pid, &status, WNOHANG) == pid) {
             char tail[400];
             log_tail(p->dir, tail, sizeof tail);
-            set_err(err, errlen, "redis-server exited at start (%s %d)%s%s",
+            vl_set_err(err, errlen, "redis-server exited at start (%s %d)%s%s",
                     WIFEXITED(status) ? "status" : "signal",
                     WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status), tail[0] ? ": " : "",
                     tail);
@@ -281,7 +270,7 @@ int sched_rproc_start(sched_rproc_t **out, const char *dir, char *err, size_t er
         }
         sleep_ms(50);
     }
-    set_err(err, errlen, "redis-server did not answer on %s within 10 s (see %s)", p->sock,
+    vl_set_err(err, errlen, "redis-server did not answer on %s within 10 s (see %s)", p->sock,
             logfile);
     kill(pid, SIGKILL);
     reap(pid, 0);

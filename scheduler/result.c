@@ -176,12 +176,10 @@ static int hex4(const char *s, unsigned *v)
 {
     unsigned n = 0;
     for (int i = 0; i < 4; i++) {
-        char c = s[i];
-        n <<= 4;
-        if (c >= '0' && c <= '9') n |= (unsigned)(c - '0');
-        else if (c >= 'a' && c <= 'f') n |= (unsigned)(c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F') n |= (unsigned)(c - 'A' + 10);
-        else return -1;
+        int d = vl_hexval((unsigned char)s[i]);
+        if (d < 0)
+            return -1;
+        n = n << 4 | (unsigned)d;
     }
     *v = n;
     return 0;

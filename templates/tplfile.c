@@ -234,19 +234,27 @@ struct loader {
     bool missing;
 };
 
+void tplf_vreport(tplf_diag_fn diag, void *ud, enum tplf_kind kind, const char *file,
+                  const char *text, size_t len, const char *where, const char *fmt, va_list ap)
+{
+    if (!diag) return;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    int line = 0, col = 0;
+    if (where && text) tplf_locate(text, len, where, 0, 0, &line, &col);
+    diag(ud, kind, file, line, col, msg);
+}
+
 __attribute__((format(printf, 4, 5))) static void report(struct loader *ld, enum tplf_kind kind,
                                                          const char *where, const char *fmt, ...)
 {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
     ld->nerr++;
     if (kind == TPLF_NOINPUT) ld->missing = true;
-    int line = 0, col = 0;
-    if (where) tplf_locate(ld->t->text, ld->t->text_len, where, 0, 0, &line, &col);
-    if (ld->diag) ld->diag(ld->ud, kind, ld->t->path, line, col, msg);
+    va_list ap;
+    va_start(ap, fmt);
+    tplf_vreport(ld->diag, ld->ud, kind, ld->t->path, ld->t->text, ld->t->text_len, where, fmt,
+                 ap);
+    va_end(ap);
 }
 
 static int take_string(struct loader *ld, json_t *v, const char *where, tplf_str_t *dst)

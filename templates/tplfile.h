@@ -15,6 +15,7 @@
 #ifndef VL_TEMPLATES_TPLFILE_H
 #define VL_TEMPLATES_TPLFILE_H
 
+#include <stdarg.h>
 #include <stddef.h>
 
 /* What kind of problem a diagnostic is; the CLI maps these to exit codes
@@ -91,6 +92,14 @@ void tplf_free(tplf_t *t);
  * VL_EINVAL when the path is not found. */
 int tplf_locate(const char *text, size_t len, const char *path, int vline, int vcol, int *line,
                 int *col);
+
+/* Report one diagnostic through diag (NULL: nothing): the message is fmt
+ * with ap, and its place in file is found by tplf_locate() from where (a key
+ * path into text, len bytes; NULL or no text: no place). For loaders of JSON
+ * files that list every error, this one and cli/campaign.c's. */
+void tplf_vreport(tplf_diag_fn diag, void *ud, enum tplf_kind kind, const char *file,
+                  const char *text, size_t len, const char *where, const char *fmt, va_list ap)
+    __attribute__((format(printf, 8, 0)));
 
 /* Read a whole file (at most max bytes) into a NUL-terminated buffer the
  * caller frees. 0, VL_ENOENT, VL_EIO, VL_ETOOBIG or VL_ENOMEM. */
