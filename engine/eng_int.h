@@ -14,6 +14,9 @@ struct eng_pool {
     eng_route_t route; /* strings below are the pool's own copies */
     char *host, *ca_file, *user, *password, *helo;
     char port_str[8];
+    eng_target_t *targets; /* the pool's copy of route.targets, or NULL */
+    size_t ntargets;
+    size_t tgt_good;       /* the target new connections try first */
     tls_ctx_t *tls_ctx; /* NULL for ENG_TLS_NONE */
 
     eng_msg_t *qhead, *qtail; /* submitted, not started */

@@ -28,6 +28,7 @@
 #include <uv.h>
 
 #include "common/hist.h"
+#include "engine/dns.h"
 
 typedef struct eng_pool eng_pool_t;
 typedef struct eng_msg eng_msg_t;
@@ -171,11 +172,33 @@ typedef enum eng_tls_mode {
     ENG_TLS_IMPLICIT,      /* smtps:// (RFC 8314): TLS from the first byte */
 } eng_tls_mode_t;
 
+/* A connection ceiling shared by several pools: direct delivery keeps one pool
+ * per recipient domain under its provider's one ceiling. The owner sets max
+ * (and may lower it at any time: pools then open nothing until used drops);
+ * pools count their open connections in used. on_release (optional) runs
+ * after a pool's connection is gone, so the owner can let a pool that waits
+ * for room open one. wanted (optional) is asked when a connection of pool
+ * runs out of work while the budget is spent: non-zero means another pool
+ * waits for room, and the connection QUITs now rather than idle. */
+typedef struct eng_budget {
+    unsigned max, used;
+    void (*on_release)(struct eng_budget *b);
+    int (*wanted)(struct eng_budget *b, const eng_pool_t *pool);
+    void *ud; /* the owner's */
+} eng_budget_t;
+
 /* A route and its pool's behaviour. Strings are copied by eng_pool_new; the
  * password is wiped from memory when the pool is freed. */
 typedef struct eng_route {
-    const char *host;      /* name or IP literal */
+    const char *host;      /* name or IP literal; with targets, only a label for
+                            * messages (the recipient domain) */
     uint16_t port;
+    /* Direct delivery: connect to these addresses (copied) instead of
+     * resolving host, each connection trying them in order from the last one
+     * that answered; a target's name is the TLS name (SNI, certificate). */
+    const eng_target_t *targets;
+    size_t ntargets;
+    eng_budget_t *budget;  /* borrowed, NULL for none; must outlive the pool */
     eng_tls_mode_t tls;
     const char *ca_file;   /* NULL: the system store */
     int tls_insecure;      /* skip certificate checks: tests only */
@@ -229,6 +252,10 @@ void eng_pool_set_max_connections(eng_pool_t *p, unsigned n);
 /* Change the per-connection caps (0 = unlimited); applies from the next
  * transaction of each connection. */
 void eng_pool_set_caps(eng_pool_t *p, unsigned msgs_per_conn, unsigned rcpts_per_conn);
+
+/* QUIT the connections that are set up and idle now, rather than after the
+ * idle timeout: their budget is wanted by another pool. */
+void eng_pool_close_idle(eng_pool_t *p);
 
 /* Messages queued and not yet started; connections open (any state). */
 size_t eng_pool_queued(const eng_pool_t *p);

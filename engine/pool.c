@@ -95,6 +95,7 @@ static void pool_free(eng_pool_t *p)
         free(p->password);
     }
     free(p->helo);
+    free(p->targets);
     tls_ctx_free(p->tls_ctx);
     free(p);
 }
@@ -138,6 +139,14 @@ int eng_pool_new(eng_pool_t **out, uv_loop_t *loop, const eng_route_t *r, char *
     p->route.password = p->password;
     p->route.helo_name = p->helo;
     snprintf(p->port_str, sizeof p->port_str, "%u", (unsigned)r->port);
+    if (r->ntargets) {
+        p->targets = malloc(r->ntargets * sizeof *p->targets);
+        if (p->targets) {
+            memcpy(p->targets, r->targets, r->ntargets * sizeof *p->targets);
+            p->ntargets = r->ntargets;
+        }
+    }
+    p->route.targets = p->targets;
     p->max_conn = r->max_connections ? r->max_connections : 1;
     p->msgs_cap = r->max_msgs_per_conn;
     p->rcpts_cap = r->max_rcpts_per_conn;
@@ -147,7 +156,7 @@ int eng_pool_new(eng_pool_t **out, uv_loop_t *loop, const eng_route_t *r, char *
         hist_init(&p->stats.verb[i]);
     hist_init(&p->stats.txn);
     if (!p->host || !p->helo || (r->user && (!p->user || !p->password)) ||
-        (r->ca_file && !p->ca_file)) {
+        (r->ca_file && !p->ca_file) || (r->ntargets && !p->targets)) {
         pool_free(p);
         snprintf(errbuf, errlen, "out of memory");
         return VL_ENOMEM;
@@ -195,10 +204,15 @@ void eng__pool_kick(eng_pool_t *p)
         uv_timer_start(&p->backoff_timer, on_backoff_timer, p->backoff_until_ms - now, 0);
         return;
     }
-    /* Open connections for the work that no connection in set-up will take. */
-    while (p->nsetup < p->nqueued && p->nsess - p->nquitting < p->max_conn) {
+    /* Open connections for the work that no connection in set-up will take,
+     * within the pool's ceiling and the budget it shares with other pools. */
+    eng_budget_t *b = p->route.budget;
+    while (p->nsetup < p->nqueued && p->nsess - p->nquitting < p->max_conn &&
+           (!b || b->used < b->max)) {
         if (eng__sess_open(p))
             break;
+        if (b)
+            b->used++;
     }
 }
 
@@ -311,8 +325,15 @@ static void on_pool_timer_closed(uv_handle_t *h);
 void eng__pool_sess_gone(eng_pool_t *p, eng__sess_t *s, const eng_event_t *ev)
 {
     eng__sess_unlink(p, s);
+    eng_budget_t *b = p->route.budget;
+    if (b && b->used)
+        b->used--;
     if (p->route.on_event)
         p->route.on_event(p, ev, p->route.ud);
+    /* After the owner has seen the event (and may have closed this pool):
+     * another pool may be waiting for the room. */
+    if (b && b->on_release)
+        b->on_release(b);
     if (p->closing) {
         /* The last connection is gone: finish in the timer's close callback. */
         if (!p->nsess && !uv_is_closing((uv_handle_t *)&p->backoff_timer))
@@ -335,6 +356,16 @@ void eng_pool_set_max_connections(eng_pool_t *p, unsigned n)
         s = next;
     }
     eng__pool_kick(p);
+}
+
+void eng_pool_close_idle(eng_pool_t *p)
+{
+    for (eng__sess_t *s = p->sessions; s;) {
+        eng__sess_t *next = eng__sess_next(s);
+        if (eng__sess_idle(s))
+            eng__sess_finish(s, 0);
+        s = next;
+    }
 }
 
 void eng_pool_set_caps(eng_pool_t *p, unsigned msgs_per_conn, unsigned rcpts_per_conn)

@@ -120,6 +120,7 @@ struct eng__sess {
     int tcp_open;
     int gai_pending;
     struct addrinfo *ai_list, *ai_cur;
+    size_t tgt, tgt_tries; /* with pool targets: the one tried, how many so far */
     char remote[INET6_ADDRSTRLEN + 8];
 
     const transport_t *tp;
@@ -829,7 +830,9 @@ static void sess_next_txn(eng__sess_t *s)
         if (!m) {
             /* Work is queued but would pass this connection's caps: make
              * room for a fresh connection. */
-            if (s->pool->nqueued) {
+            eng_budget_t *b = s->pool->route.budget;
+            if (s->pool->nqueued ||
+                (b && b->wanted && b->used >= b->max && b->wanted(b, s->pool))) {
                 s->quit_wanted = 1;
                 if (!s->flen)
                     sess_quit(s);
@@ -1129,7 +1132,9 @@ static void parse_caps(eng__sess_t *s, const smtp_reply_t *r)
 
 static void start_tls(eng__sess_t *s)
 {
-    s->tls = tls_conn_new(s->pool->tls_ctx, s->pool->host);
+    /* Direct delivery checks the certificate against the MX host's name. */
+    eng_pool_t *p = s->pool;
+    s->tls = tls_conn_new(p->tls_ctx, p->targets ? p->targets[s->tgt].name : p->host);
     if (!s->tls) {
         sess_abort(s, ENG_STAGE_TLS, VL_ENOMEM, NULL, NULL);
         return;
@@ -1371,6 +1376,24 @@ static void on_retry_closed(uv_handle_t *h)
         try_connect(s);
 }
 
+/* Move to the next address to try: the resolver's next one, or the pool's
+ * next target (wrapping round from the last good one). 0 when all were tried. */
+static int next_address(eng__sess_t *s)
+{
+    eng_pool_t *p = s->pool;
+    if (p->targets) {
+        if (s->tgt_tries >= p->ntargets)
+            return 0;
+        s->tgt = (s->tgt + 1) % p->ntargets;
+        s->tgt_tries++;
+        return 1;
+    }
+    if (!s->ai_cur || !s->ai_cur->ai_next)
+        return 0;
+    s->ai_cur = s->ai_cur->ai_next;
+    return 1;
+}
+
 static void on_connect(uv_connect_t *req, int status)
 {
     eng__sess_t *s = req->data;
@@ -1379,8 +1402,7 @@ static void on_connect(uv_connect_t *req, int status)
     if (status < 0) {
         /* Try the next address (IPv6 then IPv4, as the resolver ordered them)
          * on a fresh handle; the old one must be closed first. */
-        if (status != UV_ECANCELED && s->ai_cur && s->ai_cur->ai_next) {
-            s->ai_cur = s->ai_cur->ai_next;
+        if (status != UV_ECANCELED && next_address(s)) {
             /* A handle cannot be reused before its close callback. */
             uv_close((uv_handle_t *)&s->tcp, on_retry_closed);
             return;
@@ -1409,6 +1431,8 @@ static void on_connect(uv_connect_t *req, int status)
             snprintf(s->remote, sizeof s->remote, "%s:%d", ip, port);
         }
     }
+    if (s->pool->targets)
+        s->pool->tgt_good = s->tgt; /* the next connections start here */
     hist_record(&s->pool->stats.verb[ENG_STAGE_CONNECT], eng__now_us() - s->t_wait);
     uv_tcp_nodelay(&s->tcp, 1);
     int rc = uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read);
@@ -1439,7 +1463,15 @@ static void try_connect(eng__sess_t *s)
     arm(s, tmo(s)->connect);
     s->t_wait = eng__now_us();
     s->creq.data = s;
-    rc = uv_tcp_connect(&s->creq, &s->tcp, s->ai_cur->ai_addr, on_connect);
+    const struct sockaddr *addr = s->pool->targets
+                                      ? (const struct sockaddr *)&s->pool->targets[s->tgt].addr
+                                      : s->ai_cur->ai_addr;
+    rc = uv_tcp_connect(&s->creq, &s->tcp, addr, on_connect);
+    if (rc && next_address(s)) {
+        /* Refused at once (an IPv6 address without a route, say): the next. */
+        uv_close((uv_handle_t *)&s->tcp, on_retry_closed);
+        return;
+    }
     if (rc)
         sess_abort(s, ENG_STAGE_CONNECT,
                    rc == UV_ECONNREFUSED ? VL_ECONNREFUSED : VL_ENETWORK, uv_strerror(rc), NULL);
@@ -1495,6 +1527,13 @@ int eng__sess_open(eng_pool_t *p)
     s->in_setup = 1;
     p->stats.connections++;
 
+    if (p->targets) {
+        /* Addresses given (MX lookup done by the owner): no resolving. */
+        s->tgt = p->tgt_good < p->ntargets ? p->tgt_good : 0;
+        s->tgt_tries = 1;
+        try_connect(s);
+        return 0;
+    }
     set_state(s, SESS_RESOLVE);
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     s->gai.data = s;

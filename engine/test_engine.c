@@ -636,6 +636,81 @@ static void test_reuse_cap_and_ceiling(void **state)
     harness_finish(&h);
 }
 
+/* Direct delivery's building blocks: targets tried in order (the first one's
+ * port is closed), and two pools under one shared budget of one connection. */
+static eng_pool_t *budget_pools[2];
+
+static void kick_waiting(eng_budget_t *b)
+{
+    (void)b;
+    for (int i = 0; i < 2; i++)
+        if (budget_pools[i] && eng_pool_queued(budget_pools[i]))
+            eng_pool_set_max_connections(budget_pools[i], 1);
+}
+
+static void test_targets_and_budget(void **state)
+{
+    (void)state;
+    harness_t h;
+    harness_init(&h, 1);
+    /* A closed port: bind a listener, note its port, close it. */
+    uv_tcp_t tmp;
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    uv_tcp_init(&h.loop, &tmp);
+    assert_int_equal(uv_tcp_bind(&tmp, (const struct sockaddr *)&a, 0), 0);
+    int len = sizeof a;
+    uv_tcp_getsockname(&tmp, (struct sockaddr *)&a, &len);
+    uv_close((uv_handle_t *)&tmp, NULL);
+    uv_run(&h.loop, UV_RUN_NOWAIT);
+    eng_target_t t[2];
+    memset(t, 0, sizeof t);
+    snprintf(t[0].name, sizeof t[0].name, "dead.example");
+    memcpy(&t[0].addr, &a, sizeof a);
+    snprintf(t[1].name, sizeof t[1].name, "live.example");
+    uv_ip4_addr("127.0.0.1", h.srv.port, (struct sockaddr_in *)&t[1].addr);
+    eng_budget_t b = {.max = 1, .on_release = kick_waiting};
+    for (int i = 0; i < 2; i++) {
+        eng_route_t r;
+        eng_route_init(&r);
+        r.host = i ? "b.example" : "a.example";
+        r.targets = t;
+        r.ntargets = 2;
+        r.budget = &b;
+        r.tls = ENG_TLS_NONE;
+        r.max_connections = 4;
+        r.max_msgs_per_conn = 2;
+        char err[256];
+        assert_int_equal(eng_pool_new(&budget_pools[i], &h.loop, &r, err, sizeof err), 0);
+    }
+    enum { N = 6 };
+    eng_msg_t m[2 * N];
+    outcome_t o[2 * N];
+    struct iovec iov[2 * N];
+    for (int i = 0; i < 2 * N; i++) {
+        msg_init(&m[i], &o[i], 1, &iov[i]);
+        assert_int_equal(eng_pool_submit(budget_pools[i % 2], &m[i]), 0);
+    }
+    while (eng_pool_pending(budget_pools[0]) || eng_pool_pending(budget_pools[1])) {
+        uv_run(&h.loop, UV_RUN_ONCE);
+        /* One connection at a time over both pools, whatever each allows. */
+        assert_true(b.used <= 1);
+        assert_true(eng_pool_connections(budget_pools[0]) +
+                        eng_pool_connections(budget_pools[1]) <= 1);
+    }
+    for (int i = 0; i < 2 * N; i++)
+        assert_int_equal(o[i].res.status, ENG_DELIVERED);
+    /* Two messages a connection: at least 6 connections reached the server. */
+    assert_true(h.srv.conns >= 6);
+    eng_pool_close(budget_pools[1], 0, NULL, NULL);
+    budget_pools[1] = NULL;
+    eng_pool_close(budget_pools[0], 0, on_pool_closed, &h);
+    h.pool = budget_pools[0];
+    budget_pools[0] = NULL;
+    harness_finish(&h);
+    assert_int_equal(b.used, 0);
+}
+
 static void test_partial_rcpts_and_rset(void **state)
 {
     (void)state;
@@ -786,6 +861,7 @@ int main(void)
         cmocka_unit_test(test_pipelining_on_the_wire),
         cmocka_unit_test(test_421_midstream),
         cmocka_unit_test(test_reuse_cap_and_ceiling),
+        cmocka_unit_test(test_targets_and_budget),
         cmocka_unit_test(test_partial_rcpts_and_rset),
         cmocka_unit_test(test_bdat),
         cmocka_unit_test(test_auth_plain_refused_without_tls),
