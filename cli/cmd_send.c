@@ -22,7 +22,8 @@
 static void send_usage(FILE *f)
 {
     fprintf(f, "usage: volley send CAMPAIGN.json [--redis URL] [--dry-run] [--limit N]\n"
-               "                   [--no-progress] [--ca-file FILE] [--insecure] [--sign]\n\n"
+               "                   [--no-progress] [--ca-file FILE] [--insecure] [--sign]\n"
+               "                   [--dns SERVERS]\n\n"
                "Send a campaign. Without --redis a private redis-server runs under the\n"
                "campaign's state directory; a second send resumes where the first stopped and\n"
                "sends nothing twice. At the end report.csv is written there and a summary\n"
@@ -35,6 +36,8 @@ static void send_usage(FILE *f)
                "  --no-progress no progress line (none either when stderr is not a terminal)\n"
                "  --ca-file F   trust these CAs for every route (private test CAs)\n"
                "  --insecure    do not verify certificates (tests only)\n"
+               "  --dns SERVERS MX lookups of route \"mx\" ask these DNS servers\n"
+               "                (IP[:PORT],...; default: /etc/resolv.conf's)\n"
                "  --retry-base-ms N  first backoff of a generic retry (default 60000)\n"
                "  --lease-ms N  how long a claimed row stays this worker's (default 120000)\n");
 }
@@ -104,7 +107,7 @@ static int dry_run(const char *path, unsigned long limit, int sign)
 int cmd_send(int argc, char **argv)
 {
     enum { OPT_DRY = 1000, OPT_SIGN, OPT_NOPROG, OPT_REDIS, OPT_CA, OPT_INSECURE, OPT_RETRY,
-           OPT_LEASE };
+           OPT_LEASE, OPT_DNS };
     static const struct option opts[] = {{"dry-run", no_argument, NULL, OPT_DRY},
                                          {"limit", required_argument, NULL, 'n'},
                                          {"sign", no_argument, NULL, OPT_SIGN},
@@ -114,6 +117,7 @@ int cmd_send(int argc, char **argv)
                                          {"insecure", no_argument, NULL, OPT_INSECURE},
                                          {"retry-base-ms", required_argument, NULL, OPT_RETRY},
                                          {"lease-ms", required_argument, NULL, OPT_LEASE},
+                                         {"dns", required_argument, NULL, OPT_DNS},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     int dry = 0, sign = 0, c;
@@ -142,6 +146,9 @@ int cmd_send(int argc, char **argv)
             break;
         case OPT_INSECURE:
             so.insecure = 1;
+            break;
+        case OPT_DNS:
+            so.dns_servers = optarg;
             break;
         case OPT_RETRY:
             so.retry_base_ms = strtoull(optarg, NULL, 10);

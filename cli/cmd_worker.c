@@ -110,6 +110,7 @@ typedef struct wk {
     int stopping;
     const char *ca_file;
     int insecure;
+    const char *dns_servers;
     uint64_t retry_base_ms;
     uint32_t lease_ms;
     cli_metrics_t *metrics;
@@ -286,6 +287,7 @@ static void serve(wk_t *wk, const char *id, const char *path)
     o.require_ingested = 1;
     o.ca_file = wk->ca_file;
     o.tls_insecure = wk->insecure;
+    o.dns_servers = wk->dns_servers;
     o.retry_base_ms = wk->retry_base_ms;
     o.lease_ms = wk->lease_ms;
     o.on_finish = served_finish;
@@ -378,6 +380,7 @@ int cmd_worker(int argc, char **argv)
                                          {"retry-base-ms", required_argument, NULL, 'b'},
                                          {"lease-ms", required_argument, NULL, 'l'},
                                          {"metrics", required_argument, NULL, 'm'},
+                                         {"dns", required_argument, NULL, 'd'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     wk_t wk = {0};
@@ -404,9 +407,13 @@ int cmd_worker(int argc, char **argv)
         case 'm':
             metrics = optarg;
             break;
+        case 'd':
+            wk.dns_servers = optarg;
+            break;
         case 'h':
             printf("usage: volley worker --redis URL [--metrics HOST:PORT] [--ca-file FILE]\n"
-                   "                     [--insecure] [--retry-base-ms N] [--lease-ms N]\n\n"
+                   "                     [--insecure] [--retry-base-ms N] [--lease-ms N]\n"
+                   "                     [--dns SERVERS]\n\n"
                    "Send the running campaigns enqueued on that Redis, sharing every\n"
                    "provider's limits with the other workers. SIGINT/SIGTERM: finish the\n"
                    "messages in flight and stop (twice: stop at once; leases bring the\n"
@@ -416,7 +423,9 @@ int cmd_worker(int argc, char **argv)
                    "  --metrics HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics\n"
                    "                (results by campaign, provider and status; messages in\n"
                    "                flight, backlog and connections per provider). Port 0\n"
-                   "                picks one; the address is printed on stderr.\n");
+                   "                picks one; the address is printed on stderr.\n"
+                   "  --dns SERVERS MX lookups of route \"mx\" ask these DNS servers\n"
+                   "                (IP[:PORT],...; default: /etc/resolv.conf's)\n");
             return EX_OK;
         default:
             return EX_USAGE;

@@ -195,6 +195,7 @@ static int run_worker(const char *url, const char *id, const msg_factory_t *f,
     wo.reclaim_leases = o->redis_url == NULL; /* the embedded Redis has no other worker */
     wo.ca_file = o->ca_file;
     wo.tls_insecure = o->insecure;
+    wo.dns_servers = o->dns_servers;
     wo.retry_base_ms = o->retry_base_ms;
     wo.lease_ms = o->lease_ms;
     wo.on_progress = on_progress;

@@ -373,6 +373,7 @@ static int parse_provider(pctx_t *c, const json_t *o, rl_provider_t *p)
                                         "rules_base",
                                         "tls",
                                         "helo",
+                                        "mx_port",
                                         "comment",
                                         NULL};
     if (!json_is_object(o)) return perr(c, NULL, NULL, "must be an object");
@@ -403,6 +404,22 @@ static int parse_provider(pctx_t *c, const json_t *o, rl_provider_t *p)
              get_limit(c, o, "max_recipients_per_connection", &p->max_recipients_per_connection)) ||
         (rc = get_string(c, o, "helo", NULL, &p->helo)))
         return rc;
+
+    if (p->route == RL_ROUTE_MX && p->auth_user)
+        return perr(c, "auth", NULL,
+                    "not with route \"mx\": MX hosts take mail for their own domains "
+                    "without AUTH");
+    uint32_t mx_port = 0;
+    if ((rc = get_limit(c, o, "mx_port", &mx_port))) return rc;
+    if (json_object_get(o, "mx_port")) {
+        if (p->route != RL_ROUTE_MX)
+            return perr(c, "mx_port", NULL, "only with route \"mx\" (give the port in the URL)");
+        if (mx_port < 1 || mx_port > 65535)
+            return perr(c, "mx_port", NULL, "must be 1 to 65535");
+        p->port = (uint16_t)mx_port;
+    } else if (p->route == RL_ROUTE_MX) {
+        p->port = 25;
+    }
 
     uint32_t burst = 0;
     if ((rc = get_limit(c, o, "burst", &burst))) return rc;
@@ -446,11 +463,26 @@ static int parse_provider(pctx_t *c, const json_t *o, rl_provider_t *p)
     json_t *tls = json_object_get(o, "tls");
     if (tls) {
         if (!json_is_object(tls))
-            return perr(c, "tls", NULL, "must be an object {ca_file, insecure}");
+            return perr(c, "tls", NULL, "must be an object {policy, ca_file, insecure}");
         json_object_foreach(tls, key, v)
         {
-            if (strcmp(key, "ca_file") && strcmp(key, "insecure"))
-                return perr(c, "tls", key, "unknown field (use ca_file, insecure)");
+            if (strcmp(key, "ca_file") && strcmp(key, "insecure") && strcmp(key, "policy"))
+                return perr(c, "tls", key, "unknown field (use policy, ca_file, insecure)");
+        }
+        json_t *pol = json_object_get(tls, "policy");
+        if (pol) {
+            const char *ps = json_string_value(pol);
+            if (ps && !strcmp(ps, "verify"))
+                p->tls_policy = RL_TLS_VERIFY;
+            else if (ps && !strcmp(ps, "require"))
+                p->tls_policy = RL_TLS_REQUIRE;
+            else if (ps && !strcmp(ps, "may"))
+                p->tls_policy = RL_TLS_MAY;
+            else
+                return perr(c, "tls", "policy", "must be \"verify\", \"require\" or \"may\"");
+            if (p->route == RL_ROUTE_SMTPS && p->tls_policy != RL_TLS_VERIFY)
+                return perr(c, "tls", "policy",
+                            "an smtps:// route is TLS from the first byte: only \"verify\"");
         }
         if ((rc = get_string(c, tls, "ca_file", "tls", &p->tls_ca_file))) return rc;
         json_t *ins = json_object_get(tls, "insecure");
@@ -469,6 +501,7 @@ static int make_default(rl_provider_t *p)
     if (!p->name || !p->domains || !(p->domains[0] = strdup("*"))) return VL_ENOMEM;
     p->ndomains = 1;
     p->route = RL_ROUTE_MX;
+    p->port = 25;
     p->max_connections = 2;
     p->max_messages_per_connection = 10;
     p->max_recipients_per_message = 1;

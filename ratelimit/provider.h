@@ -38,6 +38,17 @@ typedef enum rl_route_kind {
     RL_ROUTE_MX     /* direct delivery to the domain's MX hosts, port 25 */
 } rl_route_kind_t;
 
+/* How TLS is used on smtp:// and mx routes (smtps:// is TLS from the start,
+ * always verified unless "insecure"). */
+typedef enum rl_tls_policy {
+    RL_TLS_VERIFY,  /* STARTTLS when offered; the certificate must match the host
+                     * (for mx, the MX host's name). Default */
+    RL_TLS_REQUIRE, /* STARTTLS must be offered, and verified as above */
+    RL_TLS_MAY      /* STARTTLS when offered, certificate not checked: RFC 7435
+                     * opportunistic security, for MX hosts with self-signed
+                     * certificates (encrypted against a passive listener only) */
+} rl_tls_policy_t;
+
 /* One provider. Read-only for users; owned by its rl_providers_t. Limits of 0 mean "not
  * configured" (no limit). */
 typedef struct rl_provider {
@@ -46,7 +57,8 @@ typedef struct rl_provider {
     size_t ndomains;
     rl_route_kind_t route;
     char *host;         /* NULL for mx */
-    uint16_t port;      /* 0 for mx */
+    uint16_t port;      /* mx: the MX hosts' port, "mx_port" (25; other ports are
+                         * for tests and for receivers behind a port map) */
     char *auth_user;    /* NULL: no AUTH */
     char *password_env; /* at most one of these two is set when auth_user is */
     char *password_file;
@@ -62,6 +74,7 @@ typedef struct rl_provider {
     const rl_rules_t *rules_base; /* the built-in set named by "rules"/"rules_base" */
     char *tls_ca_file;            /* NULL: the system store */
     bool tls_insecure;            /* skip certificate verification (tests only) */
+    rl_tls_policy_t tls_policy;   /* "tls": {"policy": ...} */
     char *helo;                   /* NULL: the caller picks the host name */
 } rl_provider_t;
 

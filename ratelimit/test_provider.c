@@ -116,7 +116,20 @@ static void test_match(void **state)
     assert_int_equal(d->rate.burst, 1);
     assert_int_equal(d->nquotas, 0);
     assert_ptr_equal(d->rules_base, rl_rules_builtin("generic"));
+    assert_int_equal(d->port, 25);
+    assert_int_equal(d->tls_policy, RL_TLS_VERIFY);
     assert_string_equal(rl_providers_match(ps, "QQ.com")->name, "qq");
+    assert_int_equal(rl_providers_match(ps, "QQ.com")->port, 25);
+    rl_providers_free(ps);
+
+    /* Direct delivery to another port (tests, port maps), TLS policies. */
+    ps = parse_ok("[{\"name\": \"t\", \"domains\": [\"*\"], \"route\": \"mx\", "
+                  "\"mx_port\": 2525, \"tls\": {\"policy\": \"may\"}},"
+                  " {\"name\": \"r\", \"domains\": [\"r.example\"], \"route\": "
+                  "\"smtp://h:25\", \"tls\": {\"policy\": \"require\"}}]");
+    assert_int_equal(rl_providers_match(ps, "x.example")->port, 2525);
+    assert_int_equal(rl_providers_match(ps, "x.example")->tls_policy, RL_TLS_MAY);
+    assert_int_equal(rl_providers_match(ps, "r.example")->tls_policy, RL_TLS_REQUIRE);
     rl_providers_free(ps);
 
     ps = rl_providers_default();
@@ -164,6 +177,17 @@ static void test_errors(void **state)
         {"[{\"name\": \"a\", \"domains\": [\"bad domain\"]}]", "domains: entry 1"},
         {"[{\"name\": \"a\",, }]", "providers.json:1:"},
         {"{\"name\": \"a\"}", "must be a JSON list"},
+        {"[{\"name\": \"a\", \"domains\": [\"x.com\"], \"route\": \"smtp://h:25\", "
+         "\"mx_port\": 2525}]",
+         "provider a: mx_port: only with route \"mx\""},
+        {"[{\"name\": \"a\", \"domains\": [\"x.com\"], \"tls\": {\"policy\": \"never\"}}]",
+         "provider a: tls.policy: must be \"verify\", \"require\" or \"may\""},
+        {"[{\"name\": \"a\", \"domains\": [\"x.com\"], \"route\": \"smtps://h:465\", "
+         "\"tls\": {\"policy\": \"may\"}}]",
+         "tls.policy: an smtps:// route"},
+        {"[{\"name\": \"a\", \"domains\": [\"x.com\"], \"route\": \"mx\", "
+         "\"auth\": {\"user\": \"u\", \"password_env\": \"P\"}}]",
+         "provider a: auth: not with route \"mx\""},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         rl_providers_t *ps = (rl_providers_t *)1;
@@ -214,7 +238,7 @@ static void test_password_never_printed(void **state)
     char path[64], json[256];
     snprintf(path, sizeof path, "%s/pw", dir);
     snprintf(json, sizeof json,
-             "[{\"name\": \"f\", \"domains\": [\"*\"], \"auth\": {\"user\": \"u\", "
+             "[{\"name\": \"f\", \"domains\": [\"*\"], \"route\": \"smtp://h:25\", \"auth\": {\"user\": \"u\", "
              "\"password_file\": \"%s\"}}]",
              path);
     ps = parse_ok(json);

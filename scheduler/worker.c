@@ -11,6 +11,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "engine/engine.h"
+#include "engine/mx.h"
 #include "ratelimit/aimd.h"
 #include "ratelimit/gcra.h"
 #include "ratelimit/lua.h"
@@ -68,7 +69,8 @@ typedef struct lease_op {
 struct prov {
     sched_worker_t *w;
     const rl_provider_t *cfg;
-    eng_pool_t *pool;
+    eng_pool_t *pool;    /* smtp:// and smtps:// routes: one pool */
+    eng_mx_t *mx;        /* route "mx": a pool per recipient domain */
     const rl_rules_t *chain[3];
     size_t nchain;
     rl_aimd_t aimd;
@@ -169,6 +171,34 @@ static uint64_t rnd(void *arg)
 
 static void maybe_finish(sched_worker_t *w);
 static void try_provider(prov_t *p, uint64_t now);
+
+/* A provider delivers through one pool (a relay) or through the MX router;
+ * the rest of the worker does not care which. */
+static int prov_ready(const prov_t *p)
+{
+    return p->pool || p->mx;
+}
+
+static void prov_set_max_connections(prov_t *p, unsigned n)
+{
+    if (p->pool)
+        eng_pool_set_max_connections(p->pool, n);
+    else if (p->mx)
+        eng_mx_set_max_connections(p->mx, n);
+}
+
+static void prov_set_caps(prov_t *p, unsigned msgs, unsigned rcpts)
+{
+    if (p->pool)
+        eng_pool_set_caps(p->pool, msgs, rcpts);
+    else if (p->mx)
+        eng_mx_set_caps(p->mx, msgs, rcpts);
+}
+
+static unsigned prov_connections(const prov_t *p)
+{
+    return p->pool ? eng_pool_connections(p->pool) : p->mx ? eng_mx_connections(p->mx) : 0;
+}
 
 /* ---- recording ---------------------------------------------------------- */
 
@@ -506,9 +536,9 @@ static void suspend_provider(prov_t *p, uint64_t until, const char *why)
 static void apply_learned(prov_t *p, uint64_t now)
 {
     unsigned conns = rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now);
-    eng_pool_set_max_connections(p->pool, conns);
-    eng_pool_set_caps(p->pool, rl_aimd_get(&p->aimd, RL_LIMIT_MESSAGES_PER_CONNECTION, now),
-                      rl_aimd_get(&p->aimd, RL_LIMIT_RECIPIENTS_PER_CONNECTION, now));
+    prov_set_max_connections(p, conns);
+    prov_set_caps(p, rl_aimd_get(&p->aimd, RL_LIMIT_MESSAGES_PER_CONNECTION, now),
+                  rl_aimd_get(&p->aimd, RL_LIMIT_RECIPIENTS_PER_CONNECTION, now));
 }
 
 /* ---- learned limits, shared ---------------------------------------------- */
@@ -610,7 +640,7 @@ static void act_on_provider(prov_t *p, const rl_action_t *a, const rl_reply_t *r
     switch (a->cls) {
     case RL_LOWER_CONCURRENCY:
         rl_aimd_decrease(&p->aimd, RL_LIMIT_CONNECTIONS, now,
-                         eng_pool_connections(p->pool) ? eng_pool_connections(p->pool) : 1);
+                         prov_connections(p) ? prov_connections(p) : 1);
         apply_learned(p, now);
         publish_learned(p, 0);
         break;
@@ -781,7 +811,8 @@ static void submit_row(sched_worker_t *w, prov_t *p, job_t *j)
     j->msg.rcpt_status = j->st;
     j->msg.on_done = on_msg_done;
     j->msg.ud = j;
-    if (eng_pool_submit(p->pool, &j->msg)) {
+    if (p->mx ? eng_mx_submit(p->mx, &j->msg, info.ascii_domain)
+              : eng_pool_submit(p->pool, &j->msg)) {
         record(w, j, "deferred", 0, "", "not tried: the connection pool is closing", "", 0,
                now_ms());
         job_free(w, j);
@@ -1133,13 +1164,13 @@ static void take_rate(prov_t *p, unsigned n)
 
 static void recount_slots(prov_t *p)
 {
-    if (!p->pool)
+    if (!prov_ready(p))
         return;
     unsigned held = 0;
     for (unsigned i = 0; i < MAX_SLOTS; i++)
         held += p->slot_ok[i];
     p->held = held;
-    eng_pool_set_max_connections(p->pool, held ? held : 1);
+    prov_set_max_connections(p, held ? held : 1);
 }
 
 static void on_slot(sched_redis_t *r, redisReply *reply, void *priv, int err, const char *errstr)
@@ -1212,7 +1243,7 @@ static void release_slots(sched_worker_t *w)
 static void try_provider(prov_t *p, uint64_t now)
 {
     sched_worker_t *w = p->w;
-    if (w->stopping || p->stopped || !p->pool || now < p->suspended_until_ms ||
+    if (w->stopping || p->stopped || !prov_ready(p) || now < p->suspended_until_ms ||
         !sched_redis_connected(w->r))
         return;
     unsigned conns = rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now);
@@ -1429,7 +1460,7 @@ static void on_tick(uv_timer_t *t)
     }
     for (size_t i = 0; i < w->nprovs; i++) {
         prov_t *p = &w->provs[i];
-        if (p->stopped || !p->pool)
+        if (p->stopped || !prov_ready(p))
             continue;
         learned_tick(p, now);
         slots_tick(p, now, rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now));
@@ -1464,6 +1495,10 @@ static void on_eng_event(eng_pool_t *pool, const eng_event_t *ev, void *ud)
                 return;
         }
     }
+    /* Direct delivery: one domain's unreachable MX hosts say nothing about
+     * the others; that domain's pool backs off, and its messages are retried. */
+    if (p->mx)
+        return;
     char reason[300];
     snprintf(reason, sizeof reason, "%s at %s: %s%s%s", vl_err_name(ev->err),
              eng_stage_name(ev->stage), ev->errstr ? ev->errstr : "",
@@ -1554,6 +1589,8 @@ static void maybe_finish(sched_worker_t *w)
     for (size_t i = 0; i < w->nprovs; i++) {
         if (w->provs[i].pool)
             eng_pool_close(w->provs[i].pool, 0, on_pool_closed, w);
+        else if (w->provs[i].mx)
+            eng_mx_close(w->provs[i].mx, 0, on_pool_closed, w);
         else
             w->closing_pools--;
     }
@@ -1571,7 +1608,7 @@ void sched_worker_provider_stats(sched_worker_t *w, size_t i, sched_prov_stats_t
     out->provider = p->cfg->name;
     out->inflight = p->inflight;
     out->backlog = p->nback;
-    out->connections = p->pool ? eng_pool_connections(p->pool) : 0;
+    out->connections = prov_connections(p);
     out->max_connections = rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now_ms());
 }
 
@@ -1646,21 +1683,16 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
         conf[RL_LIMIT_RECIPIENTS_PER_MESSAGE] = p->cfg->max_recipients_per_message;
         rl_aimd_init(&p->aimd, conf, 0);
         rl_route_init(&p->route, 0, 0, 0);
-        if (p->cfg->route == RL_ROUTE_MX) {
-            /* Its rows wait; send ends with the reason once nothing else is left. */
-            p->stopped = 1;
-            snprintf(p->reason, sizeof p->reason,
-                     "route \"mx\" (direct delivery by MX lookup) is not supported by this "
-                     "version; give the provider an smtp:// or smtps:// route");
-            continue;
-        }
         eng_route_t er;
         eng_route_init(&er);
         er.host = p->cfg->host;
         er.port = p->cfg->port;
-        er.tls = p->cfg->route == RL_ROUTE_SMTPS ? ENG_TLS_IMPLICIT : ENG_TLS_OPPORTUNISTIC;
+        er.tls = p->cfg->route == RL_ROUTE_SMTPS         ? ENG_TLS_IMPLICIT
+                 : p->cfg->tls_policy == RL_TLS_REQUIRE ? ENG_TLS_STARTTLS
+                                                        : ENG_TLS_OPPORTUNISTIC;
         er.ca_file = o->ca_file ? o->ca_file : p->cfg->tls_ca_file;
-        er.tls_insecure = o->tls_insecure || p->cfg->tls_insecure;
+        er.tls_insecure =
+            o->tls_insecure || p->cfg->tls_insecure || p->cfg->tls_policy == RL_TLS_MAY;
         er.helo_name = p->cfg->helo;
         er.max_connections = conf[RL_LIMIT_CONNECTIONS];
         er.max_msgs_per_conn = conf[RL_LIMIT_MESSAGES_PER_CONNECTION];
@@ -1678,13 +1710,26 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
             er.user = p->cfg->auth_user;
             er.password = pw;
         }
-        rc = eng_pool_new(&p->pool, loop, &er, err, errlen);
+        if (p->cfg->route == RL_ROUTE_MX) {
+            /* Direct delivery: a pool per recipient domain, made when its MX
+             * lookup answers; the provider's ceiling holds over them all. */
+            eng_mx_opts_t mo = {.route = er,
+                                .port = p->cfg->port,
+                                .dns_servers = o->dns_servers,
+                                .max_connections = er.max_connections};
+            mo.route.host = NULL;
+            rc = eng_mx_new(&p->mx, loop, &mo, err, errlen);
+        } else {
+            rc = eng_pool_new(&p->pool, loop, &er, err, errlen);
+        }
         memset(pw, 0, sizeof pw);
     }
     if (rc) {
         for (size_t i = 0; i < w->nprovs; i++)
             if (w->provs[i].pool)
                 eng_pool_close(w->provs[i].pool, 1, NULL, NULL);
+            else if (w->provs[i].mx)
+                eng_mx_close(w->provs[i].mx, 1, NULL, NULL);
         free(w->provs);
         free(w->id);
         free(w);

@@ -51,6 +51,8 @@ typedef struct sched_worker_opts {
     /* TLS overrides for every route (tests against private CAs). */
     const char *ca_file;
     int tls_insecure;
+    /* DNS servers for route "mx" ("IP[:PORT],..."), NULL for the system's. */
+    const char *dns_servers;
     /* Called about twice a second with fresh counts (optional). */
     void (*on_progress)(const sched_progress_t *p, void *ud);
     /* Called for every result recorded, with the provider's name and the

@@ -52,15 +52,16 @@ def run_tests(tests, tmp):
 
 
 class Sink:
-    """A volley-sink on 127.0.0.1 and a free port; stats and log read at stop."""
+    """A volley-sink on 127.0.0.1 and a free port (or at listen); stats and log
+    read at stop."""
 
-    def __init__(self, tmp, *args, name=None, env=None):
+    def __init__(self, tmp, *args, name=None, env=None, listen="127.0.0.1:0"):
         name = name or "sink-%d" % time.monotonic_ns()
         self.stats_path = os.path.join(tmp, name + "-stats.json")
         self.log_path = os.path.join(tmp, name + "-log.jsonl")
         e = dict(os.environ)
         e.update(env or {})
-        self.p = subprocess.Popen([SINK, "--listen", "127.0.0.1:0", "--stats", self.stats_path,
+        self.p = subprocess.Popen([SINK, "--listen", listen, "--stats", self.stats_path,
                                    "--log", self.log_path, "--max-seconds", "600"] + list(args),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   env=e)

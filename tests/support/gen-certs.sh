@@ -8,10 +8,14 @@
 #                               must trust ca.pem to accept it)
 #   other-ca.pem, other-ca.key  a second CA that signed nothing of ours, for
 #                               "unknown CA" tests
+#   NAME.pem, NAME.key          for each further argument NAME, a certificate
+#                               for the DNS name NAME signed by ca.pem (an MX
+#                               host's, say)
 # EC P-256 keys keep generation well under a second. Nothing here is secret.
 set -eu
 
-dir=${1:?usage: gen-certs.sh DIR}
+dir=${1:?usage: gen-certs.sh DIR [NAME...]}
+shift
 mkdir -p "$dir"
 cd "$dir"
 
@@ -46,3 +50,14 @@ ossl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
     -out server.pem -days 3650 -extfile server.ext
 rm -f server.csr server.ext ca.srl
 chmod 600 ca.key other-ca.key server.key
+
+for name in "$@"; do
+    ossl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$name.key" -out "$name.csr" -subj "/CN=$name"
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:%s\n' \
+        "$name" >"$name.ext"
+    ossl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca.key -CAcreateserial \
+        -out "$name.pem" -days 3650 -extfile "$name.ext"
+    rm -f "$name.csr" "$name.ext" ca.srl
+    chmod 600 "$name.key"
+done
