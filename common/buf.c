@@ -70,18 +70,61 @@ int buf_putc(buf_t *b, char c)
 
 int buf_vprintf(buf_t *b, const char *fmt, va_list ap)
 {
+    /* Print into the room there is, and print again only when it was too
+     * small: measuring first would cost every call two passes. */
+    if (b->cap - b->len < 128 && b->len + 128 <= b->max && buf_reserve(b, 128))
+        return VL_ENOMEM;
+    size_t room = b->cap > b->len ? b->cap - b->len : 0;
     va_list ap2;
     va_copy(ap2, ap);
-    int n = vsnprintf(NULL, 0, fmt, ap2);
+    int n = vsnprintf(room ? b->data + b->len : NULL, room, fmt, ap2);
     va_end(ap2);
-    if (n < 0)
+    if (n < 0) {
+        if (room)
+            b->data[b->len] = '\0';
         return VL_EINVAL;
+    }
+    if ((size_t)n < room) {
+        b->len += (size_t)n;
+        return 0;
+    }
     int rc = buf_reserve(b, (size_t)n);
-    if (rc)
+    if (rc) {
+        if (room)
+            b->data[b->len] = '\0';
         return rc;
+    }
     vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
     b->len += (size_t)n;
     return 0;
+}
+
+size_t buf_fmt_dec(char *dst, unsigned long long v)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        dst[i] = tmp[n - 1 - i];
+    dst[n] = '\0';
+    return n;
+}
+
+int buf_put_dec(buf_t *b, long long v)
+{
+    char tmp[24];
+    size_t n = sizeof tmp;
+    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    do {
+        tmp[--n] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        tmp[--n] = '-';
+    return buf_append(b, tmp + n, sizeof tmp - n);
 }
 
 int buf_printf(buf_t *b, const char *fmt, ...)

@@ -45,6 +45,12 @@ BUF_MUST_USE int buf_append(buf_t *b, const void *p, size_t n);
 BUF_MUST_USE int buf_puts(buf_t *b, const char *s);
 BUF_MUST_USE int buf_putc(buf_t *b, char c);
 BUF_MUST_USE int buf_printf(buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Append v in decimal (a '-' first when negative): what printf("%lld") does,
+ * without printf's cost, for the numbers written once or more per message. */
+BUF_MUST_USE int buf_put_dec(buf_t *b, long long v);
+/* Write v in decimal and a NUL into dst (at least 21 bytes); returns the
+ * digits written. */
+size_t buf_fmt_dec(char *dst, unsigned long long v);
 BUF_MUST_USE int buf_vprintf(buf_t *b, const char *fmt, va_list ap);
 
 /* Drop the first n bytes (n <= len), moving the rest to the front. */

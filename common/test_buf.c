@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +28,42 @@ static void test_append_and_cap(void **state)
     assert_string_equal(p, "12345");
     assert_null(b.data);
     free(p);
+    buf_free(&b);
+}
+
+/* printf into the room there is, growing when it is not enough, never past
+ * the cap; decimal without printf. */
+static void test_printf_and_dec(void **state)
+{
+    (void)state;
+    buf_t b;
+    buf_init(&b, 1000);
+    char big[600];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    assert_int_equal(buf_printf(&b, "<%s>", big), 0); /* more than the first room */
+    assert_int_equal(b.len, 601);
+    assert_int_equal(b.data[0], '<');
+    assert_int_equal(b.data[600], '>');
+    assert_int_equal(b.data[601], '\0');
+    assert_int_equal(buf_printf(&b, "%s", big), VL_ETOOBIG); /* 1200 > 1000 */
+    assert_int_equal(b.len, 601);
+    assert_int_equal(b.data[601], '\0');
+    buf_reset(&b);
+    long long v[] = {0, 7, -7, 1234567890123LL, -9223372036854775807LL - 1,
+                     9223372036854775807LL};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        char want[32];
+        snprintf(want, sizeof want, "%lld", v[i]);
+        buf_reset(&b);
+        assert_int_equal(buf_put_dec(&b, v[i]), 0);
+        assert_string_equal(b.data, want);
+    }
+    buf_free(&b);
+    buf_init(&b, 3);
+    assert_int_equal(buf_put_dec(&b, 1234), VL_ETOOBIG);
+    assert_int_equal(buf_put_dec(&b, 123), 0);
+    assert_string_equal(b.data, "123");
     buf_free(&b);
 }
 
@@ -54,6 +91,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_append_and_cap),
+        cmocka_unit_test(test_printf_and_dec),
         cmocka_unit_test(test_iov),
         cmocka_unit_test(test_err_table),
     };

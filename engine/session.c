@@ -634,9 +634,17 @@ static int emit(eng__sess_t *s, cmd_t *c, size_t *text_start)
         break;
     case CMD_MAIL: {
         eng_msg_t *m = c->msg;
-        rc = buf_printf(t, "MAIL FROM:<%s>", m->mail_from);
-        if (!rc && (s->caps & CAP_SIZE))
-            rc = buf_printf(t, " SIZE=%zu", iov_total(m->iov, m->iovcnt));
+        /* Pieces rather than printf: this runs for every message. */
+        rc = buf_puts(t, "MAIL FROM:<");
+        if (!rc)
+            rc = buf_puts(t, m->mail_from);
+        if (!rc)
+            rc = buf_putc(t, '>');
+        if (!rc && (s->caps & CAP_SIZE)) {
+            rc = buf_puts(t, " SIZE=");
+            if (!rc)
+                rc = buf_put_dec(t, (long long)iov_total(m->iov, m->iovcnt));
+        }
         if (!rc && (m->flags & ENG_MSG_8BIT) && (s->caps & CAP_8BITMIME))
             rc = buf_puts(t, " BODY=8BITMIME");
         if (!rc && (m->flags & ENG_MSG_SMTPUTF8))
@@ -646,7 +654,11 @@ static int emit(eng__sess_t *s, cmd_t *c, size_t *text_start)
         break;
     }
     case CMD_RCPT:
-        rc = buf_printf(t, "RCPT TO:<%s>\r\n", c->msg->rcpts[c->idx]);
+        rc = buf_puts(t, "RCPT TO:<");
+        if (!rc)
+            rc = buf_puts(t, c->msg->rcpts[c->idx]);
+        if (!rc)
+            rc = buf_puts(t, ">\r\n");
         break;
     case CMD_DATA:
         rc = buf_puts(t, "DATA\r\n");
@@ -676,7 +688,11 @@ static int emit(eng__sess_t *s, cmd_t *c, size_t *text_start)
         if (n < 0)
             return (int)n;
         if (!dot) {
-            rc = buf_printf(t, "BDAT %ld LAST\r\n", n);
+            rc = buf_puts(t, "BDAT ");
+            if (!rc)
+                rc = buf_put_dec(t, n);
+            if (!rc)
+                rc = buf_puts(t, " LAST\r\n");
             if (rc)
                 return rc;
             c->text_off = off;

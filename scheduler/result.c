@@ -88,15 +88,23 @@ static int str_field(buf_t *out, const char *key, const char *v)
     return rc ? rc : sched_json_string(out, v ? v : "", v ? strlen(v) : 0);
 }
 
+static int num_field(buf_t *out, const char *key, long long v)
+{
+    int rc = buf_puts(out, key);
+    return rc ? rc : buf_put_dec(out, v);
+}
+
 int sched_result_json(buf_t *out, const sched_result_t *r)
 {
     int rc = str_field(out, "{\"email\":", r->email);
     if (!rc) rc = str_field(out, ",\"provider\":", r->provider);
     if (!rc) rc = str_field(out, ",\"status\":", r->status);
-    if (!rc) rc = buf_printf(out, ",\"attempts\":%lld,\"code\":%lld", r->attempts, r->code);
+    if (!rc) rc = num_field(out, ",\"attempts\":", r->attempts);
+    if (!rc) rc = num_field(out, ",\"code\":", r->code);
     if (!rc) rc = str_field(out, ",\"enhanced\":", r->enhanced);
     if (!rc) rc = str_field(out, ",\"response\":", r->response);
-    if (!rc) rc = buf_printf(out, ",\"first\":%lld,\"last\":%lld", r->first_ms, r->last_ms);
+    if (!rc) rc = num_field(out, ",\"first\":", r->first_ms);
+    if (!rc) rc = num_field(out, ",\"last\":", r->last_ms);
     if (!rc) rc = str_field(out, ",\"host\":", r->host);
     return rc ? rc : buf_putc(out, '}');
 }

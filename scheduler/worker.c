@@ -345,7 +345,7 @@ static void flush_records(sched_worker_t *w)
     size_t *off = calloc((size_t)argc, sizeof *off);
     int a = 0, err = !off;
 #define ARG(str) (err = err || buf_puts(&ar, (str)) || buf_putc(&ar, '\0'), off[a++] = ar.len)
-#define NUM(fmt, v) (err = err || buf_printf(&ar, fmt, v) || buf_putc(&ar, '\0'), off[a++] = ar.len)
+#define NUM(fmt, v) (err = err || buf_put_dec(&ar, (long long)(v)) || buf_putc(&ar, '\0'), off[a++] = ar.len)
     if (!err) {
         ARG(w->k_lease);
         ARG(w->k_res);
@@ -889,16 +889,23 @@ static job_t *claim_row(sched_worker_t *w, prov_t *p, held_t *h, const sched_mem
     j->p = p;
     j->h = h;
     j->submitted = 0;
-    snprintf(j->row, sizeof j->row, "%lu", line->row);
-    snprintf(j->batch, sizeof j->batch, "%lu-%lu", m->first, m->last);
+    /* Without printf: this runs for every row claimed. */
+    buf_fmt_dec(j->row, line->row);
+    size_t bl = buf_fmt_dec(j->batch, m->first);
+    j->batch[bl++] = '-';
+    buf_fmt_dec(j->batch + bl, m->last);
     j->attempts = 0;
     j->first_ms = j->last_ms = 0;
     j->email[0] = '\0';
     j->nf = sched_fields_decode(line->fields, line->fields_len, &j->fields, j->foff, j->flen,
                                 MAX_FIELDS);
-    if (j->nf > w->o.email_col)
-        snprintf(j->email, sizeof j->email, "%.*s", (int)j->flen[w->o.email_col],
-                 j->fields.data + j->foff[w->o.email_col]);
+    if (j->nf > w->o.email_col) {
+        size_t el = j->flen[w->o.email_col];
+        if (el >= sizeof j->email)
+            el = sizeof j->email - 1;
+        memcpy(j->email, j->fields.data + j->foff[w->o.email_col], el);
+        j->email[el] = '\0';
+    }
     if (res && res->type == REDIS_REPLY_STRING && res->len) {
         /* A row retried on its own: its attempts so far. */
         json_t *o = json_loadb(res->str, res->len, 0, NULL);

@@ -709,21 +709,7 @@ const char *msg_out_message_id(const msg_out_t *o)
 
 /* ---- rendering ---- */
 
-/* Decimal and hex without printf: these run for every message. */
-static size_t fmt_dec(char *dst, unsigned long long v)
-{
-    char tmp[24];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (size_t i = 0; i < n; i++)
-        dst[i] = tmp[n - 1 - i];
-    dst[n] = '\0';
-    return n;
-}
-
+/* Hex without printf: this runs for every message (decimal: buf_fmt_dec). */
 static size_t fmt_hex16(char *dst, uint64_t v)
 {
     for (int i = 15; i >= 0; i--) {
@@ -990,7 +976,7 @@ int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, t
     o->smtputf8 = utf8;
 
     /* Built-ins. */
-    o->rowlen = fmt_dec(o->rowstr, row->row);
+    o->rowlen = buf_fmt_dec(o->rowstr, row->row);
     if (now != o->date_t) {
         o->datelen = mime_date(o->date, now);
         o->date_t = now;
@@ -1012,7 +998,7 @@ int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, t
         char *m = o->mid;
         m += fmt_hex16(m, next_rand(o));
         *m++ = '.';
-        m += fmt_dec(m, row->row);
+        m += buf_fmt_dec(m, row->row);
         *m++ = '.';
         size_t cl = strlen(f->mid_campaign), dl = strlen(from_domain);
         memcpy(m, f->mid_campaign, cl);
