@@ -52,7 +52,10 @@ struct op {
     const char *script;
     int nkeys, nargs;
     int eval_sent;
-    size_t *lens; /* nkeys + nargs lengths, followed in the same block by the bytes */
+    char *cmd;      /* the EVALSHA command as sent (RESP), owned */
+    size_t cmd_len;
+    size_t hdr_len; /* "*N $7 EVALSHA $40 sha": what EVAL replaces; the arguments follow */
+    int argc;       /* N */
 };
 
 struct conn {
@@ -341,8 +344,29 @@ static void op_finish(struct op *op, redisReply *reply, int err, const char *err
 
 static void op_free(struct op *op)
 {
-    free(op->lens);
+    free(op->cmd);
     free(op);
+}
+
+/* One RESP bulk string. Commands are formatted here rather than by hiredis's
+ * redisFormatCommandArgv, whose sdscatfmt per argument cost more than the
+ * rest of a record call's client side (a record carries about a thousand). */
+static int resp_bulk(buf_t *b, const char *s, size_t n)
+{
+    int rc = buf_putc(b, '$');
+    if (!rc) rc = buf_put_dec(b, (long long)n);
+    if (!rc) rc = buf_append(b, "\r\n", 2);
+    if (!rc) rc = buf_append(b, s, n);
+    return rc ? rc : buf_append(b, "\r\n", 2);
+}
+
+static int resp_head(buf_t *b, int argc, const char *verb, const char *body)
+{
+    int rc = buf_putc(b, '*');
+    if (!rc) rc = buf_put_dec(b, argc);
+    if (!rc) rc = buf_append(b, "\r\n", 2);
+    if (!rc) rc = resp_bulk(b, verb, strlen(verb));
+    return rc ? rc : resp_bulk(b, body, strlen(body));
 }
 
 static void fail_all(sched_redis_t *r, int err, const char *errstr)
@@ -423,31 +447,17 @@ static void on_op_reply(redisAsyncContext *ac, void *rep, void *privdata)
     }
     if (op->script && !op->eval_sent && reply->type == REDIS_REPLY_ERROR && reply->str &&
         strncmp(reply->str, "NOSCRIPT", 8) == 0) {
-        int n = op->nkeys + op->nargs;
-        const char **argv = malloc(sizeof *argv * (size_t)(n + 3));
-        size_t *lens = malloc(sizeof *lens * (size_t)(n + 3));
-        char nk[16];
+        /* The same arguments behind an EVAL header. */
+        buf_t b;
+        buf_init(&b, (size_t)1 << 31);
         int rc = REDIS_ERR;
-        if (argv && lens) {
-            snprintf(nk, sizeof nk, "%d", op->nkeys);
-            argv[0] = "EVAL";
-            lens[0] = 4;
-            argv[1] = op->script;
-            lens[1] = strlen(op->script);
-            argv[2] = nk;
-            lens[2] = strlen(nk);
-            const char *p = (const char *)(op->lens + n);
-            for (int i = 0; i < n; i++) {
-                argv[3 + i] = p;
-                lens[3 + i] = op->lens[i];
-                p += op->lens[i];
-            }
+        if (!resp_head(&b, op->argc, "EVAL", op->script) &&
+            !buf_append(&b, op->cmd + op->hdr_len, op->cmd_len - op->hdr_len)) {
             op->eval_sent = 1;
-            rc = redisAsyncCommandArgv(ac, on_op_reply, op, n + 3, argv, lens);
+            rc = redisAsyncFormattedCommand(ac, on_op_reply, op, b.data, b.len);
             if (rc == REDIS_OK) r->inflight++;
         }
-        free(argv);
-        free(lens);
+        buf_free(&b);
         if (rc == REDIS_OK) return; /* hiredis owns op again until the EVAL's reply */
         op_finish(op, NULL, VL_EREDIS, "could not send EVAL after NOSCRIPT");
         op_free(op);
@@ -550,46 +560,30 @@ int sched_redis_eval(sched_redis_t *r, sched_redis_cb cb, void *privdata, const 
     if (!script || nkeys < 0 || nargs < 0 || (nkeys + nargs > 0 && !argv)) return VL_EINVAL;
     if (!can_send(r)) return VL_EREDIS;
     int n = nkeys + nargs;
-    size_t total = 0;
-    for (int i = 0; i < n; i++)
-        total += argvlen ? argvlen[i] : strlen(argv[i]);
     struct op *op = op_new(r, cb, privdata);
-    const char **av = malloc(sizeof *av * (size_t)(n + 3));
-    size_t *al = malloc(sizeof *al * (size_t)(n + 3));
-    if (op) op->lens = malloc(sizeof(size_t) * (size_t)n + total + 1);
-    if (!op || !av || !al || !op->lens) {
-        free(av);
-        free(al);
-        if (op) op_free(op);
-        return VL_ENOMEM;
-    }
+    if (!op) return VL_ENOMEM;
     op->script = script;
     op->nkeys = nkeys;
     op->nargs = nargs;
-    /* Keep a copy of the arguments: EVAL may have to resend them after NOSCRIPT. */
-    char *p = (char *)(op->lens + n);
-    for (int i = 0; i < n; i++) {
-        size_t l = argvlen ? argvlen[i] : strlen(argv[i]);
-        op->lens[i] = l;
-        memcpy(p, argv[i], l);
-        p += l;
+    op->argc = n + 3;
+    /* The command is kept: EVAL may have to resend its arguments after NOSCRIPT. */
+    buf_t b;
+    buf_init(&b, (size_t)1 << 31);
+    char nk[24];
+    size_t nkl = buf_fmt_dec(nk, (unsigned long long)nkeys);
+    int err = resp_head(&b, n + 3, "EVALSHA", script_sha(r, script));
+    op->hdr_len = b.len;
+    if (!err) err = resp_bulk(&b, nk, nkl);
+    for (int i = 0; i < n && !err; i++)
+        err = resp_bulk(&b, argv[i], argvlen ? argvlen[i] : strlen(argv[i]));
+    if (err) {
+        buf_free(&b);
+        op_free(op);
+        return err;
     }
-    char nk[16];
-    snprintf(nk, sizeof nk, "%d", nkeys);
-    av[0] = "EVALSHA";
-    al[0] = 7;
-    av[1] = script_sha(r, script);
-    al[1] = 40;
-    av[2] = nk;
-    al[2] = strlen(nk);
-    for (int i = 0; i < n; i++) {
-        av[3 + i] = argv[i];
-        al[3 + i] = op->lens[i];
-    }
-    int rc = redisAsyncCommandArgv(r->ac, on_op_reply, op, n + 3, av, al);
-    free(av);
-    free(al);
-    if (rc != REDIS_OK) {
+    op->cmd_len = b.len;
+    op->cmd = buf_take(&b);
+    if (redisAsyncFormattedCommand(r->ac, on_op_reply, op, op->cmd, op->cmd_len) != REDIS_OK) {
         op_free(op);
         return VL_EREDIS;
     }
