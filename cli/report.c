@@ -189,6 +189,20 @@ static int jp_string(jp_t *j, buf_t *b)
 
 static int jp_number(jp_t *j, long long *out)
 {
+    /* Integers (all that volley writes) without strtod: a report reads four
+     * numbers a row. Anything else takes the general path below. */
+    const char *q = j->p;
+    int neg = q < j->end && *q == '-';
+    q += neg;
+    unsigned long long v = 0;
+    const char *d0 = q;
+    while (q < j->end && *q >= '0' && *q <= '9' && q - d0 < 18)
+        v = v * 10 + (unsigned)(*q++ - '0');
+    if (q > d0 && (q == j->end || !strchr("+-0123456789.eE", *q))) {
+        j->p = q;
+        *out = neg ? -(long long)v : (long long)v;
+        return 0;
+    }
     char tmp[64];
     size_t n = 0;
     while (j->p < j->end && n < sizeof tmp - 1 && strchr("+-0123456789.eE", *j->p))
@@ -259,11 +273,28 @@ static int parse_result(const char *s, size_t len, row_t *r)
     if (j.p < j.end && *j.p == '}') return 0;
     for (;;) {
         jp_ws(&j);
-        /* Keys are short; copy into a small stack buffer through a capped buf. */
-        buf_init(&key, sizeof keymem - 1);
-        int rc = jp_string(&j, &key);
-        snprintf(keymem, sizeof keymem, "%s", key.data ? key.data : "");
-        buf_free(&key);
+        /* Keys are short and, as volley writes them, plain: copy those
+         * straight; escaped ones go through the full string reader. */
+        int rc = 0;
+        const char *q = j.p + 1, *e = NULL;
+        if (j.p < j.end && *j.p == '"')
+            for (const char *x = q; x < j.end && x - q < (long)sizeof keymem - 1; x++) {
+                if (*x == '\\') break;
+                if (*x == '"') {
+                    e = x;
+                    break;
+                }
+            }
+        if (e) {
+            memcpy(keymem, q, (size_t)(e - q));
+            keymem[e - q] = '\0';
+            j.p = e + 1;
+        } else {
+            buf_init(&key, sizeof keymem - 1);
+            rc = jp_string(&j, &key);
+            snprintf(keymem, sizeof keymem, "%s", key.data ? key.data : "");
+            buf_free(&key);
+        }
         if (rc) return -1;
         jp_ws(&j);
         if (j.p >= j.end || *j.p++ != ':') return -1;
