@@ -276,7 +276,8 @@ static int add_row(redisContext *rc_, const sched_ingest_opts_t *o, call_t *c, c
         if (i == b->nparts)
             b->parts[b->nparts++] = (part_t){pidx, 0};
         b->parts[i].n++;
-        if ((rc = buf_printf(&b->blob, "%lu\t%s\t[", row->row, pname)))
+        if ((rc = buf_put_dec(&b->blob, (long long)row->row)) || (rc = buf_putc(&b->blob, '\t')) ||
+            (rc = buf_puts(&b->blob, pname)) || (rc = buf_puts(&b->blob, "\t[")))
             goto oom;
         for (size_t f = 0; f < row->nfields && !rc; f++) {
             if (f && (rc = buf_putc(&b->blob, ',')))
