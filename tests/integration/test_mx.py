@@ -240,7 +240,15 @@ def test_provider_file_checks(tmp):
               rc == 78 and word in out and "providers.json:" in out, (rc, out))
 
 
+def test_bad_dns_option(tmp):
+    d = os.path.join(tmp, "baddns")
+    camp = make_campaign(d, "bd", 2, [{"name": "m", "domains": ["*"], "route": "mx"}])
+    rc, out = volley("send", camp, "--no-progress", "--dns", "not-an-address")
+    check("send --dns with a bad server list: exit 78, says what is wrong",
+          rc == 78 and "not-an-address" in out, (rc, out))
+
+
 if __name__ == "__main__":
     import tempfile
     with tempfile.TemporaryDirectory(prefix="volley-mx-") as tmp:
-        run_tests([test_direct_delivery, test_provider_file_checks], tmp)
+        run_tests([test_direct_delivery, test_provider_file_checks, test_bad_dns_option], tmp)
