@@ -213,6 +213,68 @@ static void test_qp_lines_roundtrip(void **state)
     buf_free(&src);
 }
 
+/* The byte-by-byte rules of mime_text_cte, written plainly, to check its
+ * word-at-a-time paths against. */
+static enum mime_cte ref_cte(const unsigned char *s, size_t n, bool *clean)
+{
+    size_t line_start = 0, maxline = 0, enc = 0;
+    bool bad7 = false, bare = false, boundary = n >= 4 && !memcmp(s, "--=_", 4);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c == '\n' || (c == '\r' && i + 1 < n && s[i + 1] == '\n')) {
+            if (c == '\n' && (i == 0 || s[i - 1] != '\r')) bare = true;
+            size_t end = c == '\r' ? i : (i > 0 && s[i - 1] == '\r' ? i - 1 : i);
+            if (end >= line_start && end - line_start > maxline) maxline = end - line_start;
+            if (c == '\r') i++;
+            line_start = i + 1;
+            if (line_start + 4 <= n && !memcmp(s + line_start, "--=_", 4)) boundary = true;
+        } else if (c == '\r') {
+            bare = true;
+            enc++;
+        } else if (c == '=') {
+            enc++;
+        } else if ((c < 0x20 && c != '\t') || c >= 0x7f) {
+            enc++;
+            bad7 = true;
+        }
+    }
+    if (n - line_start > maxline) maxline = n - line_start;
+    bool ok7 = !bad7 && maxline <= MIME_HARD_LINE_MAX && !boundary;
+    *clean = ok7 && !bare;
+    if (ok7) return MIME_CTE_7BIT;
+    if (n + 2 * enc <= (n + 2) / 3 * 4) return MIME_CTE_QP;
+    return MIME_CTE_BASE64;
+}
+
+/* Random texts from an alphabet of the bytes that matter, lines long and
+ * short: mime_text_cte agrees with the plain rules on every one. */
+static void test_text_cte_random(void **state)
+{
+    (void)state;
+    static const unsigned char alpha[] = {'a', 'b', ' ', '.', '\r', '\n', '=', '\t',
+                                          '-', '_', 0x7f, 0x80, 0xe4, 0x01, 'z', 'Q'};
+    unsigned char buf[2100];
+    uint64_t seed = 12345;
+    for (int round = 0; round < 20000; round++) {
+        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        size_t n = (size_t)(seed >> 33) % (round % 10 == 0 ? sizeof buf : 40);
+        /* Mostly plain letters, so that the fast path is taken often. */
+        int rare = (int)((seed >> 20) % 64) + 1;
+        for (size_t i = 0; i < n; i++) {
+            seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+            unsigned r = (unsigned)(seed >> 40);
+            buf[i] = r % (unsigned)rare == 0 ? alpha[(r >> 8) % sizeof alpha] : (unsigned char)('a' + r % 26);
+        }
+        if (round % 7 == 0 && n >= 6) memcpy(buf + n / 2, "\r\n--=_", 6);
+        bool c1 = false, c2 = false;
+        enum mime_cte want = ref_cte(buf, n, &c2);
+        enum mime_cte got = mime_text_cte(buf, n, &c1);
+        if (got != want || c1 != c2)
+            fail_msg("round %d (n %zu): got %d clean %d, want %d clean %d", round, n, got, c1,
+                     want, c2);
+    }
+}
+
 static void test_text_cte(void **state)
 {
     (void)state;
@@ -445,7 +507,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_b64_vectors),        cmocka_unit_test(test_b64_lines_exact),
         cmocka_unit_test(test_qp_exact),           cmocka_unit_test(test_qp_lines_roundtrip),
-        cmocka_unit_test(test_text_cte),           cmocka_unit_test(test_2047_folding),
+        cmocka_unit_test(test_text_cte),
+        cmocka_unit_test(test_text_cte_random),           cmocka_unit_test(test_2047_folding),
         cmocka_unit_test(test_header_ascii),       cmocka_unit_test(test_header_injection),
         cmocka_unit_test(test_addresses),          cmocka_unit_test(test_2231_params),
         cmocka_unit_test(test_file_part_and_date),
