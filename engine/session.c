@@ -121,7 +121,7 @@ struct eng__sess {
     int gai_pending;
     struct addrinfo *ai_list, *ai_cur;
     size_t tgt, tgt_tries; /* with pool targets: the one tried, how many so far */
-    char remote[INET6_ADDRSTRLEN + 8];
+    char remote[256 + INET6_ADDRSTRLEN + 8]; /* [name]ip:port */
 
     const transport_t *tp;
     tls_conn_t *tls;
@@ -1474,16 +1474,22 @@ static void on_connect(uv_connect_t *req, int status)
     if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&ss, &len) == 0) {
         char ip[INET6_ADDRSTRLEN] = "";
         int port = 0;
+        /* Direct delivery names the MX host too, as postfix's relay= does:
+         * "mx1.example.com[192.0.2.1]:25". */
+        const char *name = s->pool->targets ? s->pool->targets[s->tgt].name : "";
         if (ss.ss_family == AF_INET6) {
             struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
             uv_ip6_name(a, ip, sizeof ip);
             port = ntohs(a->sin6_port);
-            snprintf(s->remote, sizeof s->remote, "[%s]:%d", ip, port);
+            snprintf(s->remote, sizeof s->remote, "%s[%s]:%d", name, ip, port);
         } else {
             struct sockaddr_in *a = (struct sockaddr_in *)&ss;
             uv_ip4_name(a, ip, sizeof ip);
             port = ntohs(a->sin_port);
-            snprintf(s->remote, sizeof s->remote, "%s:%d", ip, port);
+            if (*name)
+                snprintf(s->remote, sizeof s->remote, "%s[%s]:%d", name, ip, port);
+            else
+                snprintf(s->remote, sizeof s->remote, "%s:%d", ip, port);
         }
     }
     if (s->pool->targets)
