@@ -276,14 +276,10 @@ static void on_mx(void *ud, eng_dns_status_t st, const eng_target_t *t, size_t n
         return;
     }
     case ENG_DNS_NOTFOUND:
-        v.code = 550;
-        snprintf(v.enhanced, sizeof v.enhanced, "5.1.2");
-        snprintf(v.text, sizeof v.text, "%s", why);
-        fail_dest(d, &v, NOMAIL_KEEP_MS);
-        return;
     case ENG_DNS_NULLMX:
-        v.code = 556;
-        snprintf(v.enhanced, sizeof v.enhanced, "5.1.10");
+        /* RFC 3463 5.1.2 bad destination system; RFC 7505 §4.2 556 5.1.10. */
+        v.code = st == ENG_DNS_NULLMX ? 556 : 550;
+        snprintf(v.enhanced, sizeof v.enhanced, "%s", st == ENG_DNS_NULLMX ? "5.1.10" : "5.1.2");
         snprintf(v.text, sizeof v.text, "%s", why);
         fail_dest(d, &v, NOMAIL_KEEP_MS);
         return;
