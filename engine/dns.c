@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "common/err.h"
+#include "common/rand.h"
 #include "engine/dns.h"
 
 #define DEFAULT_TIMEOUT_MS 2000
@@ -115,18 +116,6 @@ static void lib_init(void)
 }
 
 /* ---- small helpers ---------------------------------------------------- */
-
-static uint64_t next_random(eng_dns_t *d)
-{
-    /* xorshift64*: only to shuffle MX hosts of equal preference, so that
-     * many senders do not all start with the same one (RFC 5321 §5.1). */
-    uint64_t x = d->rng;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    d->rng = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
 
 /* Format lk's account of its result (fmt borrowed). */
 static void set_why(lookup_t *lk, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -659,7 +648,7 @@ static void use_mx_answer(lookup_t *lk, const unsigned char *abuf, int alen)
         mx_host_t *h = &lk->hosts[lk->nhosts];
         if (copy_name(h->name, m->host)) continue; /* escaped past 255 characters: no host name */
         h->pref = m->priority;
-        h->tiebreak = next_random(lk->d);
+        h->tiebreak = vl_xorshift64s(&lk->d->rng); /* equal preferences in random order */
         lk->nhosts++;
     }
     ares_free_data(mx);

@@ -1326,10 +1326,9 @@ static void renew_leases(sched_worker_t *w, uint64_t now)
     }
 }
 
-/* The campaign was cancelled: rows claimed and not yet submitted end as
- * cancelled here (cancel.lua only reaches the rows still due); messages
- * already handed to the connections finish. */
-static void cancel_backlog(sched_worker_t *w)
+/* Empty every provider's backlog of claimed, unsubmitted rows: recorded as
+ * cancelled, or (job_put) given back with their leases. */
+static void drop_backlog(sched_worker_t *w, int cancelled)
 {
     for (size_t i = 0; i < w->nprovs; i++) {
         prov_t *p = &w->provs[i];
@@ -1338,11 +1337,20 @@ static void cancel_backlog(sched_worker_t *w)
             p->back = j->next;
             p->nback--;
             j->next = NULL;
-            record(w, j, "cancelled", 0, "", "the campaign was cancelled", "", 0, 0);
+            if (cancelled)
+                record(w, j, "cancelled", 0, "", "the campaign was cancelled", "", 0, 0);
             job_put(w, j);
         }
         p->back_tail = NULL;
     }
+}
+
+/* The campaign was cancelled: rows claimed and not yet submitted end as
+ * cancelled here (cancel.lua only reaches the rows still due); messages
+ * already handed to the connections finish. */
+static void cancel_backlog(sched_worker_t *w)
+{
+    drop_backlog(w, 1);
     maybe_finish(w);
 }
 
@@ -1559,16 +1567,7 @@ static void maybe_finish(sched_worker_t *w)
         return;
     /* Rows claimed but not submitted go back to the due set now rather than
      * when their lease expires. */
-    for (size_t i = 0; i < w->nprovs; i++) {
-        prov_t *p = &w->provs[i];
-        while (p->back) {
-            job_t *j = p->back;
-            p->back = j->next;
-            p->nback--;
-            job_put(w, j);
-        }
-        p->back_tail = NULL;
-    }
+    drop_backlog(w, 0);
     if (w->inflight)
         return;
     /* A claim under way would hand us rows; a record under way must reach

@@ -18,6 +18,7 @@
 #include <sys/random.h>
 
 #include "common/err.h"
+#include "common/rand.h"
 #include "templates/mime.h"
 #include "templates/mustache.h"
 
@@ -746,17 +747,6 @@ __attribute__((format(printf, 4, 5))) static int row_error(msg_out_t *o, const c
     return VL_EINVAL;
 }
 
-static uint64_t next_rand(msg_out_t *o)
-{
-    /* xorshift64*: per output object, so renders need no lock or syscall. */
-    uint64_t x = o->rng;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    o->rng = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
-
 /* The value of a header field for this row: the static text or a render
  * into o->tmp. */
 static int field_value(msg_out_t *o, const struct field *fld, const tpl_ctx_t *ctx,
@@ -996,7 +986,7 @@ int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, t
         /* random.row.campaign@from-domain: unique per message, and a rerun of
          * the same row gets a new one. */
         char *m = o->mid;
-        m += fmt_hex16(m, next_rand(o));
+        m += fmt_hex16(m, vl_xorshift64s(&o->rng));
         *m++ = '.';
         m += buf_fmt_dec(m, row->row);
         *m++ = '.';
