@@ -60,10 +60,13 @@ struct op {
 
 struct conn {
     uv_poll_t poll;
+    uv_prepare_t flush;    /* writes the commands queued during a loop iteration */
     redisAsyncContext *ac; /* NULL once hiredis has let go of it */
     sched_redis_t *r;
     int events;
-    int poll_ok; /* uv_poll_init succeeded, so the handle must be closed */
+    int poll_ok;  /* the handles were initialised, so they must be closed */
+    int open;     /* handles not yet closed */
+    int flushing; /* inside on_flush: a request to write now means the socket is full */
 };
 
 struct script_sha {
@@ -595,7 +598,8 @@ int sched_redis_eval(sched_redis_t *r, sched_redis_cb cb, void *privdata, const 
 
 static void on_conn_closed(uv_handle_t *h)
 {
-    free(h->data);
+    struct conn *c = h->data;
+    if (--c->open == 0) free(c);
 }
 
 static void drop(sched_redis_t *r, const char *reason);
@@ -643,9 +647,28 @@ static void ev_del_read(void *p)
     conn_update(c);
 }
 
+/* Commands queued on a connected socket are written once per loop iteration,
+ * just before the loop waits: a write request per command batch costs no epoll_ctl
+ * pair and no extra wakeup, as waiting for writability did (two epoll_ctl calls
+ * for every batch). Only a write that fills the socket waits for writability. */
+static void on_flush(uv_prepare_t *h)
+{
+    struct conn *c = h->data;
+    uv_prepare_stop(h);
+    if (!c->ac) return;
+    c->flushing = 1;
+    redisAsyncHandleWrite(c->ac); /* may free the context: c lives until its handles close */
+    c->flushing = 0;
+}
+
 static void ev_add_write(void *p)
 {
     struct conn *c = p;
+    if (c->poll_ok && !c->flushing && c->ac && (c->ac->c.flags & REDIS_CONNECTED)) {
+        uv_prepare_start(&c->flush, on_flush);
+        return;
+    }
+    /* Connecting (hiredis learns the outcome from writability) or the socket is full. */
     c->events |= UV_WRITABLE;
     conn_update(c);
 }
@@ -653,6 +676,7 @@ static void ev_add_write(void *p)
 static void ev_del_write(void *p)
 {
     struct conn *c = p;
+    if (c->poll_ok) uv_prepare_stop(&c->flush);
     c->events &= ~UV_WRITABLE;
     conn_update(c);
 }
@@ -668,10 +692,13 @@ static void ev_cleanup(void *p)
     if (!ac) return; /* hiredis may call cleanup more than once */
     c->ac = NULL;
     sched_redis_t *r = c->r;
-    if (c->poll_ok)
+    if (c->poll_ok) {
+        c->open = 2;
         uv_close((uv_handle_t *)&c->poll, on_conn_closed);
-    else
+        uv_close((uv_handle_t *)&c->flush, on_conn_closed);
+    } else {
         free(c);
+    }
     if (r->ac != ac) return;
     r->ac = NULL;
     char why[300];
@@ -766,8 +793,10 @@ static void start_connect(sched_redis_t *r)
         connect_failed_now(r, "cannot watch the socket");
         return;
     }
+    uv_prepare_init(r->loop, &c->flush); /* cannot fail */
     c->poll_ok = 1;
     c->poll.data = c;
+    c->flush.data = c;
     c->ac = ac;
     c->r = r;
     ac->data = r;
