@@ -36,6 +36,10 @@
 #define MAX_LEASE_OPS 256 /* releases and returns per record.lua call */
 #define MAX_CLAIM 64      /* members per claim */
 #define MAX_FIELDS 256    /* CSV columns a message can use */
+/* record.lua's list gives a row's offset in its batch as one character. */
+_Static_assert(SCHED_BATCH_ROWS <= 64, "a row's offset in its batch must fit '0'..'o'");
+#define RENDER_CHUNK 32   /* rows per render work item */
+#define RENDER_PAR_MAX 4  /* render work items running at once, at most */
 
 typedef struct prov prov_t;
 typedef struct job job_t;
@@ -119,7 +123,30 @@ struct job {
     char email[512];     /* as in the CSV (results, suppression check) */
     unsigned attempts;   /* before this one */
     uint64_t first_ms, last_ms;
+    /* What render_job() left: why the row cannot be sent (NULL when j->out
+     * holds its message; static or in j->out), and the recipient's domain
+     * in ASCII (the MX router's key). */
+    const char *why;
+    char domain[256];
 };
+
+/* Rows whose tokens were granted, rendered off the loop: the render is most
+ * of a row's CPU on the loop, and the loop (the connections' I/O, Redis,
+ * the scheduling) is what bounds a fast campaign. The factory is read-only
+ * and each job has its own output object, so a work item touches nothing
+ * the loop touches until its after-work callback runs on the loop. Items
+ * are submitted in the order they were queued, so messages go out in the
+ * order their rows were claimed. */
+typedef struct render_work {
+    uv_work_t req;
+    struct render_work *next; /* the worker's FIFO */
+    sched_worker_t *w;
+    const msg_factory_t *factory; /* copies: the thread reads no worker state */
+    int email_col;
+    int done;
+    unsigned n;
+    job_t *jobs[RENDER_CHUNK];
+} render_work_t;
 
 struct sched_worker {
     uv_loop_t *loop;
@@ -148,6 +175,9 @@ struct sched_worker {
     int closing_pools;
     int rc;
     char why[1024];
+    render_work_t *rq, *rq_tail; /* render work, oldest first: running, done or waiting */
+    unsigned rq_running;          /* items handed to the thread pool */
+    unsigned render_par;          /* items that may run at once */
     char k_meta[KEYLEN], k_batch[KEYLEN], k_state[KEYLEN], k_res[KEYLEN], k_count[KEYLEN],
         k_lease[KEYLEN];
     /* recent delivery rate */
@@ -762,11 +792,12 @@ static void on_msg_done(eng_msg_t *m, const eng_result_t *res)
 
 /* ---- rendering and submitting ------------------------------------------- */
 
-/* Render j's row from its stored fields and submit it. */
-static void submit_row(sched_worker_t *w, prov_t *p, job_t *j)
+/* Render j's row from its stored fields into j->out, leaving j->why and
+ * j->domain. It touches only j and the factory (both read-only here but
+ * for j's own buffers), so it runs on a render thread as well as on the
+ * loop. */
+static void render_job(const msg_factory_t *f, int email_col, job_t *j, time_t now)
 {
-    p->inflight++;
-    j->submitted = 1;
     size_t nf = j->nf > 0 ? (size_t)j->nf : 0;
     tpl_csv_field_t fv[MAX_FIELDS];
     for (size_t i = 0; i < nf; i++) {
@@ -778,26 +809,38 @@ static void submit_row(sched_worker_t *w, prov_t *p, job_t *j)
     cr.nfields = nf;
     cr.fields = fv;
     tpl_email_info_t info;
-    const char *why = NULL;
+    j->why = NULL;
+    j->domain[0] = '\0';
     if (j->nf < 0) {
-        why = "the row stored in Redis is unreadable";
-    } else if ((size_t)w->o.email_col < nf) {
-        cr.email = fv[w->o.email_col];
-        if (tpl_email_check(cr.email.ptr, cr.email.len, &info) == 0) {
-            cr.needs_smtputf8 = info.needs_smtputf8;
-            cr.idn_domain = info.idn_domain;
-            cr.ascii_domain = info.ascii_domain;
-            cr.ascii_domain_len = strlen(info.ascii_domain);
-        } else {
-            why = info.error ? info.error : "not a valid address";
-        }
-    } else {
-        why = "the row has no email field";
+        j->why = "the row stored in Redis is unreadable";
+        return;
     }
-    int rc = why ? -1 : msg_render(w->o.factory, j->out, &cr, time(NULL), 0);
-    if (rc) {
-        const msg_error_t *e = why ? NULL : msg_out_error(j->out);
-        record(w, j, "rejected", 0, "", why ? why : (e ? e->message : "render failed"), "", 0, 0);
+    if ((size_t)email_col >= nf) {
+        j->why = "the row has no email field";
+        return;
+    }
+    cr.email = fv[email_col];
+    if (tpl_email_check(cr.email.ptr, cr.email.len, &info) != 0) {
+        j->why = info.error ? info.error : "not a valid address";
+        return;
+    }
+    cr.needs_smtputf8 = info.needs_smtputf8;
+    cr.idn_domain = info.idn_domain;
+    cr.ascii_domain = info.ascii_domain;
+    cr.ascii_domain_len = strlen(info.ascii_domain);
+    memcpy(j->domain, info.ascii_domain, cr.ascii_domain_len + 1);
+    if (msg_render(f, j->out, &cr, now, 0)) {
+        const msg_error_t *e = msg_out_error(j->out);
+        j->why = e && e->message[0] ? e->message : "render failed";
+    }
+}
+
+/* Hand j, rendered, to the engine; or record why it cannot go. j counts
+ * in p->inflight (submit_backlog). */
+static void submit_rendered(sched_worker_t *w, prov_t *p, job_t *j)
+{
+    if (j->why) {
+        record(w, j, "rejected", 0, "", j->why, "", 0, 0);
         job_free(w, j);
         return;
     }
@@ -811,29 +854,121 @@ static void submit_row(sched_worker_t *w, prov_t *p, job_t *j)
     j->msg.rcpt_status = j->st;
     j->msg.on_done = on_msg_done;
     j->msg.ud = j;
-    if (p->mx ? eng_mx_submit(p->mx, &j->msg, info.ascii_domain)
-              : eng_pool_submit(p->pool, &j->msg)) {
+    if (p->mx ? eng_mx_submit(p->mx, &j->msg, j->domain) : eng_pool_submit(p->pool, &j->msg)) {
         record(w, j, "deferred", 0, "", "not tried: the connection pool is closing", "", 0,
                now_ms());
         job_free(w, j);
     }
 }
 
-/* Submit up to n rows of p's backlog (n tokens were granted). */
+static void render_run(uv_work_t *req)
+{
+    render_work_t *rw = req->data;
+    time_t now = time(NULL);
+    for (unsigned i = 0; i < rw->n; i++)
+        render_job(rw->factory, rw->email_col, rw->jobs[i], now);
+}
+
+static void render_after(uv_work_t *req, int status);
+
+/* Start waiting items while fewer than render_par run. */
+static void render_dispatch(sched_worker_t *w)
+{
+    for (render_work_t *rw = w->rq; rw && w->rq_running < w->render_par; rw = rw->next) {
+        if (rw->done || rw->req.data)
+            continue;
+        rw->req.data = rw;
+        if (uv_queue_work(w->loop, &rw->req, render_run, render_after) == 0) {
+            w->rq_running++;
+        } else {
+            render_run(&rw->req); /* cannot happen with a valid loop: render here */
+            rw->done = 1;
+        }
+    }
+}
+
+/* Submit the finished items at the head of the queue, in order. On a
+ * stopping worker their rows go back with their leases, unsent. */
+static void render_drain(sched_worker_t *w)
+{
+    while (w->rq && w->rq->done) {
+        render_work_t *rw = w->rq;
+        w->rq = rw->next;
+        if (!w->rq)
+            w->rq_tail = NULL;
+        for (unsigned i = 0; i < rw->n; i++) {
+            job_t *j = rw->jobs[i];
+            if (w->stopping)
+                job_put(w, j);
+            else
+                submit_rendered(w, j->p, j);
+        }
+        free(rw);
+    }
+}
+
+static void render_after(uv_work_t *req, int status)
+{
+    (void)status; /* never cancelled: items are only queued to run */
+    render_work_t *rw = req->data;
+    sched_worker_t *w = rw->w;
+    rw->done = 1;
+    w->rq_running--;
+    render_dispatch(w);
+    render_drain(w);
+    for (size_t i = 0; i < w->nprovs; i++)
+        try_provider(&w->provs[i], now_ms());
+    maybe_finish(w);
+}
+
+/* Submit up to n rows of p's backlog (n tokens were granted): they are
+ * rendered off the loop in items of RENDER_CHUNK, then submitted in order.
+ * They count as in flight from here, so no more tokens are taken for them. */
 static void submit_backlog(prov_t *p, unsigned n)
 {
     sched_worker_t *w = p->w;
     int taking = p->taking;
     p->taking = 1; /* no second round from a job finished below */
-    while (n-- && p->back) {
-        job_t *j = p->back;
-        p->back = j->next;
-        if (!p->back)
-            p->back_tail = NULL;
-        p->nback--;
-        j->next = NULL;
-        submit_row(w, p, j);
+    while (n && p->back) {
+        render_work_t *rw = calloc(1, sizeof *rw);
+        if (!rw) {
+            /* Out of memory: render on the loop, one row at a time. */
+            job_t *j = p->back;
+            p->back = j->next;
+            if (!p->back)
+                p->back_tail = NULL;
+            p->nback--;
+            n--;
+            j->next = NULL;
+            p->inflight++;
+            j->submitted = 1;
+            render_job(w->o.factory, w->o.email_col, j, time(NULL));
+            submit_rendered(w, p, j);
+            continue;
+        }
+        rw->w = w;
+        rw->factory = w->o.factory;
+        rw->email_col = w->o.email_col;
+        while (n && p->back && rw->n < RENDER_CHUNK) {
+            job_t *j = p->back;
+            p->back = j->next;
+            if (!p->back)
+                p->back_tail = NULL;
+            p->nback--;
+            n--;
+            j->next = NULL;
+            p->inflight++;
+            j->submitted = 1;
+            rw->jobs[rw->n++] = j;
+        }
+        if (w->rq_tail)
+            w->rq_tail->next = rw;
+        else
+            w->rq = rw;
+        w->rq_tail = rw;
     }
+    render_dispatch(w);
+    render_drain(w); /* only when an item could not be queued and ran here */
     p->taking = taking;
 }
 
@@ -1655,6 +1790,11 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
         w->o.max_attempts = 10;
     if (!w->o.retry_base_ms)
         w->o.retry_base_ms = 60000;
+    /* One core is the loop's; renders may use the others. */
+    unsigned cores = uv_available_parallelism();
+    w->render_par = cores > 1 ? cores - 1 : 1;
+    if (w->render_par > RENDER_PAR_MAX)
+        w->render_par = RENDER_PAR_MAX;
     snprintf(w->k_meta, KEYLEN, SCHED_KEY_META, w->id);
     snprintf(w->k_batch, KEYLEN, SCHED_KEY_BATCH, w->id);
     snprintf(w->k_state, KEYLEN, SCHED_KEY_STATE, w->id);
