@@ -323,6 +323,22 @@ static void retry_records(sched_worker_t *w)
     }
 }
 
+/* A status as record.lua's list has it: one letter, upper case when a
+ * server was tried. */
+static char status_letter(const char *status, int attempted)
+{
+    static const struct {
+        const char *name;
+        char letter;
+    } map[] = {{"delivered", 'd'}, {"bounced", 'b'},   {"failed", 'f'},  {"suppressed", 's'},
+               {"rejected", 'r'},  {"cancelled", 'c'}, {"deferred", 'q'}};
+    char c = 'f';
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (!strcmp(status, map[i].name))
+            c = map[i].letter;
+    return attempted ? (char)(c - 'a' + 'A') : c;
+}
+
 /* Turn the pending results and lease operations into one batch and send it. */
 static void flush_records(sched_worker_t *w)
 {
@@ -352,9 +368,36 @@ static void flush_records(sched_worker_t *w)
         }
     }
 #undef PIDX
+    /* Results grouped by batch, in order of first appearance (record.lua). */
+    unsigned gof[REC_BATCH], ng = 0, order[REC_BATCH], ndef = 0;
+    unsigned gstart[REC_BATCH + 1], gcount[REC_BATCH] = {0};
+    for (unsigned i = 0; i < w->npend; i++) {
+        unsigned g = 0;
+        while (g < ng && strcmp(w->pend[gof[g]].batch, w->pend[i].batch))
+            g++;
+        if (g == ng)
+            gof[ng++] = i;
+        gcount[g]++;
+        if (status_letter(w->pend[i].status, 0) == 'q')
+            ndef++;
+    }
+    gstart[0] = 0;
+    for (unsigned g = 0; g < ng; g++)
+        gstart[g + 1] = gstart[g] + gcount[g];
+    {
+        unsigned fill[REC_BATCH];
+        memcpy(fill, gstart, ng * sizeof *fill);
+        for (unsigned i = 0; i < w->npend; i++) {
+            unsigned g = 0;
+            while (strcmp(w->pend[gof[g]].batch, w->pend[i].batch))
+                g++;
+            order[fill[g]++] = i;
+        }
+    }
     rec_t *rc = calloc(1, sizeof *rc);
     int nkeys = 5 + (int)np;
-    int argc = nkeys + 4 + 7 * (int)w->npend + (int)nrel + 2 * (int)nret;
+    int argc = nkeys + 4 + 2 * (int)ng + (int)w->npend + 2 * (int)ndef + (int)nrel +
+               2 * (int)nret;
     if (rc)
         rc->argv = calloc((size_t)argc, sizeof *rc->argv);
     if (!rc || !rc->argv) {
@@ -385,20 +428,34 @@ static void flush_records(sched_worker_t *w)
         for (unsigned k = 0; k < np; k++)
             ARG(provs[k]->key_due);
         NUM("%llu", (unsigned long long)now_ms());
-        NUM("%u", w->npend);
+        NUM("%u", ng);
         NUM("%u", nrel);
         NUM("%u", nret);
-        for (unsigned i = 0; i < w->npend; i++) {
-            pend_t *pd = &w->pend[i];
-            ARG(pd->row);
-            ARG(pd->status);
-            err = err || buf_append(&ar, w->pjson.data + pd->json_off, pd->json_len) ||
-                  buf_putc(&ar, '\0');
+        for (unsigned g = 0; g < ng; g++) {
+            const unsigned *o = order + gstart[g];
+            ARG(w->pend[o[0]].batch);
+            unsigned long first = strtoul(w->pend[o[0]].batch, NULL, 10);
+            for (unsigned k = 0; k < gcount[g]; k++) {
+                const pend_t *pd = &w->pend[o[k]];
+                /* Rows of a batch are at most SCHED_BATCH_ROWS apart. */
+                err = err || buf_putc(&ar, (char)('0' + (strtoul(pd->row, NULL, 10) - first))) ||
+                      buf_putc(&ar, status_letter(pd->status, pd->attempted));
+            }
+            err = err || buf_putc(&ar, '\0');
             off[a++] = ar.len;
-            ARG(pd->retry_at);
-            NUM("%u", idx[i]);
-            ARG(pd->batch);
-            ARG(pd->attempted ? "1" : "0");
+            for (unsigned k = 0; k < gcount[g]; k++) {
+                const pend_t *pd = &w->pend[o[k]];
+                err = err || buf_append(&ar, w->pjson.data + pd->json_off, pd->json_len) ||
+                      buf_putc(&ar, '\0');
+                off[a++] = ar.len;
+            }
+            for (unsigned k = 0; k < gcount[g]; k++) {
+                const pend_t *pd = &w->pend[o[k]];
+                if (status_letter(pd->status, 0) != 'q')
+                    continue;
+                ARG(pd->retry_at);
+                NUM("%u", idx[o[k]]);
+            }
         }
         for (unsigned i = 0; i < w->nops; i++)
             if (!w->ops[i].ret)

@@ -3,72 +3,104 @@
 -- stays as it is (a late record from a worker whose lease expired, a row
 -- cancelled meanwhile, or a batch sent again after a lost reply), so counts
 -- never double. The worker composes each result (see keys.h); no JSON is
--- parsed here. Reads and writes go one command per key for the batch.
+-- parsed here.
+--
+-- Records come grouped by batch, and per row only its result is a separate
+-- argument: a row's other facts are two characters of its group's list, and
+-- its state bits are read and written for the whole group with one GETRANGE
+-- and one SETRANGE. Per-row arguments and BITFIELD operations were most of
+-- Redis's time for this script (a benchmark of 256,000 rows: 4.7 us a row
+-- before, about 3 after).
+--
 -- KEYS[1] lease  KEYS[2] res  KEYS[3] count  KEYS[4] meta  KEYS[5] state
 -- KEYS[6..] due sets of the providers the records name by index
--- ARGV[1] now_ms  ARGV[2] records  ARGV[3] releases  ARGV[4] returns, then
---   per record (7 values): row, status (a final state, or "deferred": the row
---     is retried on its own as member "F-L:row" at retry_at), result JSON,
---     retry_at_ms, due index (1-based among KEYS[6..]), batch id "F-L",
---     attempted ("1" when a server was tried);
+-- ARGV[1] now_ms  ARGV[2] groups  ARGV[3] releases  ARGV[4] returns, then
+--   per group: its batch id "F-L", its list (two characters a row: "0" plus
+--     the row's offset from F, then its status letter: d delivered, b bounced,
+--     f failed, s suppressed, r rejected, c cancelled, q deferred; upper case
+--     when a server was tried), one result JSON per row in list order, then
+--     per deferred row in list order its retry_at_ms and due index (1-based
+--     among KEYS[6..]): it is retried on its own as member "F-L:row";
 --   per release: a lease member ("member|P") whose rows are all recorded;
 --   per return (2 values): a lease member to put back due now (a worker that
 --     stops gives back what it did not try), due index.
 -- Returns the number of records applied.
 local now = tonumber(ARGV[1])
-local n, nrel, nret = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ng, nrel, nret = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local state = redis.call('HGET', KEYS[4], 'state')
-local applied = 0
-local incr = {}
-if n > 0 then
-    local get = {}
-    for i = 1, n do
-        get[3 * i - 2] = 'GET'
-        get[3 * i - 1] = 'u2'
-        get[3 * i] = '#' .. ARGV[5 + 7 * (i - 1)]
+local names = {d = 'delivered', b = 'bounced', f = 'failed', s = 'suppressed', r = 'rejected',
+               c = 'cancelled', q = 'deferred'}
+local band, bor, lshift, rshift, bnot = bit.band, bit.bor, bit.lshift, bit.rshift, bit.bnot
+local byte, sub, lower, floor = string.byte, string.sub, string.lower, math.floor
+local applied, attempts = 0, 0
+local incr, hset, zadd = {}, {}, {}
+local at = 5
+for _ = 1, ng do
+    local id, list = ARGV[at], ARGV[at + 1]
+    local n = #list / 2
+    local res0 = at + 2
+    at = res0 + n
+    local f, l = id:match('^(%d+)-(%d+)$')
+    f, l = tonumber(f), tonumber(l)
+    -- Row r's two bits are bits 2r and 2r+1 (BITFIELD u2 #r): byte r/4,
+    -- shifted 6 - 2(r%4) from the right.
+    local b0, b1 = floor(f / 4), floor(l / 4)
+    local bytes = {byte(redis.call('GETRANGE', KEYS[5], b0, b1), 1, -1)}
+    for k = #bytes + 1, b1 - b0 + 1 do
+        bytes[k] = 0
     end
-    local cur = redis.call('BITFIELD', KEYS[5], unpack(get))
-    local hset, set, zadd = {}, {}, {}
+    local changed = false
     for i = 1, n do
-        local at = 5 + 7 * (i - 1)
-        local row, status, res = ARGV[at], ARGV[at + 1], ARGV[at + 2]
-        if cur[i] ~= 2 then
-            if status == 'deferred' and state == 'cancelled' then
-                status = 'cancelled'
+        local r = f + byte(list, 2 * i - 1) - 48
+        local st = sub(list, 2 * i, 2 * i)
+        local lo = lower(st)
+        local tried = st ~= lo
+        local retry_at, due
+        if lo == 'q' then
+            retry_at, due = ARGV[at], ARGV[at + 1]
+            at = at + 2
+        end
+        local k = floor(r / 4) - b0 + 1
+        local sh = 6 - 2 * (r % 4)
+        if band(rshift(bytes[k], sh), 3) ~= 2 then
+            local res = ARGV[res0 + i - 1]
+            if lo == 'q' and state == 'cancelled' then
+                lo = 'c'
                 res = res:gsub('"status":"deferred"', '"status":"cancelled"', 1)
             end
-            hset[#hset + 1] = row
+            hset[#hset + 1] = r
             hset[#hset + 1] = res
-            set[#set + 1] = 'SET'
-            set[#set + 1] = 'u2'
-            set[#set + 1] = '#' .. row
-            if status == 'deferred' then
-                set[#set + 1] = 1
-                local k = 5 + tonumber(ARGV[at + 4])
-                zadd[k] = zadd[k] or {}
-                table.insert(zadd[k], tonumber(ARGV[at + 3]))
-                table.insert(zadd[k], ARGV[at + 5] .. ':' .. row)
-                incr.deferred = (incr.deferred or 0) + 1
+            bytes[k] = bor(band(bytes[k], bnot(lshift(3, sh))), lshift(lo == 'q' and 1 or 2, sh))
+            changed = true
+            if lo == 'q' then
+                local key = 5 + tonumber(due)
+                local z = zadd[key] or {}
+                zadd[key] = z
+                z[#z + 1] = tonumber(retry_at)
+                z[#z + 1] = id .. ':' .. r
             else
-                set[#set + 1] = 2
-                incr[status] = (incr[status] or 0) + 1
                 incr.final = (incr.final or 0) + 1
             end
-            if ARGV[at + 6] == '1' then
-                incr.attempts = (incr.attempts or 0) + 1
+            incr[lo] = (incr[lo] or 0) + 1
+            if tried then
+                attempts = attempts + 1
             end
             applied = applied + 1
         end
     end
-    if #hset > 0 then
-        redis.call('HSET', KEYS[2], unpack(hset))
-        redis.call('BITFIELD', KEYS[5], unpack(set))
-    end
-    for k, args in pairs(zadd) do
-        redis.call('ZADD', KEYS[k], unpack(args))
+    if changed then
+        redis.call('SETRANGE', KEYS[5], b0, string.char(unpack(bytes)))
     end
 end
-local at = 5 + 7 * n
+if #hset > 0 then
+    redis.call('HSET', KEYS[2], unpack(hset))
+end
+for k, args in pairs(zadd) do
+    redis.call('ZADD', KEYS[k], unpack(args))
+end
+if attempts > 0 then
+    incr.attempts = attempts
+end
 if nrel > 0 then
     local rel = {}
     for i = 1, nrel do
@@ -77,7 +109,7 @@ if nrel > 0 then
     redis.call('ZREM', KEYS[1], unpack(rel))
     at = at + nrel
 end
-for i = 1, nret do
+for _ = 1, nret do
     local lm, k = ARGV[at], 5 + tonumber(ARGV[at + 1])
     at = at + 2
     if redis.call('ZREM', KEYS[1], lm) == 1 then
@@ -85,7 +117,7 @@ for i = 1, nret do
     end
 end
 for k, v in pairs(incr) do
-    redis.call('HINCRBY', KEYS[3], k, v)
+    redis.call('HINCRBY', KEYS[3], names[k] or k, v)
 end
 if incr.final then
     local done = tonumber(redis.call('HGET', KEYS[3], 'final') or '0')
