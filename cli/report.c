@@ -795,10 +795,68 @@ static int pending_row(redisContext *c, const char *id, int email_col, blobcache
     return rc;
 }
 
-/* Call fn for rows 1..total, read BATCH at a time; one row_t is reused. The
- * next batch is requested before the current one is processed, so Redis
- * works while the rows are written: two batches in memory at most. (When a
- * batch has rows not tried yet, their lookups go first.) */
+/* HMGETs in flight: Redis answers the next batches while this one's rows
+ * are written (with one ahead, the report of 1,000,000 rows took 2.1 s of
+ * which volley used 1.0 s). */
+enum { DEPTH = 4 };
+
+/* The replies of the HMGETs sent, oldest first: those read from the
+ * connection (held) come before those still on it (outstanding). */
+typedef struct replies {
+    redisContext *c;
+    const char *key;
+    unsigned long long total, next; /* the first row not yet asked for */
+    redisReply *held[DEPTH];
+    int nheld, outstanding;
+} replies_t;
+
+/* Ask for batches until DEPTH are sent and unprocessed. */
+static int replies_fill(replies_t *q)
+{
+    while (q->nheld + q->outstanding < DEPTH && q->next <= q->total) {
+        if (append_batch(q->c, q->key, q->next, batch_len(q->next, q->total)))
+            return -1;
+        q->next += BATCH;
+        q->outstanding++;
+    }
+    return 0;
+}
+
+/* Read every outstanding reply into held, so that other commands may be
+ * sent on the connection (their replies come after these). */
+static int replies_drain(replies_t *q)
+{
+    while (q->outstanding) {
+        void *v = NULL;
+        if (redisGetReply(q->c, &v) != REDIS_OK)
+            return -1;
+        q->held[q->nheld++] = v;
+        q->outstanding--;
+    }
+    return 0;
+}
+
+/* The oldest unprocessed reply (the caller frees it), or NULL on a
+ * connection error. */
+static redisReply *replies_next(replies_t *q)
+{
+    if (q->nheld) {
+        redisReply *r = q->held[0];
+        memmove(q->held, q->held + 1, (size_t)--q->nheld * sizeof *q->held);
+        return r;
+    }
+    void *v = NULL;
+    if (!q->outstanding || redisGetReply(q->c, &v) != REDIS_OK)
+        return NULL;
+    q->outstanding--;
+    return v;
+}
+
+/* Call fn for rows 1..total, read BATCH at a time; one row_t is reused.
+ * DEPTH batches are asked for ahead, so Redis works while rows are written.
+ * Rows not tried yet need their batch: the replies on the connection are
+ * read first (one connection, replies in order), so at most DEPTH batches
+ * are in memory. */
 static int each_row(redisContext *c, const char *id, int email_col, unsigned long long total,
                     row_fn fn, void *ud, char *err, size_t errlen)
 {
@@ -807,25 +865,21 @@ static int each_row(redisContext *c, const char *id, int email_col, unsigned lon
     row_t r;
     row_init(&r);
     blobcache_t bc = {0};
+    replies_t q = {.c = c, .key = key, .total = total, .next = 1};
     int rc = 0;
-    if (total > 0 && append_batch(c, key, 1, batch_len(1, total)))
+    if (replies_fill(&q))
         rc = fail_reply(c, NULL, "HMGET res", err, errlen);
     for (unsigned long long from = 1; from <= total && !rc; from += BATCH) {
         size_t n = batch_len(from, total);
-        void *vrep = NULL;
-        if (redisGetReply(c, &vrep) != REDIS_OK) vrep = NULL;
-        redisReply *rep = vrep;
+        redisReply *rep = replies_next(&q);
         if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != n) {
             rc = fail_reply(c, rep, "HMGET res", err, errlen);
             break;
         }
-        /* Rows without a result need their batch: look them up before the
-         * next HMGET is queued (one connection, replies in order). */
         int missing = 0;
         for (size_t i = 0; i < n && !missing; i++)
             missing = rep->element[i]->type != REDIS_REPLY_STRING;
-        if (!missing && from + BATCH <= total &&
-            append_batch(c, key, from + BATCH, batch_len(from + BATCH, total))) {
+        if (missing ? replies_drain(&q) : replies_fill(&q)) {
             freeReplyObject(rep);
             rc = fail_reply(c, NULL, "HMGET res", err, errlen);
             break;
@@ -853,10 +907,12 @@ static int each_row(redisContext *c, const char *id, int email_col, unsigned lon
             if (!rc) rc = fn(ud, &r);
         }
         freeReplyObject(rep);
-        if (!rc && missing && from + BATCH <= total &&
-            append_batch(c, key, from + BATCH, batch_len(from + BATCH, total)))
+        if (!rc && missing && replies_fill(&q))
             rc = fail_reply(c, NULL, "HMGET res", err, errlen);
     }
+    /* After an error: what was asked for and not processed. */
+    while (q.nheld)
+        freeReplyObject(q.held[--q.nheld]);
     if (bc.blob)
         freeReplyObject(bc.blob);
     row_free(&r);

@@ -454,6 +454,42 @@ def report_streams_in_bounded_memory():
 
 
 @test
+def report_pending_rows_among_many_batches():
+    """The report asks Redis for several batches of results ahead; a batch
+    with rows not tried yet makes it look their addresses up in between.
+    5,300 rows, with untried rows in the first, a middle and the last of its
+    batches, come out complete and in order."""
+    r = SRV.client()
+    cid, n = "many", 5300
+    k = "{c:%s}" % cid
+    r("DEL", *[k + s for s in (":meta", ":res", ":batch", ":batches")])
+    r("HSET", k + ":meta", "id", cid, "state", "running", "total", n, "ingested", 1,
+      "email_col", 0, "columns", json.dumps(["email"]))
+    untried = {3, 999, 1000, 1001, 2500, 2501, 4999, 5300}
+    cmds = []
+    for i in range(1, n + 1):
+        if i not in untried:
+            cmds.append(("HSET", k + ":res", i,
+                         res("u%d@example.org" % i, "p", "delivered", 1, 250, "2.0.0",
+                             "ok %d" % i, T0 + i, T0 + i)))
+    for f in range(1, n + 1, 64):
+        l = min(n, f + 63)
+        cmds.append(("HSET", k + ":batch", "%d-%d" % (f, l),
+                     blob([(i, "p", ["u%d@example.org" % i]) for i in range(f, l + 1)])))
+        cmds.append(("ZADD", k + ":batches", f, "%d-%d" % (f, l)))
+    r.pipeline(cmds)
+    rc, out, err = volley("report", cid, "--redis", SRV.url, "--format", "csv")
+    assert rc == 0, err
+    rows = list(csv.reader(io.StringIO(out)))[1:]
+    assert [int(x[0]) for x in rows] == list(range(1, n + 1))
+    for x in rows:
+        i = int(x[0])
+        assert x[1] == "u%d@example.org" % i, x
+        assert x[3] == ("pending" if i in untried else "delivered"), x
+        assert i in untried or x[7] == "ok %d" % i, x
+
+
+@test
 def suppress_import_csv_and_lines():
     r = SRV.client()
     r("DEL", "volley:suppress")
