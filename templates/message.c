@@ -99,6 +99,7 @@ struct msg_out {
 
     /* Built-ins and the row, for the lookup callbacks during a render. */
     const tpl_csv_row_t *row;
+    tpl_slot_t *slots; /* the row's fields by column, for the bound tags (ncolumns) */
     char rowstr[24];
     size_t rowlen;
     char date[MIME_DATE_MAX];
@@ -179,6 +180,16 @@ static int builtin_lookup(void *ud, const char *name, size_t len, tpl_value_t *v
 }
 
 /* At build time: names only, for the unknown-variable check. */
+/* The column a name is bound to: the first of that name, as row_lookup()
+ * finds it. */
+static long column_slot(void *ud, const char *name, size_t len)
+{
+    const msg_factory_t *f = ud;
+    for (size_t i = 0; i < f->ncolumns; i++)
+        if (f->collen[i] == len && !memcmp(f->columns[i], name, len)) return (long)i;
+    return -1;
+}
+
 static int check_row_lookup(void *ud, const char *name, size_t len, tpl_value_t *v)
 {
     const msg_factory_t *f = ud;
@@ -279,6 +290,7 @@ static int compile_field(msg_factory_t *f, struct field *fld, const char *name,
     }
     struct check_ud cu = {f, name};
     tpl_check(fld->t, checkctx, on_unknown, &cu);
+    tpl_bind_slots(fld->t, column_slot, f);
     if (tpl_is_static(fld->t)) fld->stat = tpl_static_text(fld->t, &fld->stat_len);
     return 0;
 }
@@ -644,8 +656,9 @@ int msg_out_new(msg_out_t **out, const msg_factory_t *f)
     o->cap = f->nsegs * 2 + 4;
     o->spans = calloc(o->cap, sizeof *o->spans);
     o->iov = calloc(o->cap + 2, sizeof *o->iov);
+    o->slots = calloc(f->ncolumns + 1, sizeof *o->slots);
     o->date_t = (time_t)-1;
-    if (!o->spans || !o->iov || getrandom(&o->rng, sizeof o->rng, 0) != sizeof o->rng) {
+    if (!o->spans || !o->iov || !o->slots || getrandom(&o->rng, sizeof o->rng, 0) != sizeof o->rng) {
         msg_out_free(o);
         return VL_ENOMEM;
     }
@@ -668,6 +681,7 @@ void msg_out_free(msg_out_t *o)
     buf_free(&o->tmp);
     free(o->spans);
     free(o->iov);
+    free(o->slots);
     dkim_signer_free(o->signer);
     free(o);
 }
@@ -975,7 +989,12 @@ int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, t
     tpl_ctx_init(&ctx);
     (void)tpl_ctx_push_lookup(&ctx, builtin_lookup, o);
     if (f->vars) (void)tpl_ctx_push_json(&ctx, f->vars);
-    (void)tpl_ctx_push_lookup(&ctx, row_lookup, o);
+    size_t nslots = row->nfields < f->ncolumns ? row->nfields : f->ncolumns;
+    for (size_t i = 0; i < nslots; i++) {
+        o->slots[i].ptr = row->fields[i].ptr;
+        o->slots[i].len = row->fields[i].len;
+    }
+    (void)tpl_ctx_push_slots(&ctx, row_lookup, o, o->slots, nslots);
 
     buf_t *h = &o->hdr;
     int rc = put(h, "Date: ", o->date, "\r\n", NULL);

@@ -45,6 +45,7 @@ typedef struct node {
     uint32_t seg;      /* first of nseg entries in t->segs */
     uint32_t link;     /* N_SECTION/N_INVERTED: index of the N_CLOSE; N_PARTIAL: body or NONE */
     uint32_t line, col;
+    uint32_t slot1;    /* N_VAR: 1 + the slot tpl_bind_slots() found, 0 when unbound */
 } node_t;
 
 typedef struct seg {
@@ -642,6 +643,27 @@ int tpl_ctx_push_lookup(tpl_ctx_t *c, tpl_lookup_fn fn, void *ud)
     return 0;
 }
 
+int tpl_ctx_push_slots(tpl_ctx_t *c, tpl_lookup_fn fn, void *ud, const tpl_slot_t *slots,
+                       size_t nslots)
+{
+    if (c->n >= TPL_CTX_MAX) return VL_ETOOBIG;
+    c->frames[c->n++] =
+        (tpl_frame_t){.lookup = fn, .ud = ud, .slots = slots, .nslots = nslots};
+    return 0;
+}
+
+void tpl_bind_slots(tpl_template_t *t, tpl_slot_fn fn, void *ud)
+{
+    for (size_t i = 0; i < t->nnodes; i++) {
+        node_t *n = &t->nodes[i];
+        if (n->type != N_VAR) continue;
+        long slot = n->nseg == 1 ? fn(ud, t->arena.data + t->segs[n->seg].off,
+                                      t->segs[n->seg].len)
+                                 : -1;
+        n->slot1 = slot >= 0 && slot < (long)UINT32_MAX ? (uint32_t)slot + 1 : 0;
+    }
+}
+
 /* ---- rendering ---- */
 
 enum { V_NONE, V_JSON, V_STR };
@@ -673,6 +695,8 @@ typedef struct render {
     int section_depth; /* sections we are inside: strictness stops there */
     int call_depth;
     uint32_t body; /* the body being rendered, for error messages */
+    const tpl_slot_t *slots; /* the top frame's slots (tpl_ctx_push_slots), or NULL */
+    size_t nslots;
     rframe_t stack[TPL_CTX_MAX + 2 * MAX_DEPTH];
 } render_t;
 
@@ -941,7 +965,16 @@ static int render_from(render_t *r, uint32_t i)
             break;
         case N_VAR: {
             val_t v;
-            lookup(r, r->stack, r->sp, n, &v);
+            if (n->slot1 && r->slots && r->section_depth == 0) {
+                /* Outside sections the top frame is the slots' frame, which
+                 * answers every bound name: no search. */
+                size_t k = n->slot1 - 1;
+                v.kind = V_STR;
+                v.s = k < r->nslots ? r->slots[k].ptr : "";
+                v.len = k < r->nslots ? r->slots[k].len : 0;
+            } else {
+                lookup(r, r->stack, r->sp, n, &v);
+            }
             if (v.kind == V_NONE) {
                 if ((r->flags & TPL_RENDER_STRICT) && r->section_depth == 0)
                     return strict_fail(r, n);
@@ -983,6 +1016,8 @@ static void render_init(render_t *r, const tpl_template_t *t, const tpl_ctx_t *c
     r->section_depth = 0;
     r->call_depth = 0;
     r->body = 0;
+    r->slots = ctx->n > 0 && ctx->frames[ctx->n - 1].lookup ? ctx->frames[ctx->n - 1].slots : NULL;
+    r->nslots = r->slots ? ctx->frames[ctx->n - 1].nslots : 0;
     for (int k = 0; k < ctx->n; k++) {
         rframe_t *f = &r->stack[r->sp++];
         memset(f, 0, sizeof *f);

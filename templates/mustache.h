@@ -98,10 +98,18 @@ typedef int (*tpl_lookup_fn)(void *ud, const char *name, size_t len, tpl_value_t
 
 #define TPL_CTX_MAX 8
 
+/* A string view a slots frame answers with (see tpl_bind_slots()). */
+typedef struct tpl_slot {
+    const char *ptr; /* borrowed until the render returns */
+    size_t len;
+} tpl_slot_t;
+
 typedef struct tpl_frame {
     json_t *json;         /* borrowed, or NULL for a callback frame */
     tpl_lookup_fn lookup; /* NULL for a JSON frame */
     void *ud;
+    const tpl_slot_t *slots; /* a callback frame's slots, or NULL (tpl_ctx_push_slots) */
+    size_t nslots;
 } tpl_frame_t;
 
 /* A context: up to TPL_CTX_MAX frames, on the caller's stack. Frames pushed
@@ -121,6 +129,24 @@ int tpl_ctx_push_json(tpl_ctx_t *c, json_t *value);
 
 /* Push a callback frame; ud is passed back to fn. 0 or VL_ETOOBIG. */
 int tpl_ctx_push_lookup(tpl_ctx_t *c, tpl_lookup_fn fn, void *ud);
+
+/* Push a callback frame that also answers bound names by slot: when it is
+ * the top frame, a variable tag outside any section whose name
+ * tpl_bind_slots() bound to slot k renders slots[k] ("" when k >= nslots)
+ * without a search. Everything else (names in sections, unbound names) goes
+ * to fn as with tpl_ctx_push_lookup(), which must answer a bound name with
+ * the same value. slots is borrowed for the render. 0 or VL_ETOOBIG. */
+int tpl_ctx_push_slots(tpl_ctx_t *c, tpl_lookup_fn fn, void *ud, const tpl_slot_t *slots,
+                       size_t nslots);
+
+/* Maps a name (name[0..len), not NUL-terminated) to a slot, or -1. */
+typedef long (*tpl_slot_fn)(void *ud, const char *name, size_t len);
+
+/* Bind the template's variable tags of one-segment names to slots, once,
+ * so that rendering them with a slots frame on top costs no lookup (a
+ * campaign binds its CSV columns: a row's value is then its field). Tags
+ * fn answers -1 for stay unbound. Partials compiled into t are bound too. */
+void tpl_bind_slots(tpl_template_t *t, tpl_slot_fn fn, void *ud);
 
 /* ---- rendering ---- */
 

@@ -284,6 +284,87 @@ static void test_frames_and_order(void **state)
     json_decref(vars);
 }
 
+static long slot_of(void *ud, const char *name, size_t len)
+{
+    const struct row_ud *r = ud;
+    for (int i = 0; i < r->n; i++)
+        if (strlen(r->names[i]) == len && memcmp(r->names[i], name, len) == 0) return i;
+    return -1;
+}
+
+/* Bound tags render from the slots without a lookup; names in sections,
+ * unbound names and dotted names still search the frames; a short row's
+ * missing slots render empty; the output is what plain lookups give. */
+static void test_bound_slots(void **state)
+{
+    (void)state;
+    static const char *const names[] = {"first_name", "city", "plan"};
+    static const char *const values[] = {"Ann", "Paris", "Gold"};
+    struct row_ud row = {names, values, 3, 0};
+    json_t *vars = json_pack("{s:s,s:{s:s},s:[{s:s}]}", "product", "Volley", "links", "home",
+                             "https://x.example/", "items", "city", "Rome");
+    const char *src = "{{first_name}} {{product}} {{links.home}} {{>p}}"
+                      "{{#items}}[{{city}} {{first_name}}]{{/items}}{{^nothing}}<{{plan}}>"
+                      "{{/nothing}}";
+    tpl_partials_t *parts = tpl_partials_new();
+    assert_non_null(parts);
+    assert_int_equal(tpl_partials_add(parts, "p", "({{city}})", 10), 0);
+    tpl_template_t *t;
+    assert_int_equal(tpl_compile(&t, src, strlen(src), parts, NULL), 0);
+    tpl_partials_free(parts);
+    const char *want = "Ann Volley https://x.example/ (Paris)[Rome Ann]<Gold>";
+
+    /* Plain lookups first: the reference. */
+    tpl_ctx_t ctx;
+    tpl_ctx_init(&ctx);
+    assert_int_equal(tpl_ctx_push_json(&ctx, vars), 0);
+    assert_int_equal(tpl_ctx_push_lookup(&ctx, row_lookup, &row), 0);
+    buf_t out;
+    buf_init(&out, 1 << 20);
+    assert_int_equal(tpl_render(t, &ctx, 0, &out, NULL), 0);
+    assert_string_equal(out.data, want);
+    int plain_calls = row.calls;
+
+    tpl_bind_slots(t, slot_of, &row);
+    tpl_slot_t slots[3];
+    for (int i = 0; i < 3; i++) slots[i] = (tpl_slot_t){values[i], strlen(values[i])};
+    tpl_ctx_init(&ctx);
+    assert_int_equal(tpl_ctx_push_json(&ctx, vars), 0);
+    assert_int_equal(tpl_ctx_push_slots(&ctx, row_lookup, &row, slots, 3), 0);
+    row.calls = 0;
+    buf_reset(&out);
+    assert_int_equal(tpl_render(t, &ctx, 0, &out, NULL), 0);
+    assert_string_equal(out.data, want);
+    /* Only names inside sections ({{city}} and {{first_name}} in items,
+     * {{plan}} in the inverted section) and the unbound ones reached the
+     * callback. */
+    assert_true(row.calls > 0 && row.calls < plain_calls);
+
+    /* A short row: slot 2 (plan) is missing and renders empty outside
+     * sections, as row_lookup's "" would. */
+    tpl_template_t *t2;
+    assert_int_equal(tpl_compile(&t2, "{{first_name}}|{{plan}}|", 24, NULL, NULL), 0);
+    tpl_bind_slots(t2, slot_of, &row);
+    tpl_ctx_init(&ctx);
+    assert_int_equal(tpl_ctx_push_slots(&ctx, row_lookup, &row, slots, 2), 0);
+    buf_reset(&out);
+    assert_int_equal(tpl_render(t2, &ctx, 0, &out, NULL), 0);
+    assert_string_equal(out.data, "Ann||");
+
+    /* Without a slots frame on top, bound templates search as before. */
+    tpl_ctx_init(&ctx);
+    assert_int_equal(tpl_ctx_push_lookup(&ctx, row_lookup, &row), 0);
+    assert_int_equal(tpl_ctx_push_json(&ctx, vars), 0);
+    buf_reset(&out);
+    assert_int_equal(tpl_render(t2, &ctx, 0, &out, NULL), 0);
+    assert_string_equal(out.data, "Ann|Gold|");
+
+    buf_free(&out);
+    tpl_free(t);
+    tpl_free(t2);
+    json_decref(vars);
+}
+
 static int collect(void *ud, const tpl_var_ref_t *ref)
 {
     buf_t *b = ud;
@@ -425,6 +506,7 @@ int main(void)
         cmocka_unit_test(test_compile_errors),
         cmocka_unit_test(test_escape_per_render),
         cmocka_unit_test(test_frames_and_order),
+        cmocka_unit_test(test_bound_slots),
         cmocka_unit_test(test_strict_and_check),
         cmocka_unit_test(test_static),
         cmocka_unit_test(test_limits),
