@@ -38,7 +38,7 @@
 #define MAX_FIELDS 256    /* CSV columns a message can use */
 /* record.lua's list gives a row's offset in its batch as one character. */
 _Static_assert(SCHED_BATCH_ROWS <= 64, "a row's offset in its batch must fit '0'..'o'");
-#define RENDER_CHUNK 32   /* rows per render work item */
+#define RENDER_CHUNK 128  /* rows per render work item */
 #define RENDER_PAR_MAX 4  /* render work items running at once, at most */
 
 typedef struct prov prov_t;
