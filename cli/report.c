@@ -723,9 +723,8 @@ static int append_batch(redisContext *c, const char *key, unsigned long long fro
     argv[1] = key;
     argl[1] = strlen(key);
     for (size_t i = 0; i < n; i++) {
-        int l = snprintf(nums[i], sizeof nums[i], "%llu", from + i);
         argv[2 + i] = nums[i];
-        argl[2 + i] = (size_t)l;
+        argl[2 + i] = buf_fmt_dec(nums[i], from + i); /* snprintf was a tenth of a row's cost */
     }
     return redisAppendCommandArgv(c, (int)n + 2, argv, argl) == REDIS_OK ? 0 : -1;
 }
