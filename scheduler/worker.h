@@ -5,7 +5,10 @@
  * one window ahead of need and drops suppressed addresses; then, as its
  * connections have room, it takes tokens from the provider's shared rate and
  * quotas (Redis, ratelimit/lua), renders each row with the campaign's message
- * factory, submits it to the provider's connection pool, turns the outcome
+ * factory on libuv's thread pool (in items of rows, on as many threads as
+ * the machine has cores besides the loop's, at most four; the factory and
+ * `o.factory` must allow that, as message.h's do), submits the rows in
+ * their claimed order to the provider's connection pool, turns the outcome
  * into an action with the provider's reply rules (ratelimit/rules.h), and
  * records the result atomically with the row's state change (record.lua).
  * Leases are renewed while held; rows whose worker dies come back when their
