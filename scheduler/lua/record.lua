@@ -31,7 +31,8 @@ local state = redis.call('HGET', KEYS[4], 'state')
 local names = {d = 'delivered', b = 'bounced', f = 'failed', s = 'suppressed', r = 'rejected',
                c = 'cancelled', q = 'deferred'}
 local band, bor, lshift, rshift, bnot = bit.band, bit.bor, bit.lshift, bit.rshift, bit.bnot
-local byte, sub, lower, floor = string.byte, string.sub, string.lower, math.floor
+local byte, sub, lower, floor, format = string.byte, string.sub, string.lower, math.floor,
+    string.format
 local applied, attempts = 0, 0
 local incr, hset, zadd = {}, {}, {}
 local at = 5
@@ -68,7 +69,10 @@ for _ = 1, ng do
                 lo = 'c'
                 res = res:gsub('"status":"deferred"', '"status":"cancelled"', 1)
             end
-            hset[#hset + 1] = r
+            -- Numbers reach commands as "%.14g" text, which glibc formats
+            -- with multi-precision arithmetic: "%d" is several times cheaper.
+            local rs = format('%d', r)
+            hset[#hset + 1] = rs
             hset[#hset + 1] = res
             bytes[k] = bor(band(bytes[k], bnot(lshift(3, sh))), lshift(lo == 'q' and 1 or 2, sh))
             changed = true
@@ -76,8 +80,8 @@ for _ = 1, ng do
                 local key = 5 + tonumber(due)
                 local z = zadd[key] or {}
                 zadd[key] = z
-                z[#z + 1] = tonumber(retry_at)
-                z[#z + 1] = id .. ':' .. r
+                z[#z + 1] = retry_at
+                z[#z + 1] = id .. ':' .. rs
             else
                 incr.final = (incr.final or 0) + 1
             end
