@@ -40,6 +40,7 @@
 _Static_assert(SCHED_BATCH_ROWS <= 64, "a row's offset in its batch must fit '0'..'o'");
 #define RENDER_CHUNK 128  /* rows per render work item */
 #define RENDER_PAR_MAX 4  /* render work items running at once, at most */
+#define RENDER_MIN_ITEM 32 /* grants of fewer rows render on the loop */
 
 typedef struct prov prov_t;
 typedef struct job job_t;
@@ -978,6 +979,21 @@ static void render_after(uv_work_t *req, int status)
     maybe_finish(w);
 }
 
+/* The first row of p's backlog (not empty), now in flight: it holds one of
+ * the tokens granted. */
+static job_t *backlog_take(prov_t *p)
+{
+    job_t *j = p->back;
+    p->back = j->next;
+    if (!p->back)
+        p->back_tail = NULL;
+    p->nback--;
+    j->next = NULL;
+    p->inflight++;
+    j->submitted = 1;
+    return j;
+}
+
 /* Submit up to n rows of p's backlog (n tokens were granted): they are
  * rendered off the loop in items of RENDER_CHUNK, then submitted in order.
  * They count as in flight from here, so no more tokens are taken for them. */
@@ -987,18 +1003,15 @@ static void submit_backlog(prov_t *p, unsigned n)
     int taking = p->taking;
     p->taking = 1; /* no second round from a job finished below */
     while (n && p->back) {
-        render_work_t *rw = calloc(1, sizeof *rw);
+        /* A small grant (a provider's rate or burst is small) renders here:
+         * a thread saves nothing on a few rows, and the delay of an item
+         * would bunch rows granted apart in time (a rate holds by when
+         * rows go out). Not while items are pending: rows stay in order. */
+        render_work_t *rw = n < RENDER_MIN_ITEM && !w->rq ? NULL : calloc(1, sizeof *rw);
         if (!rw) {
-            /* Out of memory: render on the loop, one row at a time. */
-            job_t *j = p->back;
-            p->back = j->next;
-            if (!p->back)
-                p->back_tail = NULL;
-            p->nback--;
+            /* Here on the loop, one row at a time (also when out of memory). */
+            job_t *j = backlog_take(p);
             n--;
-            j->next = NULL;
-            p->inflight++;
-            j->submitted = 1;
             render_job(w->o.factory, w->o.email_col, j, time(NULL));
             submit_rendered(w, p, j);
             continue;
@@ -1007,16 +1020,8 @@ static void submit_backlog(prov_t *p, unsigned n)
         rw->factory = w->o.factory;
         rw->email_col = w->o.email_col;
         while (n && p->back && rw->n < RENDER_CHUNK) {
-            job_t *j = p->back;
-            p->back = j->next;
-            if (!p->back)
-                p->back_tail = NULL;
-            p->nback--;
+            rw->jobs[rw->n++] = backlog_take(p);
             n--;
-            j->next = NULL;
-            p->inflight++;
-            j->submitted = 1;
-            rw->jobs[rw->n++] = j;
         }
         if (w->rq_tail)
             w->rq_tail->next = rw;
