@@ -367,40 +367,51 @@ static const char set_state_lua[] =
     "if s ~= 'done' and s ~= 'cancelled' then redis.call('HSET', KEYS[1], 'state', ARGV[1]) end\n"
     "return s\n";
 
-/* Cancel up to ARGV[1] members of one provider's due set (keys.h): each of
- * their rows still waiting gets status "cancelled" in :res (the fields of a
- * result it already has kept) and is counted, all in one script, so a
- * worker's claim sees either the row due or the row final.
- * KEYS: meta, res, count, due:P, batch, state. ARGV: members per call, now_ms,
- * provider name. Returns {rows cancelled, members left in the due set}. */
+/* Cancel the members ARGV[4..] of one provider's due set (keys.h), those
+ * still in it: each of their rows still waiting gets status "cancelled" in
+ * its results hash (the fields of a result it already has kept) and is
+ * counted, all in one script, so a worker's claim sees either the row due or
+ * the row final. The caller reads the members first (ZRANGE) so that it can
+ * pass their results hashes in KEYS; a member claimed meanwhile is no longer
+ * in the set and is left to its worker.
+ * KEYS: meta, retry, count, due:P, batch, state, then results hashes.
+ * ARGV: now_ms, provider name, n, then per member: the member, the index in
+ * KEYS of the results hash of its batch's first row F (row r's is that index
+ * plus r/64 - F/64). Returns {rows cancelled, members left in the due set}. */
 static const char cancel_lua[] =
-    "local members = redis.call('ZRANGE', KEYS[4], 0, tonumber(ARGV[1]) - 1)\n"
     "local email_col = tonumber(redis.call('HGET', KEYS[1], 'email_col') or '0') + 1\n"
     "local n = 0\n"
-    "for _, m in ipairs(members) do\n"
-    "    redis.call('ZREM', KEYS[4], m)\n"
+    "for i = 1, tonumber(ARGV[3]) do\n"
+    "    local m, kidx = ARGV[2 + 2 * i], tonumber(ARGV[3 + 2 * i])\n"
     "    local f, l, kind, v = m:match('^(%d+)-(%d+)([/:])(%d+)$')\n"
-    "    local blob = f and redis.call('HGET', KEYS[5], f .. '-' .. l) or ''\n"
-    "    for row, p, fields in blob:gmatch('(%d+)\\t([^\\t]*)\\t([^\\n]*)\\n') do\n"
-    "        local st = redis.call('BITFIELD', KEYS[6], 'GET', 'u2', '#' .. row)[1]\n"
-    "        local mine\n"
-    "        if kind == ':' then mine = row == v and st ~= 2\n"
-    "        else mine = p == ARGV[3] and st == 0 end\n"
-    "        if mine then\n"
-    "            local raw = redis.call('HGET', KEYS[2], row)\n"
-    "            local res\n"
-    "            if raw then res = cjson.decode(raw) else\n"
-    "                local ok, fv = pcall(cjson.decode, fields)\n"
-    "                res = {email = ok and fv[email_col] or '', provider = p, attempts = 0,\n"
-    "                       code = 0, enhanced = '', response = '', first = 0, last = 0,\n"
-    "                       host = ''}\n"
+    "    if redis.call('ZREM', KEYS[4], m) == 1 and f then\n"
+    "        kidx = kidx - math.floor(tonumber(f) / 64)\n"
+    "        local blob = redis.call('HGET', KEYS[5], f .. '-' .. l) or ''\n"
+    "        for row, p, fields in blob:gmatch('(%d+)\\t([^\\t]*)\\t([^\\n]*)\\n') do\n"
+    "            local st = redis.call('BITFIELD', KEYS[6], 'GET', 'u2', '#' .. row)[1]\n"
+    "            local mine\n"
+    "            if kind == ':' then mine = row == v and st ~= 2\n"
+    "            else mine = p == ARGV[2] and st == 0 end\n"
+    "            if mine then\n"
+    "                local raw = redis.call('HGET', KEYS[2], row)\n"
+    "                local res\n"
+    "                if raw then\n"
+    "                    res = cjson.decode(raw)\n"
+    "                    redis.call('HDEL', KEYS[2], row)\n"
+    "                else\n"
+    "                    local ok, fv = pcall(cjson.decode, fields)\n"
+    "                    res = {email = ok and fv[email_col] or '', provider = p, attempts = 0,\n"
+    "                           code = 0, enhanced = '', response = '', first = 0, last = 0,\n"
+    "                           host = ''}\n"
+    "                end\n"
+    "                res.status = 'cancelled'\n"
+    "                redis.call('HSET', KEYS[kidx + math.floor(tonumber(row) / 64)], row,\n"
+    "                           cjson.encode(res))\n"
+    "                redis.call('BITFIELD', KEYS[6], 'SET', 'u2', '#' .. row, 2)\n"
+    "                redis.call('HINCRBY', KEYS[3], 'cancelled', 1)\n"
+    "                redis.call('HINCRBY', KEYS[3], 'final', 1)\n"
+    "                n = n + 1\n"
     "            end\n"
-    "            res.status = 'cancelled'\n"
-    "            redis.call('HSET', KEYS[2], row, cjson.encode(res))\n"
-    "            redis.call('BITFIELD', KEYS[6], 'SET', 'u2', '#' .. row, 2)\n"
-    "            redis.call('HINCRBY', KEYS[3], 'cancelled', 1)\n"
-    "            redis.call('HINCRBY', KEYS[3], 'final', 1)\n"
-    "            n = n + 1\n"
     "        end\n"
     "    end\n"
     "end\n"
@@ -410,10 +421,81 @@ static const char cancel_lua[] =
     "    local total = tonumber(redis.call('HGET', KEYS[3], 'total') or '0')\n"
     "    if done >= total and redis.call('HGET', KEYS[1], 'ingested') == '1' and\n"
     "       not redis.call('HGET', KEYS[1], 'finished_ms') then\n"
-    "        redis.call('HSET', KEYS[1], 'finished_ms', ARGV[2])\n"
+    "        redis.call('HSET', KEYS[1], 'finished_ms', ARGV[1])\n"
     "    end\n"
     "end\n"
     "return {n, left}\n";
+
+/* Cancel the first CANCEL_BATCH members of due set `due` with cancel_lua.
+ * Returns 0 and the rows cancelled and members left, or an exit code. */
+static int cancel_some(cli_redis_t *r, const char *name, const char *const fixed[6],
+                       const char *prov, long long *cancelled, long long *left)
+{
+    const char *id = cli_redis_id(r);
+    int code = EX_OK;
+    redisReply *z = cmd_expect(r, name, REDIS_REPLY_ARRAY, &code, "ZRANGE due", "ZRANGE %s 0 %d",
+                               fixed[3], CANCEL_BATCH - 1);
+    if (!z) return code;
+    /* A member's batch F-L spans at most two results hashes. */
+    enum { MAXA = 3 + 6 + 2 * CANCEL_BATCH + 3 + 2 * CANCEL_BATCH };
+    char keys[2 * CANCEL_BATCH][300];
+    char nums[CANCEL_BATCH][24];
+    unsigned long kof[2 * CANCEL_BATCH];
+    const char *argv[MAXA];
+    size_t nk = 0, nu = 0, nm = 0;
+    const char *margv[2 * CANCEL_BATCH];
+    for (size_t i = 0; i < z->elements && i < CANCEL_BATCH; i++) {
+        const char *m = z->element[i]->str;
+        unsigned long f = 0, l = 0;
+        if (!m) continue;
+        if (sscanf(m, "%lu-%lu", &f, &l) != 2) {
+            /* Not a member volley wrote: the script only removes it. */
+            margv[2 * nm] = m;
+            margv[2 * nm + 1] = "0";
+            nm++;
+            continue;
+        }
+        unsigned long kf = f / SCHED_RES_ROWS, kl = (l < f ? f : l) / SCHED_RES_ROWS;
+        size_t k = 0;
+        while (k < nk && !(kof[k] == kf && (kl == kf || (k + 1 < nk && kof[k + 1] == kl))))
+            k++;
+        if (k == nk) {
+            kof[nk++] = kf;
+            if (kl != kf) kof[nk++] = kl;
+        }
+        snprintf(nums[nu], sizeof nums[nu], "%zu", 7 + k);
+        margv[2 * nm] = m;
+        margv[2 * nm + 1] = nums[nu++];
+        nm++;
+    }
+    char nkeys_s[24], now_s[24], nm_s[24];
+    snprintf(nkeys_s, sizeof nkeys_s, "%zu", 6 + nk);
+    snprintf(now_s, sizeof now_s, "%lld", now_ms());
+    snprintf(nm_s, sizeof nm_s, "%zu", nm);
+    size_t n = 0;
+    argv[n++] = "EVAL";
+    argv[n++] = cancel_lua;
+    argv[n++] = nkeys_s;
+    for (size_t i = 0; i < 6; i++)
+        argv[n++] = fixed[i];
+    for (size_t k = 0; k < nk; k++) {
+        snprintf(keys[k], sizeof keys[k], SCHED_KEY_RES, id, kof[k]);
+        argv[n++] = keys[k];
+    }
+    argv[n++] = now_s;
+    argv[n++] = prov;
+    argv[n++] = nm_s;
+    for (size_t i = 0; i < 2 * nm; i++)
+        argv[n++] = margv[i];
+    redisReply *rep = redisCommandArgv(cli_redis_ctx(r), (int)n, argv, NULL);
+    freeReplyObject(z);
+    if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2)
+        return redis_fail(r, name, rep, "cancel rows");
+    *cancelled += rep->element[0]->integer;
+    *left = rep->element[1]->integer;
+    freeReplyObject(rep);
+    return EX_OK;
+}
 
 static int do_set_state(cli_redis_t *r, const char *name, int json)
 {
@@ -444,8 +526,8 @@ static int do_set_state(cli_redis_t *r, const char *name, int json)
     }
 
     /* Cancel: drain every provider's due set in batches. */
-    char res[512], count[512], due[768], batch[512], state[512];
-    snprintf(res, sizeof res, SCHED_KEY_RES, id);
+    char retry[512], count[512], due[768], batch[512], state[512];
+    snprintf(retry, sizeof retry, SCHED_KEY_RETRY, id);
     snprintf(batch, sizeof batch, SCHED_KEY_BATCH, id);
     snprintf(state, sizeof state, SCHED_KEY_STATE, id);
     snprintf(count, sizeof count, SCHED_KEY_COUNT, id);
@@ -454,24 +536,13 @@ static int do_set_state(cli_redis_t *r, const char *name, int json)
         cmd_expect(r, name, REDIS_REPLY_ARRAY, &code, "SMEMBERS providers", "SMEMBERS %s", due);
     if (!provs) return code;
     long long cancelled = 0;
+    const char *const fixed[6] = {meta, retry, count, due, batch, state};
     for (size_t i = 0; i < provs->elements && !code; i++) {
         if (!provs->element[i]->str) continue;
         snprintf(due, sizeof due, SCHED_KEY_DUE, id, provs->element[i]->str);
-        for (;;) {
-            rep = cmd_expect(r, name, REDIS_REPLY_ARRAY, &code, "cancel rows",
-                             "EVAL %s 6 %s %s %s %s %s %s %d %lld %s", cancel_lua, meta, res,
-                             count, due, batch, state, CANCEL_BATCH, now_ms(),
-                             provs->element[i]->str);
-            if (!rep) break;
-            if (rep->elements != 2) {
-                code = redis_fail(r, name, rep, "cancel rows");
-                break;
-            }
-            cancelled += rep->element[0]->integer;
-            long long left = rep->element[1]->integer;
-            freeReplyObject(rep);
-            if (left == 0) break;
-        }
+        long long left = 1;
+        while (left > 0 && !code)
+            code = cancel_some(r, name, fixed, provs->element[i]->str, &cancelled, &left);
     }
     freeReplyObject(provs);
     if (code) return code;

@@ -1,8 +1,8 @@
 /* report.h: a campaign's results, streamed from Redis as a report.
  *
- * The rows are read from {c:ID}:res in batches of 1000 (HMGET), rows 1 to
- * the meta field `total`, and written as they come: memory stays flat however
- * many rows the campaign has. A row with no result yet is reported with
+ * The rows are read from {c:ID}:res:K, one hash of 64 rows at a time
+ * (HMGET), rows 1 to the meta field `total`, and written as they come: memory
+ * stays flat however many rows the campaign has. A row with no result yet is reported with
  * status "pending".
  *
  * Formats:

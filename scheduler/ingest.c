@@ -136,25 +136,34 @@ static int flush(redisContext *rc_, const char *id, call_t *c, const char *sha,
         nb++;
     if (!nb)
         return 0;
-    char keys[7 + MAX_CALL_PROVIDERS][300];
+    /* The results hashes of the call's rows (rows rejected, or cancelled on
+     * arrival): its batches are consecutive, so k0..k1. */
+    unsigned long k0 = c->b[0].first / SCHED_RES_ROWS, k1 = c->b[nb - 1].last / SCHED_RES_ROWS;
+    size_t nkeys = 6 + c->nprov + (size_t)(k1 - k0 + 1);
+    char(*keys)[300] = calloc(nkeys, sizeof *keys);
+    if (!keys) {
+        snprintf(err, errlen, "out of memory");
+        return VL_ENOMEM;
+    }
     snprintf(keys[0], sizeof keys[0], SCHED_KEY_META, id);
     snprintf(keys[1], sizeof keys[1], SCHED_KEY_BATCH, id);
-    snprintf(keys[2], sizeof keys[2], SCHED_KEY_RES, id);
-    snprintf(keys[3], sizeof keys[3], SCHED_KEY_COUNT, id);
-    snprintf(keys[4], sizeof keys[4], SCHED_KEY_PROVIDERS, id);
-    snprintf(keys[5], sizeof keys[5], SCHED_KEY_STATE, id);
-    snprintf(keys[6], sizeof keys[6], SCHED_KEY_BATCHES, id);
+    snprintf(keys[2], sizeof keys[2], SCHED_KEY_COUNT, id);
+    snprintf(keys[3], sizeof keys[3], SCHED_KEY_PROVIDERS, id);
+    snprintf(keys[4], sizeof keys[4], SCHED_KEY_STATE, id);
+    snprintf(keys[5], sizeof keys[5], SCHED_KEY_BATCHES, id);
     for (size_t i = 0; i < c->nprov; i++)
-        snprintf(keys[7 + i], sizeof keys[7 + i], SCHED_KEY_DUE, id, c->pnames[i]);
-    size_t nkeys = 7 + c->nprov;
+        snprintf(keys[6 + i], sizeof keys[6 + i], SCHED_KEY_DUE, id, c->pnames[i]);
+    for (unsigned long k = k0; k <= k1; k++)
+        snprintf(keys[6 + c->nprov + (k - k0)], sizeof keys[0], SCHED_KEY_RES, id, k);
     /* Count the arguments, then point them at the batches' memory. */
-    size_t argc = 3 + nkeys + 1 + c->nprov;
+    size_t argc = 3 + nkeys + 3 + c->nprov;
     for (size_t k = 0; k < nb; k++)
         argc += 5 + 2 * c->b[k].nparts + 2 * c->b[k].nrej;
     const char **argv = calloc(argc, sizeof *argv);
     size_t *lens = calloc(argc, sizeof *lens);
-    char(*nums)[24] = calloc(2 + nb * (4 + 2 * MAX_CALL_PROVIDERS), sizeof *nums);
+    char(*nums)[24] = calloc(4 + nb * (4 + 2 * MAX_CALL_PROVIDERS), sizeof *nums);
     if (!argv || !lens || !nums) {
+        free(keys);
         free(argv);
         free(lens);
         free(nums);
@@ -170,6 +179,8 @@ static int flush(redisContext *rc_, const char *id, call_t *c, const char *sha,
     for (size_t i = 0; i < nkeys; i++)
         ARG(keys[i], strlen(keys[i]));
     NUM("%zu", nb);
+    NUM("%zu", c->nprov);
+    NUM("%lu", k0);
     for (size_t i = 0; i < c->nprov; i++)
         ARG(c->pnames[i], strlen(c->pnames[i]));
     for (size_t k = 0; k < nb; k++) {
@@ -214,6 +225,7 @@ static int flush(redisContext *rc_, const char *id, call_t *c, const char *sha,
         st->added += (unsigned long)r->integer;
     }
     freeReplyObject(r);
+    free(keys);
     free(argv);
     free(lens);
     free(nums);

@@ -25,7 +25,8 @@
  *                            batch, 1 retried on its own (member "F-L:row"),
  *                            2 final. Claims skip rows that left their batch;
  *                            records skip rows already final.
- *   {c:ID}:res         HASH  row number -> JSON result object, written by the
+ *   {c:ID}:res:K       HASH  the results of rows 64K..64K+63 (K = row / SCHED_RES_ROWS):
+ *                            row number -> JSON result object, written by the
  *                            worker with each attempt (a row without one has
  *                            not been tried yet: pending):
  *                            {"email","provider","status","attempts","code",
@@ -34,6 +35,9 @@
  *                            suppressed | rejected | cancelled; first/last:
  *                            attempt times in ms since the epoch (0 if none);
  *                            code 0 when no reply was involved
+ *   {c:ID}:retry       HASH  row number -> its result so far, for rows retried
+ *                            on their own (state 1) only: what a claim of
+ *                            "F-L:row" needs; removed when the row is final
  *   {c:ID}:count       HASH  total, delivered, bounced, failed, suppressed,
  *                            rejected, cancelled, final (sum of the final states),
  *                            attempts, deferred (attempts that were requeued)
@@ -48,7 +52,10 @@
  * benchmark of the per-row schema spent most of Redis's time on them). With
  * batches, ingest and claims cost Redis one command per batch; per row only
  * the result is written (one HSET field and two state bits, in one call per
- * REC_BATCH results).
+ * REC_BATCH results). Results are spread over small hashes of 64 rows rather
+ * than one hash of every row: one hash of 1,000,000 fields spent a third of
+ * Redis's time for record.lua in dictionary lookups and rehashing of a table
+ * far larger than the caches; a hash of 64 fields being written stays in them.
  *
  * Provider NAME's limits, shared by every worker and campaign (tag {p:NAME}):
  *   {p:NAME}:gcra      STRING GCRA theoretical arrival time (ratelimit/lua/gcra.lua)
@@ -78,7 +85,8 @@
 #define SCHED_KEY_BATCH "{c:%s}:batch"
 #define SCHED_KEY_BATCHES "{c:%s}:batches"
 #define SCHED_KEY_STATE "{c:%s}:state"
-#define SCHED_KEY_RES "{c:%s}:res"
+#define SCHED_KEY_RES "{c:%s}:res:%lu" /* id, row / SCHED_RES_ROWS */
+#define SCHED_KEY_RETRY "{c:%s}:retry"
 #define SCHED_KEY_COUNT "{c:%s}:count"
 #define SCHED_KEY_PROVIDERS "{c:%s}:providers"
 #define SCHED_KEY_DUE "{c:%s}:due:%s" /* id, provider */
@@ -91,14 +99,18 @@
 #define SCHED_KEY_P_LEARNED "{p:%s}:learned"
 #define SCHED_KEY_P_LEARNED_MS "{p:%s}:learned_ms"
 
-/* The layout version in {c:ID}:meta "schema": a campaign without it was
- * written by a volley that stored rows one by one and is refused. */
-#define SCHED_SCHEMA "2"
+/* The layout version in {c:ID}:meta "schema": a campaign with another (or
+ * none) was written by an older volley and is refused. 2: one hash of all
+ * results; 3: results in hashes of SCHED_RES_ROWS rows. */
+#define SCHED_SCHEMA "3"
 
 /* Rows per batch: big enough that per-batch commands vanish next to the
  * per-row work, small enough that a claimed batch is sent well within a
  * lease. */
 #define SCHED_BATCH_ROWS 64
+
+/* Rows per results hash ({c:ID}:res:K). A batch spans at most two. */
+#define SCHED_RES_ROWS 64UL
 
 /* Row states in {c:ID}:state. */
 enum { SCHED_ROW_WAITING = 0, SCHED_ROW_ALONE = 1, SCHED_ROW_FINAL = 2 };

@@ -179,7 +179,7 @@ struct sched_worker {
     render_work_t *rq, *rq_tail; /* render work, oldest first: running, done or waiting */
     unsigned rq_running;          /* items handed to the thread pool */
     unsigned render_par;          /* items that may run at once */
-    char k_meta[KEYLEN], k_batch[KEYLEN], k_state[KEYLEN], k_res[KEYLEN], k_count[KEYLEN],
+    char k_meta[KEYLEN], k_batch[KEYLEN], k_state[KEYLEN], k_retry[KEYLEN], k_count[KEYLEN],
         k_lease[KEYLEN];
     /* recent delivery rate */
     uint64_t rate_t0;
@@ -395,9 +395,28 @@ static void flush_records(sched_worker_t *w)
             order[fill[g]++] = i;
         }
     }
+    /* The results hashes of the groups' rows: a batch's rows F..L are in
+     * res:F/64 and, when it spans two, res:L/64; gkey[g] is the index in
+     * KEYS of group g's first. */
+    unsigned long chunk[2 * REC_BATCH];
+    unsigned nchunk = 0, gkey[REC_BATCH];
+    for (unsigned g = 0; g < ng; g++) {
+        unsigned long f = 0, l = 0;
+        sscanf(w->pend[gof[g]].batch, "%lu-%lu", &f, &l);
+        unsigned long cf = f / SCHED_RES_ROWS, cl = (l < f ? f : l) / SCHED_RES_ROWS;
+        unsigned k = 0;
+        while (k < nchunk && !(chunk[k] == cf && (cl == cf || (k + 1 < nchunk && chunk[k + 1] == cl))))
+            k++;
+        if (k == nchunk) {
+            chunk[nchunk++] = cf;
+            if (cl != cf)
+                chunk[nchunk++] = cl;
+        }
+        gkey[g] = 6 + np + k;
+    }
     rec_t *rc = calloc(1, sizeof *rc);
-    int nkeys = 5 + (int)np;
-    int argc = nkeys + 4 + 2 * (int)ng + (int)w->npend + 2 * (int)ndef + (int)nrel +
+    int nkeys = 5 + (int)np + (int)nchunk;
+    int argc = nkeys + 4 + 3 * (int)ng + (int)w->npend + 2 * (int)ndef + (int)nrel +
                2 * (int)nret;
     if (rc)
         rc->argv = calloc((size_t)argc, sizeof *rc->argv);
@@ -422,12 +441,17 @@ static void flush_records(sched_worker_t *w)
 #define NUM(fmt, v) (err = err || buf_put_dec(&ar, (long long)(v)) || buf_putc(&ar, '\0'), off[a++] = ar.len)
     if (!err) {
         ARG(w->k_lease);
-        ARG(w->k_res);
+        ARG(w->k_retry);
         ARG(w->k_count);
         ARG(w->k_meta);
         ARG(w->k_state);
         for (unsigned k = 0; k < np; k++)
             ARG(provs[k]->key_due);
+        for (unsigned k = 0; k < nchunk; k++) {
+            char key[KEYLEN];
+            snprintf(key, sizeof key, SCHED_KEY_RES, w->id, chunk[k]);
+            ARG(key);
+        }
         NUM("%llu", (unsigned long long)now_ms());
         NUM("%u", ng);
         NUM("%u", nrel);
@@ -435,6 +459,7 @@ static void flush_records(sched_worker_t *w)
         for (unsigned g = 0; g < ng; g++) {
             const unsigned *o = order + gstart[g];
             ARG(w->pend[o[0]].batch);
+            NUM("%u", gkey[g]);
             unsigned long first = strtoul(w->pend[o[0]].batch, NULL, 10);
             for (unsigned k = 0; k < gcount[g]; k++) {
                 const pend_t *pd = &w->pend[o[k]];
@@ -1223,7 +1248,7 @@ static void claim(prov_t *p, unsigned m)
     snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now_ms());
     snprintf(m_s, sizeof m_s, "%u", m);
     snprintf(lease_s, sizeof lease_s, "%u", w->o.lease_ms);
-    const char *argv[] = {p->key_due, w->k_lease, w->k_batch, w->k_state, w->k_res, w->k_meta,
+    const char *argv[] = {p->key_due, w->k_lease, w->k_batch, w->k_state, w->k_retry, w->k_meta,
                           now_s,      m_s,        lease_s,    p->cfg->name};
     p->claiming = 1;
     if (sched_redis_eval(w->r, on_claimed, p, sched_lua_claim, 6, 4, argv, NULL)) {
@@ -1860,7 +1885,7 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
     snprintf(w->k_meta, KEYLEN, SCHED_KEY_META, w->id);
     snprintf(w->k_batch, KEYLEN, SCHED_KEY_BATCH, w->id);
     snprintf(w->k_state, KEYLEN, SCHED_KEY_STATE, w->id);
-    snprintf(w->k_res, KEYLEN, SCHED_KEY_RES, w->id);
+    snprintf(w->k_retry, KEYLEN, SCHED_KEY_RETRY, w->id);
     snprintf(w->k_count, KEYLEN, SCHED_KEY_COUNT, w->id);
     snprintf(w->k_lease, KEYLEN, SCHED_KEY_LEASE, w->id);
     buf_init(&w->pjson, (size_t)64 << 20);

@@ -6,8 +6,9 @@
 -- reap.lua puts it back when the lease expires. With each member come its
 -- batch blob, the state bits of rows F..L (2 bits a row from bit 2F: 0 in
 -- its batch, 1 retried on its own, 2 final; the worker skips rows that are
--- not 0 for a batch part) and, for a single row, its result so far.
--- KEYS[1] due:P  KEYS[2] lease  KEYS[3] batch  KEYS[4] state  KEYS[5] res  KEYS[6] meta
+-- not 0 for a batch part) and, for a single row, its result so far (kept in
+-- retry while the row is retried on its own).
+-- KEYS[1] due:P  KEYS[2] lease  KEYS[3] batch  KEYS[4] state  KEYS[5] retry  KEYS[6] meta
 -- ARGV[1] now_ms  ARGV[2] m  ARGV[3] lease_ms  ARGV[4] provider name
 -- Returns {member1, blob1, bits1, res1, member2, ...}.
 if redis.call('HGET', KEYS[6], 'state') ~= 'running' then

@@ -3,25 +3,31 @@
 -- stored as one blob; a batch already present is left alone, so rerunning
 -- an interrupted ingest adds nothing twice. Per row, Redis does nothing here:
 -- that is what lets ingest keep up with sending (see keys.h).
--- KEYS[1] meta  KEYS[2] batch  KEYS[3] res  KEYS[4] count  KEYS[5] providers
--- KEYS[6] state  KEYS[7] batches  KEYS[8..] the due sets of the providers named
--- in ARGV[2..1+#KEYS-7]
--- ARGV[1] number of batches; after the provider names, per batch:
+-- KEYS[1] meta  KEYS[2] batch  KEYS[3] count  KEYS[4] providers  KEYS[5] state
+-- KEYS[6] batches  KEYS[7..6+ARGV[2]] the due sets of the providers named in
+-- ARGV[4..3+ARGV[2]], then the results hashes res:K for K from ARGV[3] on,
+-- enough for every row of the call (rows rejected, or cancelled on arrival)
+-- ARGV[1] number of batches  ARGV[2] due sets  ARGV[3] the first results
+-- hash's K; after the provider names, per batch:
 --   id ("F-L"), due_ms, blob, number of provider parts, then per part its
 --   provider index (1-based among the due keys) and row count, then the
 --   number of rejected rows and per rejected row: row, result JSON
 -- Returns the number of rows added.
-local ndue = #KEYS - 7
-local nb = tonumber(ARGV[1])
+local nb, ndue, k0 = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 for i = 1, ndue do
-    redis.call('SADD', KEYS[5], ARGV[1 + i])
+    redis.call('SADD', KEYS[4], ARGV[3 + i])
 end
 -- Rows that arrive after a cancel are cancelled at once, never left due.
 local cancelled = redis.call('HGET', KEYS[1], 'state') == 'cancelled'
 local email_col = tonumber(redis.call('HGET', KEYS[1], 'email_col') or '0') + 1
-local at = 2 + ndue
+local at = 4 + ndue
 local added, incr, zadd, bits, hres = 0, {}, {}, {}, {}
-local function final(row, status)
+local function final(row, status, res)
+    local k = 7 + ndue + math.floor(tonumber(row) / 64) - k0
+    local h = hres[k] or {}
+    hres[k] = h
+    h[#h + 1] = row
+    h[#h + 1] = res
     bits[#bits + 1] = 'SET'
     bits[#bits + 1] = 'u2'
     bits[#bits + 1] = '#' .. row
@@ -41,27 +47,23 @@ for _ = 1, nb do
     at = at + 1
     local new = redis.call('HSETNX', KEYS[2], id, blob) == 1
     if new then
-        redis.call('ZADD', KEYS[7], tonumber(id:match('^(%d+)')), id)
+        redis.call('ZADD', KEYS[6], tonumber(id:match('^(%d+)')), id)
         for k = 1, nrej do
-            hres[#hres + 1] = ARGV[at + 2 * k - 2]
-            hres[#hres + 1] = ARGV[at + 2 * k - 1]
-            final(ARGV[at + 2 * k - 2], 'rejected')
+            final(ARGV[at + 2 * k - 2], 'rejected', ARGV[at + 2 * k - 1])
         end
         added = added + nrej
         if cancelled then
             for row, p, fields in blob:gmatch('(%d+)\t([^\t]*)\t([^\n]*)\n') do
                 local ok, f = pcall(cjson.decode, fields)
-                hres[#hres + 1] = row
-                hres[#hres + 1] = cjson.encode({email = ok and f[email_col] or '', provider = p,
-                    status = 'cancelled', attempts = 0, code = 0, enhanced = '',
-                    response = 'the campaign was cancelled', first = 0, last = 0, host = ''})
-                final(row, 'cancelled')
+                final(row, 'cancelled', cjson.encode({email = ok and f[email_col] or '',
+                    provider = p, status = 'cancelled', attempts = 0, code = 0, enhanced = '',
+                    response = 'the campaign was cancelled', first = 0, last = 0, host = ''}))
                 added = added + 1
             end
         else
             for _, part in ipairs(parts) do
-                local z = zadd[7 + part[1]] or {}
-                zadd[7 + part[1]] = z
+                local z = zadd[6 + part[1]] or {}
+                zadd[6 + part[1]] = z
                 z[#z + 1] = due
                 z[#z + 1] = id .. '/' .. part[2]
                 added = added + tonumber(part[2])
@@ -71,11 +73,11 @@ for _ = 1, nb do
     at = at + 2 * nrej
 end
 -- One command per key for the whole call.
-if #hres > 0 then
-    redis.call('HSET', KEYS[3], unpack(hres))
+for k, h in pairs(hres) do
+    redis.call('HSET', KEYS[k], unpack(h))
 end
 if #bits > 0 then
-    redis.call('BITFIELD', KEYS[6], unpack(bits))
+    redis.call('BITFIELD', KEYS[5], unpack(bits))
 end
 for k, args in pairs(zadd) do
     redis.call('ZADD', KEYS[k], unpack(args))
@@ -83,8 +85,8 @@ end
 incr.total = added
 for k, v in pairs(incr) do
     if v > 0 then
-        redis.call('HINCRBY', KEYS[4], k, v)
+        redis.call('HINCRBY', KEYS[3], k, v)
     end
 end
-redis.call('HSET', KEYS[1], 'total', redis.call('HGET', KEYS[4], 'total') or 0)
+redis.call('HSET', KEYS[1], 'total', redis.call('HGET', KEYS[3], 'total') or 0)
 return added

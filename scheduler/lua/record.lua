@@ -12,10 +12,13 @@
 -- Redis's time for this script (a benchmark of 256,000 rows: 4.7 us a row
 -- before, about 3 after).
 --
--- KEYS[1] lease  KEYS[2] res  KEYS[3] count  KEYS[4] meta  KEYS[5] state
--- KEYS[6..] due sets of the providers the records name by index
+-- KEYS[1] lease  KEYS[2] retry  KEYS[3] count  KEYS[4] meta  KEYS[5] state
+-- KEYS[6..] due sets of the providers the records name by index, then the
+--   results hashes (res:K) the groups name
 -- ARGV[1] now_ms  ARGV[2] groups  ARGV[3] releases  ARGV[4] returns, then
---   per group: its batch id "F-L", its list (two characters a row: "0" plus
+--   per group: its batch id "F-L", the index in KEYS of the results hash of
+--     row F (row r's is that index plus r/64 - F/64, in whole numbers), its
+--     list (two characters a row: "0" plus
 --     the row's offset from F, then its status letter: d delivered, b bounced,
 --     f failed, s suppressed, r rejected, c cancelled, q deferred; upper case
 --     when a server was tried), one result JSON per row in list order, then
@@ -35,14 +38,16 @@ local byte, sub, lower, floor, format = string.byte, string.sub, string.lower, m
     string.format
 local applied, attempts = 0, 0
 local incr, hset, zadd = {}, {}, {}
+local retry = {}
 local at = 5
 for _ = 1, ng do
-    local id, list = ARGV[at], ARGV[at + 1]
+    local id, kidx, list = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2]
     local n = #list / 2
-    local res0 = at + 2
+    local res0 = at + 3
     at = res0 + n
     local f, l = id:match('^(%d+)-(%d+)$')
     f, l = tonumber(f), tonumber(l)
+    kidx = kidx - floor(f / 64)
     -- Row r's two bits are bits 2r and 2r+1 (BITFIELD u2 #r): byte r/4,
     -- shifted 6 - 2(r%4) from the right.
     local b0, b1 = floor(f / 4), floor(l / 4)
@@ -63,7 +68,8 @@ for _ = 1, ng do
         end
         local k = floor(r / 4) - b0 + 1
         local sh = 6 - 2 * (r % 4)
-        if band(rshift(bytes[k], sh), 3) ~= 2 then
+        local was = band(rshift(bytes[k], sh), 3)
+        if was ~= 2 then
             local res = ARGV[res0 + i - 1]
             if lo == 'q' and state == 'cancelled' then
                 lo = 'c'
@@ -72,8 +78,21 @@ for _ = 1, ng do
             -- Numbers reach commands as "%.14g" text, which glibc formats
             -- with multi-precision arithmetic: "%d" is several times cheaper.
             local rs = format('%d', r)
-            hset[#hset + 1] = rs
-            hset[#hset + 1] = res
+            local hk = kidx + floor(r / 64)
+            local h = hset[hk]
+            if not h then
+                h = {}
+                hset[hk] = h
+            end
+            h[#h + 1] = rs
+            h[#h + 1] = res
+            -- A row retried on its own keeps its result so far in retry
+            -- for its claim (claim.lua), until it is final.
+            if lo == 'q' then
+                retry[rs] = res
+            elseif was == 1 then
+                retry[rs] = false
+            end
             bytes[k] = bor(band(bytes[k], bnot(lshift(3, sh))), lshift(lo == 'q' and 1 or 2, sh))
             changed = true
             if lo == 'q' then
@@ -96,8 +115,23 @@ for _ = 1, ng do
         redis.call('SETRANGE', KEYS[5], b0, string.char(unpack(bytes)))
     end
 end
-if #hset > 0 then
-    redis.call('HSET', KEYS[2], unpack(hset))
+for hk, h in pairs(hset) do
+    redis.call('HSET', KEYS[hk], unpack(h))
+end
+local rset, rdel = {}, {}
+for rs, res in pairs(retry) do
+    if res then
+        rset[#rset + 1] = rs
+        rset[#rset + 1] = res
+    else
+        rdel[#rdel + 1] = rs
+    end
+end
+if #rset > 0 then
+    redis.call('HSET', KEYS[2], unpack(rset))
+end
+if #rdel > 0 then
+    redis.call('HDEL', KEYS[2], unpack(rdel))
 end
 for k, args in pairs(zadd) do
     redis.call('ZADD', KEYS[k], unpack(args))

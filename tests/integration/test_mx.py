@@ -159,7 +159,7 @@ def test_direct_delivery(tmp):
     sock = os.path.join(d, ".volley", "mx1", "redis.sock")
     hosts = {}
     for row, email in ((1, "user1@good.test"), (21, "f1@fallback.test")):
-        r = subprocess.run(["redis-cli", "-s", sock, "HGET", "{c:mx1}:res", str(row)],
+        r = subprocess.run(["redis-cli", "-s", sock, "HGET", "{c:mx1}:res:%d" % (row // 64), str(row)],
                            capture_output=True, text=True)
         try:
             hosts[email] = json.loads(r.stdout).get("host", "")

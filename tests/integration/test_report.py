@@ -136,6 +136,16 @@ def res(email, provider, status, attempts=0, code=0, enhanced="", response="", f
                        "response": response, "first": first, "last": last, "host": host})
 
 
+def reskey(k, row):
+    """The results hash of a row (scheduler/keys.h: 64 rows a hash)."""
+    return "%s:res:%d" % (k, row // 64)
+
+
+def reskeys(k, n):
+    """Every results hash of a campaign of n rows."""
+    return [reskey(k, row) for row in range(0, n + 1, 64)]
+
+
 T0 = 1795256130123  # 2026-11-21T10:15:30.123Z
 
 
@@ -150,8 +160,9 @@ def fill_campaign(r, cid="c1"):
     netease); row 4 is retried later on its own (provider rest); row 8 was
     tried once and is leased to a worker."""
     k = "{c:%s}" % cid
-    r("DEL", *[k + s for s in (":meta", ":res", ":count", ":providers", ":due:netease",
-                               ":due:rest", ":lease", ":batch", ":batches", ":state")])
+    r("DEL", *reskeys(k, 8), *[k + s for s in (":meta", ":retry", ":count", ":providers",
+                                               ":due:netease", ":due:rest", ":lease", ":batch",
+                                               ":batches", ":state")])
     r("HSET", k + ":meta", "id", cid, "state", "running", "total", 8, "ingested", 1,
       "created_ms", T0 - 60000, "started_ms", T0, "email_col", 0,
       "columns", json.dumps(["email", "name"]))
@@ -169,7 +180,9 @@ def fill_campaign(r, cid="c1"):
                T0 + 1500, T0 + 1500),
     }
     for n, v in rows.items():
-        r("HSET", k + ":res", n, v)
+        r("HSET", reskey(k, n), n, v)
+    for n in (4, 8):  # retried on their own: their results so far, for claims
+        r("HSET", k + ":retry", n, rows[n])
     r("HSET", k + ":batch", "1-5", blob([(1, "netease", ["a@163.com", "A"]),
                                          (2, "netease", ["b@126.com", "B"]),
                                          (3, "rest", ["c@example.org", "C"]),
@@ -356,13 +369,14 @@ def pause_resume_cancel():
     assert r("HGET", "{c:c1}:meta", "state") == "cancelled"
     assert r("ZCARD", "{c:c1}:due:rest") == 0 and r("ZCARD", "{c:c1}:due:netease") == 0
     assert r("ZCARD", "{c:c1}:lease") == 1, "leased rows are left to their worker"
-    r4 = json.loads(r("HGET", "{c:c1}:res", 4))
+    r4 = json.loads(r("HGET", "{c:c1}:res:0", 4))
     assert r4["status"] == "cancelled" and r4["code"] == 451 and r4["attempts"] == 1, r4
     assert r4["response"] == "Try again later & slowly", r4
-    assert json.loads(r("HGET", "{c:c1}:res", 7))["status"] == "cancelled"
-    r7 = json.loads(r("HGET", "{c:c1}:res", 7))
+    assert r("HEXISTS", "{c:c1}:retry", 4) == 0, "a final row leaves retry"
+    assert json.loads(r("HGET", "{c:c1}:res:0", 7))["status"] == "cancelled"
+    r7 = json.loads(r("HGET", "{c:c1}:res:0", 7))
     assert r7["email"] == "g@163.com" and r7["provider"] == "netease", r7
-    assert json.loads(r("HGET", "{c:c1}:res", 8))["status"] == "deferred", "left to its worker"
+    assert json.loads(r("HGET", "{c:c1}:res:0", 8))["status"] == "deferred", "left to its worker"
     assert r("HGET", "{c:c1}:count", "cancelled") == "2", r("HGETALL", "{c:c1}:count")
     assert r("HGET", "{c:c1}:count", "final") == "6"
     rc, out, err = volley("resume", "c1", "--redis", SRV.url)
@@ -378,8 +392,8 @@ def cancel_many_rows_in_batches():
     r = SRV.client()
     k = "{c:big}"
     n = 2500
-    r("DEL", k + ":meta", k + ":res", k + ":count", k + ":due:rest", k + ":providers",
-      k + ":batch", k + ":batches", k + ":state")
+    r("DEL", k + ":meta", k + ":retry", k + ":count", k + ":due:rest", k + ":providers",
+      k + ":batch", k + ":batches", k + ":state", *reskeys(k, n))
     r("HSET", k + ":meta", "id", "big", "state", "running", "total", n, "ingested", 1,
       "email_col", 0)
     r("HSET", k + ":count", "total", n)
@@ -422,11 +436,11 @@ def report_streams_in_bounded_memory():
     r = SRV.client()
     def fill(cid, n):
         k = "{c:%s}" % cid
-        r("DEL", k + ":meta", k + ":res")
+        r("DEL", k + ":meta", *reskeys(k, n))
         r("HSET", k + ":meta", "id", cid, "state", "done", "total", n, "ingested", 1)
         text = "x" * 180
         for start in range(1, n + 1, 5000):
-            cmds = [("HSET", k + ":res", i,
+            cmds = [("HSET", reskey(k, i), i,
                      res("user%d@example.org" % i, "p%d" % (i % 7), "delivered", 1, 250,
                          "2.0.0", "%s %d" % (text, i % 50), T0 + i, T0 + i))
                     for i in range(start, min(n, start + 4999) + 1)]
@@ -462,14 +476,14 @@ def report_pending_rows_among_many_batches():
     r = SRV.client()
     cid, n = "many", 5300
     k = "{c:%s}" % cid
-    r("DEL", *[k + s for s in (":meta", ":res", ":batch", ":batches")])
+    r("DEL", *reskeys(k, n), *[k + s for s in (":meta", ":batch", ":batches")])
     r("HSET", k + ":meta", "id", cid, "state", "running", "total", n, "ingested", 1,
       "email_col", 0, "columns", json.dumps(["email"]))
     untried = {3, 999, 1000, 1001, 2500, 2501, 4999, 5300}
     cmds = []
     for i in range(1, n + 1):
         if i not in untried:
-            cmds.append(("HSET", k + ":res", i,
+            cmds.append(("HSET", reskey(k, i), i,
                          res("u%d@example.org" % i, "p", "delivered", 1, 250, "2.0.0",
                              "ok %d" % i, T0 + i, T0 + i)))
     for f in range(1, n + 1, 64):

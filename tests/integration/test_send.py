@@ -126,6 +126,37 @@ def test_netease_faults(tmp):
           bounced[:2])
 
 
+def test_retries_keep_their_history(tmp):
+    """Rows deferred by a 451 are retried on their own; each retry starts
+    from the row's result so far (scheduler/keys.h, {c:ID}:retry), so a row
+    tried three times reports 3 attempts and the time of its first."""
+    d = os.path.join(tmp, "retries")
+    os.makedirs(d)
+    sink = Sink(d, "--random-4xx", "0.1", "--seed", "7")
+    n = 300
+    camp = make_campaign(d, "retries", n, [{
+        "name": "flaky", "domains": ["163.com"], "route": "smtp://" + sink.addr,
+        "max_connections": 4}])
+    rc, out = send(camp, "--retry-base-ms", "50")
+    st = sink.stop()
+    check("retries: send exits 0", rc == 0, out)
+    rows = read_report(os.path.join(d, ".volley", "retries", "report.csv"))
+    check("retries: every row delivered in the end",
+          len(rows) == n and all(r["status"] == "delivered" for r in rows),
+          json.dumps([r for r in rows if r["status"] != "delivered"][:3]))
+    again = [r for r in rows if int(r["attempts"]) > 1]
+    # Every 451 the sink gave cost one row one attempt (one recipient a
+    # message), and every delivery one more.
+    tries = sum(int(r["attempts"]) for r in rows)
+    check("retries: the attempts add up to the sink's deliveries and 451s "
+          "(%d rows tried again)" % len(again),
+          len(again) > 10 and tries == st["messages"] + st["rejected"]["random_4xx"],
+          "%d attempts; sink %s" % (tries, json.dumps(st)))
+    check("retries: a row tried again keeps the time of its first attempt",
+          all(r["first_attempt_at"] < r["last_attempt_at"] for r in again),
+          json.dumps(again[:3]))
+
+
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
-        run_tests([test_example, test_netease_faults], tmp)
+        run_tests([test_example, test_netease_faults, test_retries_keep_their_history], tmp)
