@@ -45,6 +45,8 @@ static int report_exit(int rc)
         return EX_USAGE;
     case VL_ENOENT:
         return EX_NOINPUT;
+    case VL_ESTATE: /* a campaign of an older layout, as send says */
+        return EX_DATAERR;
     case VL_EREDIS:
         return EX_UNAVAILABLE;
     case VL_EIO:

@@ -686,6 +686,7 @@ static int read_meta(redisContext *c, const char *id, meta_t *m, char *err, size
         snprintf(err, errlen, "unknown campaign '%s'", id);
         return VL_ENOENT;
     }
+    int old = 0;
     for (size_t i = 0; i + 1 < r->elements; i += 2) {
         const char *k = r->element[i]->str, *v = r->element[i + 1]->str;
         if (!k || !v) continue;
@@ -705,8 +706,19 @@ static int read_meta(redisContext *c, const char *id, meta_t *m, char *err, size
             m->email_col = atoi(v);
         else if (!strcmp(k, "stop_reason"))
             snprintf(m->stop_reason, sizeof m->stop_reason, "%s", v);
+        else if (!strcmp(k, "schema") && strcmp(v, SCHED_SCHEMA))
+            old = 1;
     }
     freeReplyObject(r);
+    if (old) {
+        /* Its results are where this volley does not look: every row would
+         * read as pending. */
+        snprintf(err, errlen,
+                 "campaign '%s' was started by an older volley whose Redis layout this one "
+                 "cannot read; report it with that version",
+                 id);
+        return VL_ESTATE;
+    }
     return 0;
 }
 

@@ -322,6 +322,12 @@ def errors_exit_codes():
     assert rc == 64, (rc, err)
     rc, out, err = volley("report")
     assert rc == 64, (rc, err)
+    # A campaign of an older Redis layout: its results would all read as
+    # pending, so the report refuses it.
+    r = SRV.client()
+    r("HSET", "{c:old}:meta", "id", "old", "state", "done", "total", 1, "schema", "2")
+    rc, out, err = volley("report", "old", "--redis", SRV.url)
+    assert rc == 65 and "older volley" in err, (rc, err)
     for cmd in ("report", "status", "pause", "resume", "cancel", "suppress"):
         rc, out, err = volley(cmd, "--help")
         assert rc == 0 and "usage: volley " + cmd in out, (cmd, rc, out, err)
