@@ -25,8 +25,8 @@
  *                            batch, 1 retried on its own (member "F-L:row"),
  *                            2 final. Claims skip rows that left their batch;
  *                            records skip rows already final.
- *   {c:ID}:res:K       HASH  the results of rows 64K..64K+63 (K = row / SCHED_RES_ROWS):
- *                            row number -> JSON result object, written by the
+ *   {c:ID}:res:K       HASH  the results of rows 64K..64K+63 (K = row / 64,
+ *                            SCHED_RES_ROWS): row number -> JSON result object, written by the
  *                            worker with each attempt (a row without one has
  *                            not been tried yet: pending):
  *                            {"email","provider","status","attempts","code",
@@ -109,7 +109,9 @@
  * lease. */
 #define SCHED_BATCH_ROWS 64
 
-/* Rows per results hash ({c:ID}:res:K). A batch spans at most two. */
+/* Rows per results hash ({c:ID}:res:K). A batch spans at most two. The
+ * scripts (record.lua, ingest.lua, cancel in cli/cmd_status.c) compute K as
+ * row / 64 themselves: change them together. */
 #define SCHED_RES_ROWS 64UL
 
 /* Row states in {c:ID}:state. */

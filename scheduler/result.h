@@ -1,4 +1,4 @@
-/* result.h: a row's result as stored in {c:ID}:res (see keys.h), and the
+/* result.h: a row's result as stored in {c:ID}:res:K (see keys.h), and the
  * parts of a batch blob.
  *
  * The worker composes results here rather than in Lua, so Redis never parses
