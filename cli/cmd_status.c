@@ -16,6 +16,7 @@
 #include "cli/exitcodes.h"
 #include "cli/redisconn.h"
 #include "scheduler/keys.h"
+#include "scheduler/result.h"
 
 enum { CANCEL_BATCH = 100 }; /* due-set members per cancel call */
 
@@ -455,14 +456,7 @@ static int cancel_some(cli_redis_t *r, const char *name, const char *const fixed
             nm++;
             continue;
         }
-        unsigned long kf = f / SCHED_RES_ROWS, kl = (l < f ? f : l) / SCHED_RES_ROWS;
-        size_t k = 0;
-        while (k < nk && !(kof[k] == kf && (kl == kf || (k + 1 < nk && kof[k + 1] == kl))))
-            k++;
-        if (k == nk) {
-            kof[nk++] = kf;
-            if (kl != kf) kof[nk++] = kl;
-        }
+        size_t k = sched_res_hashes_add(kof, &nk, f, l);
         snprintf(nums[nu], sizeof nums[nu], "%zu", 7 + k);
         margv[2 * nm] = m;
         margv[2 * nm + 1] = nums[nu++];

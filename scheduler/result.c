@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "scheduler/keys.h"
 
 size_t sched_utf8_len(const unsigned char *s, size_t n)
 {
@@ -290,4 +291,18 @@ int sched_fields_decode(const char *json, size_t len, buf_t *out, size_t *offs, 
         i++;
     }
     return (int)(nf < max ? nf : max);
+}
+
+size_t sched_res_hashes_add(unsigned long *ks, size_t *n, unsigned long f, unsigned long l)
+{
+    unsigned long kf = f / SCHED_RES_ROWS, kl = (l < f ? f : l) / SCHED_RES_ROWS;
+    size_t k = 0;
+    while (k < *n && !(ks[k] == kf && (kl == kf || (k + 1 < *n && ks[k + 1] == kl))))
+        k++;
+    if (k == *n) {
+        ks[(*n)++] = kf;
+        if (kl != kf)
+            ks[(*n)++] = kl;
+    }
+    return k;
 }

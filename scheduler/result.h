@@ -68,4 +68,11 @@ int sched_member_parse(const char *m, size_t len, sched_member_t *out);
  * the end of bits are 0 (Redis strings read as zeros there). */
 int sched_row_state(const char *bits, size_t len, unsigned long first, unsigned long row);
 
+/* Make sure the list ks (*n entries, room for two more) holds the results
+ * hashes (keys.h: K = row / SCHED_RES_ROWS) of rows f..l of one batch, the
+ * first followed by the second when the batch spans two; adds them unless
+ * already there. Returns the index in ks of row f's. Scripts are given a
+ * batch's hashes as KEYS this way, each listed once per call. */
+size_t sched_res_hashes_add(unsigned long *ks, size_t *n, unsigned long f, unsigned long l);
+
 #endif

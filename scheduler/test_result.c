@@ -153,12 +153,36 @@ static void fields_round_trip(void **state)
     buf_free(&dec);
 }
 
+/* A batch's results hashes are listed once per call, in the order a script
+ * reads them (the second right after the first when a batch spans two). */
+static void res_hashes(void **state)
+{
+    (void)state;
+    unsigned long ks[8];
+    size_t n = 0;
+    assert_int_equal(sched_res_hashes_add(ks, &n, 1, 64), 0); /* rows 1..63 and 64 */
+    assert_int_equal(n, 2);
+    assert_int_equal(ks[0], 0);
+    assert_int_equal(ks[1], 1);
+    assert_int_equal(sched_res_hashes_add(ks, &n, 2, 63), 0);
+    assert_int_equal(sched_res_hashes_add(ks, &n, 64, 127), 1);
+    assert_int_equal(n, 2);
+    assert_int_equal(sched_res_hashes_add(ks, &n, 100, 140), 2); /* 1 then 2: not at 1 */
+    assert_int_equal(n, 4);
+    assert_int_equal(ks[2], 1);
+    assert_int_equal(ks[3], 2);
+    assert_int_equal(sched_res_hashes_add(ks, &n, 130, 130), 3);
+    assert_int_equal(sched_res_hashes_add(ks, &n, 9, 3), 0); /* a bad id reads as row f */
+    assert_int_equal(n, 4);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(json_string_escapes), cmocka_unit_test(result_round_trip),
         cmocka_unit_test(blob_lines),          cmocka_unit_test(members),
         cmocka_unit_test(row_states),          cmocka_unit_test(fields_round_trip),
+        cmocka_unit_test(res_hashes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -399,20 +399,13 @@ static void flush_records(sched_worker_t *w)
      * res:F/64 and, when it spans two, res:L/64; gkey[g] is the index in
      * KEYS of group g's first. */
     unsigned long chunk[2 * REC_BATCH];
-    unsigned nchunk = 0, gkey[REC_BATCH];
+    size_t nchunk = 0;
+    unsigned gkey[REC_BATCH];
     for (unsigned g = 0; g < ng; g++) {
         unsigned long f = 0, l = 0;
         sscanf(w->pend[gof[g]].batch, "%lu-%lu", &f, &l);
-        unsigned long cf = f / SCHED_RES_ROWS, cl = (l < f ? f : l) / SCHED_RES_ROWS;
-        unsigned k = 0;
-        while (k < nchunk && !(chunk[k] == cf && (cl == cf || (k + 1 < nchunk && chunk[k + 1] == cl))))
-            k++;
-        if (k == nchunk) {
-            chunk[nchunk++] = cf;
-            if (cl != cf)
-                chunk[nchunk++] = cl;
-        }
-        gkey[g] = 6 + np + k;
+        size_t k = sched_res_hashes_add(chunk, &nchunk, f, l);
+        gkey[g] = 6 + np + (unsigned)k;
     }
     rec_t *rc = calloc(1, sizeof *rc);
     int nkeys = 5 + (int)np + (int)nchunk;
@@ -447,7 +440,7 @@ static void flush_records(sched_worker_t *w)
         ARG(w->k_state);
         for (unsigned k = 0; k < np; k++)
             ARG(provs[k]->key_due);
-        for (unsigned k = 0; k < nchunk; k++) {
+        for (size_t k = 0; k < nchunk; k++) {
             char key[KEYLEN];
             snprintf(key, sizeof key, SCHED_KEY_RES, w->id, chunk[k]);
             ARG(key);
