@@ -65,285 +65,30 @@ static void row_clear(row_t *r)
     r->attempts = r->code = r->first = r->last = 0;
 }
 
-typedef struct jp {
-    const char *p, *end;
-} jp_t;
-
-static void jp_ws(jp_t *j)
+/* One text column into b: a column longer than b's cap keeps what fits. */
+static int take_text(buf_t *b, sched_text_t t)
 {
-    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
-        j->p++;
+    int rc = sched_text_unescape(b, t);
+    return rc == VL_ENOMEM ? rc : 0;
 }
 
-static int read_hex4(jp_t *j, unsigned *out)
-{
-    if (j->end - j->p < 4) return -1;
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        int h = vl_hexval(j->p[i]);
-        if (h < 0) return -1;
-        v = v << 4 | (unsigned)h;
-    }
-    j->p += 4;
-    *out = v;
-    return 0;
-}
-
-/* Append code point cp as UTF-8; a string past its cap is cut (silently: the
- * report shows what fits), which is why append errors are ignored here. */
-static void put_utf8(buf_t *b, unsigned cp)
-{
-    char t[4];
-    size_t n;
-    if (cp < 0x80) {
-        t[0] = (char)cp;
-        n = 1;
-    } else if (cp < 0x800) {
-        t[0] = (char)(0xC0 | cp >> 6);
-        t[1] = (char)(0x80 | (cp & 0x3F));
-        n = 2;
-    } else if (cp < 0x10000) {
-        t[0] = (char)(0xE0 | cp >> 12);
-        t[1] = (char)(0x80 | (cp >> 6 & 0x3F));
-        t[2] = (char)(0x80 | (cp & 0x3F));
-        n = 3;
-    } else {
-        t[0] = (char)(0xF0 | cp >> 18);
-        t[1] = (char)(0x80 | (cp >> 12 & 0x3F));
-        t[2] = (char)(0x80 | (cp >> 6 & 0x3F));
-        t[3] = (char)(0x80 | (cp & 0x3F));
-        n = 4;
-    }
-    if (buf_append(b, t, n)) return;
-}
-
-/* A JSON string at j->p (at its opening quote) into b (NULL: skip it). */
-static int jp_string(jp_t *j, buf_t *b)
-{
-    if (j->p >= j->end || *j->p != '"') return -1;
-    j->p++;
-    while (j->p < j->end) {
-        const char *s = j->p;
-        while (j->p < j->end && *j->p != '"' && *j->p != '\\')
-            j->p++;
-        if (b && j->p > s && buf_append(b, s, (size_t)(j->p - s)))
-            b = NULL; /* over the cap: keep what fits, drop the rest */
-        if (j->p >= j->end) return -1;
-        if (*j->p == '"') {
-            j->p++;
-            return 0;
-        }
-        j->p++; /* the backslash */
-        if (j->p >= j->end) return -1;
-        char e = *j->p++;
-        char c = 0;
-        switch (e) {
-        case '"':
-            c = '"';
-            break;
-        case '\\':
-            c = '\\';
-            break;
-        case '/':
-            c = '/';
-            break;
-        case 'b':
-            c = '\b';
-            break;
-        case 'f':
-            c = '\f';
-            break;
-        case 'n':
-            c = '\n';
-            break;
-        case 'r':
-            c = '\r';
-            break;
-        case 't':
-            c = '\t';
-            break;
-        case 'u': {
-            unsigned cp;
-            if (read_hex4(j, &cp)) return -1;
-            if (cp >= 0xD800 && cp < 0xDC00 && j->end - j->p >= 6 && j->p[0] == '\\' &&
-                j->p[1] == 'u') {
-                jp_t save = *j;
-                unsigned lo;
-                j->p += 2;
-                if (!read_hex4(j, &lo) && lo >= 0xDC00 && lo < 0xE000)
-                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-                else
-                    *j = save;
-            }
-            if (cp >= 0xD800 && cp < 0xE000) cp = 0xFFFD; /* a lone surrogate */
-            if (b) put_utf8(b, cp);
-            continue;
-        }
-        default:
-            return -1;
-        }
-        if (b && buf_putc(b, c)) b = NULL;
-    }
-    return -1;
-}
-
-static int jp_number(jp_t *j, long long *out)
-{
-    /* Integers (all that volley writes) without strtod: a report reads four
-     * numbers a row. Anything else takes the general path below. */
-    const char *q = j->p;
-    int neg = q < j->end && *q == '-';
-    q += neg;
-    unsigned long long v = 0;
-    const char *d0 = q;
-    while (q < j->end && *q >= '0' && *q <= '9' && q - d0 < 18)
-        v = v * 10 + (unsigned)(*q++ - '0');
-    if (q > d0 && (q == j->end || !strchr("+-0123456789.eE", *q))) {
-        j->p = q;
-        *out = neg ? -(long long)v : (long long)v;
-        return 0;
-    }
-    char tmp[64];
-    size_t n = 0;
-    while (j->p < j->end && n < sizeof tmp - 1 && strchr("+-0123456789.eE", *j->p))
-        tmp[n++] = *j->p++;
-    if (n == 0) return -1;
-    tmp[n] = '\0';
-    char *e;
-    double d = strtod(tmp, &e);
-    if (*e) return -1;
-    *out = (long long)d;
-    return 0;
-}
-
-/* Skip any JSON value (nested ones too, for keys this report ignores). */
-static int jp_skip(jp_t *j)
-{
-    jp_ws(j);
-    if (j->p >= j->end) return -1;
-    char c = *j->p;
-    if (c == '"') return jp_string(j, NULL);
-    if (c == '{' || c == '[') {
-        char close = c == '{' ? '}' : ']';
-        j->p++;
-        jp_ws(j);
-        if (j->p < j->end && *j->p == close) {
-            j->p++;
-            return 0;
-        }
-        for (;;) {
-            if (c == '{') {
-                jp_ws(j);
-                if (jp_string(j, NULL)) return -1;
-                jp_ws(j);
-                if (j->p >= j->end || *j->p++ != ':') return -1;
-            }
-            if (jp_skip(j)) return -1;
-            jp_ws(j);
-            if (j->p >= j->end) return -1;
-            if (*j->p == ',') {
-                j->p++;
-                continue;
-            }
-            if (*j->p++ != close) return -1;
-            return 0;
-        }
-    }
-    long long dummy;
-    if (!strncmp(j->p, "true", 4) || !strncmp(j->p, "null", 4)) {
-        j->p += 4;
-        return 0;
-    }
-    if (!strncmp(j->p, "false", 5)) {
-        j->p += 5;
-        return 0;
-    }
-    return jp_number(j, &dummy);
-}
-
-/* Parse a result object (see scheduler/keys.h) into r. 0 or -1. */
+/* Read a stored result (scheduler/result.h) into r. 0, VL_EPARSE when s is
+ * not a result, or VL_ENOMEM. */
 static int parse_result(const char *s, size_t len, row_t *r)
 {
-    jp_t j = {s, s + len};
-    buf_t key;
-    char keymem[32];
-    jp_ws(&j);
-    if (j.p >= j.end || *j.p++ != '{') return -1;
-    jp_ws(&j);
-    if (j.p < j.end && *j.p == '}') return 0;
-    for (;;) {
-        jp_ws(&j);
-        /* Keys are short and, as volley writes them, plain: copy those
-         * straight; escaped ones go through the full string reader. */
-        int rc = 0;
-        const char *q = j.p + 1, *e = NULL;
-        if (j.p < j.end && *j.p == '"')
-            for (const char *x = q; x < j.end && x - q < (long)sizeof keymem - 1; x++) {
-                if (*x == '\\') break;
-                if (*x == '"') {
-                    e = x;
-                    break;
-                }
-            }
-        if (e) {
-            memcpy(keymem, q, (size_t)(e - q));
-            keymem[e - q] = '\0';
-            j.p = e + 1;
-        } else {
-            buf_init(&key, sizeof keymem - 1);
-            rc = jp_string(&j, &key);
-            snprintf(keymem, sizeof keymem, "%s", key.data ? key.data : "");
-            buf_free(&key);
-        }
-        if (rc) return -1;
-        jp_ws(&j);
-        if (j.p >= j.end || *j.p++ != ':') return -1;
-        jp_ws(&j);
-        buf_t *sv = NULL;
-        long long *nv = NULL;
-        if (!strcmp(keymem, "email"))
-            sv = &r->email;
-        else if (!strcmp(keymem, "provider"))
-            sv = &r->provider;
-        else if (!strcmp(keymem, "status"))
-            sv = &r->status;
-        else if (!strcmp(keymem, "enhanced"))
-            sv = &r->enhanced;
-        else if (!strcmp(keymem, "response"))
-            sv = &r->response;
-        else if (!strcmp(keymem, "attempts"))
-            nv = &r->attempts;
-        else if (!strcmp(keymem, "code"))
-            nv = &r->code;
-        else if (!strcmp(keymem, "first"))
-            nv = &r->first;
-        else if (!strcmp(keymem, "last"))
-            nv = &r->last;
-        if (sv && j.p < j.end && *j.p == '"') {
-            buf_reset(sv);
-            rc = jp_string(&j, sv);
-        } else if (nv && j.p < j.end && (*j.p == '-' || (*j.p >= '0' && *j.p <= '9'))) {
-            rc = jp_number(&j, nv);
-        } else if (nv && j.p < j.end && *j.p == '"') {
-            /* A number written as a string: accept it. */
-            char tmp[32];
-            buf_t t;
-            buf_init(&t, sizeof tmp - 1);
-            rc = jp_string(&j, &t);
-            *nv = t.data ? strtoll(t.data, NULL, 10) : 0;
-            buf_free(&t);
-        } else {
-            rc = jp_skip(&j);
-        }
-        if (rc) return -1;
-        jp_ws(&j);
-        if (j.p >= j.end) return -1;
-        if (*j.p == ',') {
-            j.p++;
-            continue;
-        }
-        return *j.p == '}' ? 0 : -1;
-    }
+    sched_result_view_t v;
+    if (sched_result_parse(s, len, &v))
+        return VL_EPARSE;
+    r->attempts = v.attempts;
+    r->code = v.code;
+    r->first = v.first_ms;
+    r->last = v.last_ms;
+    int rc = take_text(&r->status, v.status);
+    if (!rc) rc = take_text(&r->email, v.email);
+    if (!rc) rc = take_text(&r->provider, v.provider);
+    if (!rc) rc = take_text(&r->enhanced, v.enhanced);
+    if (!rc) rc = take_text(&r->response, v.response);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------
@@ -908,7 +653,10 @@ static int each_row(redisContext *c, const char *id, int email_col, unsigned lon
             r.row = (unsigned long)(from + i);
             if (e->type == REDIS_REPLY_STRING) {
                 r.present = 1;
-                if (parse_result(e->str, e->len, &r)) {
+                int prc = parse_result(e->str, e->len, &r);
+                if (prc == VL_ENOMEM) {
+                    rc = prc;
+                } else if (prc) {
                     /* Say so in the report rather than stop it: the other rows
                      * are still worth having. */
                     row_clear(&r);

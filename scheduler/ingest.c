@@ -276,7 +276,7 @@ static int add_row(redisContext *rc_, const sched_ingest_opts_t *o, call_t *c, c
                  row->email.ptr ? row->email.ptr : "");
         res.email = email;
         if ((rc = buf_printf(&b->rej, "%lu", row->row)) || (rc = buf_putc(&b->rej, '\0')) ||
-            (rc = sched_result_json(&b->rej, &res)) || (rc = buf_putc(&b->rej, '\0')))
+            (rc = sched_result_encode(&b->rej, &res)) || (rc = buf_putc(&b->rej, '\0')))
             goto oom;
         b->nrej++;
     } else {

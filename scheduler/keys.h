@@ -26,11 +26,14 @@
  *                            2 final. Claims skip rows that left their batch;
  *                            records skip rows already final.
  *   {c:ID}:res:K       HASH  the results of rows 64K..64K+63 (K = row / 64,
- *                            SCHED_RES_ROWS): row number -> JSON result object, written by the
- *                            worker with each attempt (a row without one has
- *                            not been tried yet: pending):
- *                            {"email","provider","status","attempts","code",
- *                             "enhanced","response","first","last","host"}
+ *                            SCHED_RES_ROWS): row number -> result, written by
+ *                            the worker with each attempt (a row without one
+ *                            has not been tried yet: pending). A result is one
+ *                            line of ten tab-separated columns
+ *                            (scheduler/result.h; text columns escape \ TAB
+ *                            CR LF as \\ \t \r \n):
+ *                            status attempts code enhanced first last host
+ *                            provider email response
  *                            status: deferred | delivered | bounced | failed |
  *                            suppressed | rejected | cancelled; first/last:
  *                            attempt times in ms since the epoch (0 if none);
@@ -101,8 +104,9 @@
 
 /* The layout version in {c:ID}:meta "schema": a campaign with another (or
  * none) was written by an older volley and is refused. 2: one hash of all
- * results; 3: results in hashes of SCHED_RES_ROWS rows. */
-#define SCHED_SCHEMA "3"
+ * results; 3: results in hashes of SCHED_RES_ROWS rows; 4: results as
+ * tab-separated columns rather than JSON objects. */
+#define SCHED_SCHEMA "4"
 
 /* Rows per batch: big enough that per-batch commands vanish next to the
  * per-row work, small enough that a claimed batch is sent well within a

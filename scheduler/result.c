@@ -83,31 +83,126 @@ int sched_json_string(buf_t *out, const char *s, size_t n)
     return rc ? rc : buf_putc(out, '"');
 }
 
-static int str_field(buf_t *out, const char *key, const char *v)
+/* Append s (n bytes) as a text field of a result line: backslash, tab, CR
+ * and LF escaped, invalid UTF-8 as U+FFFD. */
+static int text_field(buf_t *out, const char *s, size_t n)
 {
-    int rc = buf_puts(out, key);
-    return rc ? rc : sched_json_string(out, v ? v : "", v ? strlen(v) : 0);
+    int rc = buf_reserve(out, n + 1);
+    size_t i = 0;
+    while (!rc && i < n) {
+        /* Copy the run of bytes that need no escaping in one go. */
+        size_t j = i;
+        while (j < n && (unsigned char)s[j] < 0x80 && s[j] != '\\' && s[j] != '\t' &&
+               s[j] != '\r' && s[j] != '\n')
+            j++;
+        if (j > i) {
+            rc = buf_append(out, s + i, j - i);
+            i = j;
+            continue;
+        }
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x80) {
+            size_t l = sched_utf8_len((const unsigned char *)s + i, n - i);
+            rc = l ? buf_append(out, s + i, l) : buf_puts(out, "\xEF\xBF\xBD");
+            i += l ? l : 1;
+            continue;
+        }
+        char esc[3] = {'\\', c == '\\' ? '\\' : c == '\t' ? 't' : c == '\r' ? 'r' : 'n', 0};
+        rc = buf_append(out, esc, 2);
+        i++;
+    }
+    return rc;
 }
 
-static int num_field(buf_t *out, const char *key, long long v)
+static int text_col(buf_t *out, const char *v)
 {
-    int rc = buf_puts(out, key);
-    return rc ? rc : buf_put_dec(out, v);
+    int rc = text_field(out, v ? v : "", v ? strlen(v) : 0);
+    return rc ? rc : buf_putc(out, '\t');
 }
 
-int sched_result_json(buf_t *out, const sched_result_t *r)
+static int num_col(buf_t *out, long long v)
 {
-    int rc = str_field(out, "{\"email\":", r->email);
-    if (!rc) rc = str_field(out, ",\"provider\":", r->provider);
-    if (!rc) rc = str_field(out, ",\"status\":", r->status);
-    if (!rc) rc = num_field(out, ",\"attempts\":", r->attempts);
-    if (!rc) rc = num_field(out, ",\"code\":", r->code);
-    if (!rc) rc = str_field(out, ",\"enhanced\":", r->enhanced);
-    if (!rc) rc = str_field(out, ",\"response\":", r->response);
-    if (!rc) rc = num_field(out, ",\"first\":", r->first_ms);
-    if (!rc) rc = num_field(out, ",\"last\":", r->last_ms);
-    if (!rc) rc = str_field(out, ",\"host\":", r->host);
-    return rc ? rc : buf_putc(out, '}');
+    int rc = buf_put_dec(out, v);
+    return rc ? rc : buf_putc(out, '\t');
+}
+
+int sched_result_encode(buf_t *out, const sched_result_t *r)
+{
+    int rc = text_col(out, r->status);
+    if (!rc) rc = num_col(out, r->attempts);
+    if (!rc) rc = num_col(out, r->code);
+    if (!rc) rc = text_col(out, r->enhanced);
+    if (!rc) rc = num_col(out, r->first_ms);
+    if (!rc) rc = num_col(out, r->last_ms);
+    if (!rc) rc = text_col(out, r->host);
+    if (!rc) rc = text_col(out, r->provider);
+    if (!rc) rc = text_col(out, r->email);
+    if (!rc) rc = text_field(out, r->response ? r->response : "",
+                             r->response ? strlen(r->response) : 0);
+    return rc;
+}
+
+/* A decimal integer filling s[0..n) (an optional '-', then 1 to 18 digits). */
+static int parse_int(const char *s, size_t n, long long *v)
+{
+    int neg = n && s[0] == '-';
+    long long x = 0;
+    if (n == (size_t)neg || n - (size_t)neg > 18)
+        return -1;
+    for (size_t i = (size_t)neg; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        x = x * 10 + (s[i] - '0');
+    }
+    *v = neg ? -x : x;
+    return 0;
+}
+
+int sched_result_parse(const char *s, size_t len, sched_result_view_t *v)
+{
+    const char *col[10];
+    size_t cl[10], n = 0;
+    const char *p = s, *end = s + len;
+    /* Ten columns: nine tabs, the response (last) may hold none. */
+    while (n < 9) {
+        const char *t = memchr(p, '\t', (size_t)(end - p));
+        if (!t)
+            return -1;
+        col[n] = p;
+        cl[n++] = (size_t)(t - p);
+        p = t + 1;
+    }
+    col[9] = p;
+    cl[9] = (size_t)(end - p);
+    if (memchr(p, '\t', cl[9]) || !cl[0] || parse_int(col[1], cl[1], &v->attempts) ||
+        parse_int(col[2], cl[2], &v->code) || parse_int(col[4], cl[4], &v->first_ms) ||
+        parse_int(col[5], cl[5], &v->last_ms))
+        return -1;
+    v->status = (sched_text_t){col[0], cl[0]};
+    v->enhanced = (sched_text_t){col[3], cl[3]};
+    v->host = (sched_text_t){col[6], cl[6]};
+    v->provider = (sched_text_t){col[7], cl[7]};
+    v->email = (sched_text_t){col[8], cl[8]};
+    v->response = (sched_text_t){col[9], cl[9]};
+    return 0;
+}
+
+int sched_text_unescape(buf_t *out, sched_text_t t)
+{
+    size_t i = 0;
+    int rc = 0;
+    while (!rc && i < t.len) {
+        const char *bs = memchr(t.p + i, '\\', t.len - i);
+        size_t j = bs ? (size_t)(bs - t.p) : t.len;
+        if (j > i)
+            rc = buf_append(out, t.p + i, j - i);
+        if (rc || j >= t.len)
+            break;
+        char e = j + 1 < t.len ? t.p[j + 1] : '\\';
+        rc = buf_putc(out, e == 't' ? '\t' : e == 'r' ? '\r' : e == 'n' ? '\n' : e);
+        i = j + 2;
+    }
+    return rc;
 }
 
 static int read_num(const char *s, size_t len, size_t *pos, unsigned long *v)

@@ -1,5 +1,5 @@
 /* test_result.c: the pure parts of the scheduler's storage format (result.h):
- * results as JSON, batch blobs, due-set members and row state bits. */
+ * results, batch blobs, due-set members and row state bits. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -36,26 +36,67 @@ static void json_string_escapes(void **state)
     buf_free(&b);
 }
 
+static void text_equal(sched_text_t t, const char *want)
+{
+    buf_t b;
+    buf_init(&b, 4096);
+    assert_int_equal(sched_text_unescape(&b, t), 0);
+    assert_int_equal(b.len, strlen(want));
+    assert_memory_equal(b.len ? b.data : "", want, b.len);
+    buf_free(&b);
+}
+
 static void result_round_trip(void **state)
 {
     (void)state;
     buf_t b;
     buf_init(&b, 4096);
-    sched_result_t r = {.email = "a@b.c", .provider = "netease", .status = "deferred",
+    sched_result_t r = {.email = "a\tb@c.d", .provider = "netease", .status = "deferred",
                         .attempts = 2, .code = 451, .enhanced = "4.7.1",
-                        .response = "MI:SFQ \"slow\"\r\n", .host = NULL,
+                        .response = "MI:SFQ \\slow\\\r\n\tnext \xFF line", .host = NULL,
                         .first_ms = 1795256130123LL, .last_ms = 1795256130999LL};
-    assert_int_equal(sched_result_json(&b, &r), 0);
-    /* record.lua rewrites this exact text when a campaign is cancelled. */
-    assert_non_null(strstr(b.data, "\"status\":\"deferred\""));
-    json_t *o = json_loads(b.data, 0, NULL);
-    assert_non_null(o);
-    assert_string_equal(json_string_value(json_object_get(o, "response")), "MI:SFQ \"slow\"\r\n");
-    assert_string_equal(json_string_value(json_object_get(o, "host")), "");
-    assert_int_equal(json_integer_value(json_object_get(o, "code")), 451);
-    assert_int_equal(json_integer_value(json_object_get(o, "first")), 1795256130123LL);
-    assert_int_equal(json_object_size(o), 10);
-    json_decref(o);
+    assert_int_equal(sched_result_encode(&b, &r), 0);
+    /* One line; record.lua and cancel replace the status as the text up to
+     * the first tab. */
+    assert_null(memchr(b.data, '\n', b.len));
+    assert_null(memchr(b.data, '\r', b.len));
+    assert_memory_equal(b.data, "deferred\t2\t451\t4.7.1\t", 21);
+    sched_result_view_t v;
+    assert_int_equal(sched_result_parse(b.data, b.len, &v), 0);
+    text_equal(v.status, "deferred");
+    text_equal(v.email, "a\tb@c.d");
+    text_equal(v.provider, "netease");
+    text_equal(v.enhanced, "4.7.1");
+    text_equal(v.host, "");
+    /* Invalid UTF-8 is stored as U+FFFD. */
+    text_equal(v.response, "MI:SFQ \\slow\\\r\n\tnext \xEF\xBF\xBD line");
+    assert_int_equal(v.attempts, 2);
+    assert_int_equal(v.code, 451);
+    assert_int_equal(v.first_ms, 1795256130123LL);
+    assert_int_equal(v.last_ms, 1795256130999LL);
+
+    /* A result with no reply (a row rejected at ingest) has empty columns. */
+    buf_reset(&b);
+    sched_result_t rej = {.status = "rejected", .response = "no address"};
+    assert_int_equal(sched_result_encode(&b, &rej), 0);
+    assert_int_equal(sched_result_parse(b.data, b.len, &v), 0);
+    text_equal(v.email, "");
+    text_equal(v.response, "no address");
+    assert_int_equal(v.first_ms, 0);
+
+    /* What is not a result is refused, never read past its end. */
+    const char *bad[] = {"",
+                         "delivered\t1\t250\t2.0.0\t1\t2\th\tp\te",        /* nine columns */
+                         "delivered\t1\t250\t2.0.0\t1\t2\th\tp\te\tr\tx", /* eleven */
+                         "\t1\t250\t2.0.0\t1\t2\th\tp\te\tr",             /* no status */
+                         "delivered\tx\t250\t2.0.0\t1\t2\th\tp\te\tr",    /* attempts */
+                         "delivered\t1\t\t2.0.0\t1\t2\th\tp\te\tr",       /* code */
+                         "delivered\t1\t250\t2.0.0\t1\t99999999999999999999\th\tp\te\tr",
+                         "{\"email\":\"a@b.c\",\"status\":\"delivered\"}"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_int_equal(sched_result_parse(bad[i], strlen(bad[i]), &v), -1);
+    /* A backslash at the very end stands for itself. */
+    text_equal((sched_text_t){"x\\", 2}, "x\\");
     buf_free(&b);
 }
 

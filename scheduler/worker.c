@@ -1,6 +1,5 @@
 #include "scheduler/worker.h"
 
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,7 +58,7 @@ typedef struct held {
 /* A result waiting for the next record.lua batch. */
 typedef struct pend {
     prov_t *p;
-    size_t json_off, json_len; /* the result, in the worker's pjson */
+    size_t res_off, res_len; /* the result, in the worker's pres */
     char row[24], batch[48], retry_at[24];
     const char *status; /* static */
     int attempted;
@@ -171,7 +170,7 @@ struct sched_worker {
     unsigned npend;
     lease_op_t ops[MAX_LEASE_OPS];
     unsigned nops;
-    buf_t pjson;         /* the pending results' JSON, one after another */
+    buf_t pres;          /* the pending results (result.h), one after another */
     char wid[96];        /* this worker's name in slot holders */
     int closing_pools;
     int rc;
@@ -417,7 +416,7 @@ static void flush_records(sched_worker_t *w)
         VL_WARN("campaign %s: out of memory recording results; their leases bring the rows back",
                 w->id);
         free(rc);
-        buf_reset(&w->pjson);
+        buf_reset(&w->pres);
         w->npend = 0;
         w->nops = 0;
         return;
@@ -464,7 +463,7 @@ static void flush_records(sched_worker_t *w)
             off[a++] = ar.len;
             for (unsigned k = 0; k < gcount[g]; k++) {
                 const pend_t *pd = &w->pend[o[k]];
-                err = err || buf_append(&ar, w->pjson.data + pd->json_off, pd->json_len) ||
+                err = err || buf_append(&ar, w->pres.data + pd->res_off, pd->res_len) ||
                       buf_putc(&ar, '\0');
                 off[a++] = ar.len;
             }
@@ -487,7 +486,7 @@ static void flush_records(sched_worker_t *w)
     }
 #undef NUM
 #undef ARG
-    buf_reset(&w->pjson);
+    buf_reset(&w->pres);
     w->npend = 0;
     w->nops = 0;
     if (err) {
@@ -549,9 +548,9 @@ static void record(sched_worker_t *w, job_t *j, const char *status, int code,
                           .host = host,
                           .first_ms = (long long)(j->first_ms ? j->first_ms : attempted ? now : 0),
                           .last_ms = (long long)(attempted ? now : j->last_ms)};
-    size_t at = w->pjson.len;
-    if (sched_result_json(&w->pjson, &res)) {
-        w->pjson.len = at; /* drop the partial result */
+    size_t at = w->pres.len;
+    if (sched_result_encode(&w->pres, &res)) {
+        w->pres.len = at; /* drop the partial result */
         VL_WARN("campaign %s: row %s: out of memory recording its result; it will be tried "
                 "again", w->id, j->row);
         j->h->giving_up = 1;
@@ -561,8 +560,8 @@ static void record(sched_worker_t *w, job_t *j, const char *status, int code,
     }
     pend_t *pd = &w->pend[w->npend++];
     pd->p = j->p;
-    pd->json_off = at;
-    pd->json_len = w->pjson.len - at;
+    pd->res_off = at;
+    pd->res_len = w->pres.len - at;
     memcpy(pd->row, j->row, sizeof pd->row);
     memcpy(pd->batch, j->batch, sizeof pd->batch);
     snprintf(pd->retry_at, sizeof pd->retry_at, "%llu", (unsigned long long)retry_at);
@@ -1122,12 +1121,15 @@ static job_t *claim_row(sched_worker_t *w, prov_t *p, held_t *h, const sched_mem
         j->email[el] = '\0';
     }
     if (res && res->type == REDIS_REPLY_STRING && res->len) {
-        /* A row retried on its own: its attempts so far. */
-        json_t *o = json_loadb(res->str, res->len, 0, NULL);
-        j->attempts = (unsigned)json_integer_value(json_object_get(o, "attempts"));
-        j->first_ms = (uint64_t)json_integer_value(json_object_get(o, "first"));
-        j->last_ms = (uint64_t)json_integer_value(json_object_get(o, "last"));
-        json_decref(o);
+        /* A row retried on its own: its attempts so far. An unreadable
+         * result (not volley's) counts as none. */
+        sched_result_view_t v;
+        if (!sched_result_parse(res->str, res->len, &v) && v.attempts >= 0 && v.first_ms >= 0 &&
+            v.last_ms >= 0) {
+            j->attempts = (unsigned)v.attempts;
+            j->first_ms = (uint64_t)v.first_ms;
+            j->last_ms = (uint64_t)v.last_ms;
+        }
     }
     w->inflight++;
     h->left++;
@@ -1753,7 +1755,7 @@ static void on_tick_closed(uv_handle_t *h)
         w->helds = hd->next;
         free(hd);
     }
-    buf_free(&w->pjson);
+    buf_free(&w->pres);
     while (w->free_jobs) {
         job_t *j = w->free_jobs;
         w->free_jobs = j->next;
@@ -1881,7 +1883,7 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
     snprintf(w->k_retry, KEYLEN, SCHED_KEY_RETRY, w->id);
     snprintf(w->k_count, KEYLEN, SCHED_KEY_COUNT, w->id);
     snprintf(w->k_lease, KEYLEN, SCHED_KEY_LEASE, w->id);
-    buf_init(&w->pjson, (size_t)64 << 20);
+    buf_init(&w->pres, (size_t)64 << 20);
     /* Every provider of the file, plus the built-in default when it is the
      * fallback (it is not one of the file's entries). */
     size_t nlisted = rl_providers_count(o->providers);

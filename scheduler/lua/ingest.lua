@@ -11,7 +11,7 @@
 -- hash's K; after the provider names, per batch:
 --   id ("F-L"), due_ms, blob, number of provider parts, then per part its
 --   provider index (1-based among the due keys) and row count, then the
---   number of rejected rows and per rejected row: row, result JSON
+--   number of rejected rows and per rejected row: row, result (result.h)
 -- Returns the number of rows added.
 local nb, ndue, k0 = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 for i = 1, ndue do
@@ -22,6 +22,11 @@ local cancelled = redis.call('HGET', KEYS[1], 'state') == 'cancelled'
 local email_col = tonumber(redis.call('HGET', KEYS[1], 'email_col') or '0') + 1
 local at = 4 + ndue
 local added, incr, zadd, bits, hres = 0, {}, {}, {}, {}
+-- A text column of a result, escaped as result.h says.
+local escapes = {['\\'] = '\\\\', ['\t'] = '\\t', ['\r'] = '\\r', ['\n'] = '\\n'}
+local function text(s)
+    return (tostring(s):gsub('[\\\t\r\n]', escapes))
+end
 local function final(row, status, res)
     local k = 7 + ndue + math.floor(tonumber(row) / 64) - k0
     local h = hres[k] or {}
@@ -55,9 +60,11 @@ for _ = 1, nb do
         if cancelled then
             for row, p, fields in blob:gmatch('(%d+)\t([^\t]*)\t([^\n]*)\n') do
                 local ok, f = pcall(cjson.decode, fields)
-                final(row, 'cancelled', cjson.encode({email = ok and f[email_col] or '',
-                    provider = p, status = 'cancelled', attempts = 0, code = 0, enhanced = '',
-                    response = 'the campaign was cancelled', first = 0, last = 0, host = ''}))
+                local email = ok and type(f) == 'table' and f[email_col] or ''
+                -- A result's columns (scheduler/result.h): status, attempts,
+                -- code, enhanced, first, last, host, provider, email, response.
+                final(row, 'cancelled', 'cancelled\t0\t0\t\t0\t0\t\t' .. text(p) .. '\t' ..
+                    text(email) .. '\tthe campaign was cancelled')
                 added = added + 1
             end
         else

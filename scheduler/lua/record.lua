@@ -2,7 +2,7 @@
 -- step, and give back the leases the worker is done with. A row already final
 -- stays as it is (a late record from a worker whose lease expired, a row
 -- cancelled meanwhile, or a batch sent again after a lost reply), so counts
--- never double. The worker composes each result (see keys.h); no JSON is
+-- never double. The worker composes each result (see keys.h); none is
 -- parsed here.
 --
 -- Records come grouped by batch, and per row only its result is a separate
@@ -21,7 +21,7 @@
 --     list (two characters a row: "0" plus
 --     the row's offset from F, then its status letter: d delivered, b bounced,
 --     f failed, s suppressed, r rejected, c cancelled, q deferred; upper case
---     when a server was tried), one result JSON per row in list order, then
+--     when a server was tried), one result per row in list order, then
 --     per deferred row in list order its retry_at_ms and due index (1-based
 --     among KEYS[6..]): it is retried on its own as member "F-L:row";
 --   per release: a lease member ("member|P") whose rows are all recorded;
@@ -73,7 +73,8 @@ for _ = 1, ng do
             local res = ARGV[res0 + i - 1]
             if lo == 'q' and state == 'cancelled' then
                 lo = 'c'
-                res = res:gsub('"status":"deferred"', '"status":"cancelled"', 1)
+                -- The status is a result's first column (result.h).
+                res = 'cancelled' .. res:sub(#'deferred' + 1)
             end
             -- Numbers reach commands as "%.14g" text, which glibc formats
             -- with multi-precision arithmetic: "%d" is several times cheaper.

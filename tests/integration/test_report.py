@@ -17,6 +17,8 @@ import tempfile
 import time
 import traceback
 
+from vtest import decode_result, encode_result
+
 SRCDIR = os.environ.get("SRCDIR", os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 VOLLEY = os.environ.get("VOLLEY") or os.path.join(SRCDIR, "build", "cli", "volley")
@@ -129,11 +131,7 @@ def volley(*args, env=None):
     return p.returncode, p.stdout.decode("utf-8"), p.stderr.decode("utf-8", "replace")
 
 
-def res(email, provider, status, attempts=0, code=0, enhanced="", response="", first=0,
-        last=0, host=""):
-    return json.dumps({"email": email, "provider": provider, "status": status,
-                       "attempts": attempts, "code": code, "enhanced": enhanced,
-                       "response": response, "first": first, "last": last, "host": host})
+res = encode_result
 
 
 def reskey(k, row):
@@ -239,6 +237,27 @@ def report_csv_columns_quoting_and_times():
     # A row not tried yet: address and provider from its batch.
     assert by[7][1:5] == ["g@163.com", "netease", "pending", "0"], by[7]
     assert "\r\n" in out and out.startswith("row,email,"), out[:40]
+
+
+@test
+def report_unreadable_result_and_escapes():
+    """A result volley cannot read (here one of an older layout) shows as
+    "unknown" with a note and does not stop the report; tabs and backslashes
+    in a reply survive their escaping in Redis."""
+    r = SRV.client()
+    fill_campaign(r)
+    k = "{c:c1}"
+    r("HSET", reskey(k, 3), 3, json.dumps({"email": "c@example.org", "status": "delivered"}))
+    r("HSET", reskey(k, 1), 1, res("a@163.com", "netease", "delivered", 1, 250, "2.0.0",
+                                   "queued\tas \\x\\", T0, T0))
+    rc, out, err = volley("report", "c1", "--redis", SRV.url, "--format", "csv")
+    assert rc == 0, (rc, err)
+    by = {int(x[0]): x for x in list(csv.reader(io.StringIO(out, newline="")))[1:]}
+    assert len(by) == 8, by
+    assert by[3][3] == "unknown" and "unreadable" in by[3][7], by[3]
+    assert by[1][7] == "queued\tas \\x\\", repr(by[1][7])
+    assert by[2][3] == "bounced" and by[4][3] == "deferred", (by[2], by[4])
+    fill_campaign(r)  # the tests after this one read c1 as fill_campaign leaves it
 
 
 @test
@@ -375,14 +394,14 @@ def pause_resume_cancel():
     assert r("HGET", "{c:c1}:meta", "state") == "cancelled"
     assert r("ZCARD", "{c:c1}:due:rest") == 0 and r("ZCARD", "{c:c1}:due:netease") == 0
     assert r("ZCARD", "{c:c1}:lease") == 1, "leased rows are left to their worker"
-    r4 = json.loads(r("HGET", "{c:c1}:res:0", 4))
+    r4 = decode_result(r("HGET", "{c:c1}:res:0", 4))
     assert r4["status"] == "cancelled" and r4["code"] == 451 and r4["attempts"] == 1, r4
     assert r4["response"] == "Try again later & slowly", r4
     assert r("HEXISTS", "{c:c1}:retry", 4) == 0, "a final row leaves retry"
-    assert json.loads(r("HGET", "{c:c1}:res:0", 7))["status"] == "cancelled"
-    r7 = json.loads(r("HGET", "{c:c1}:res:0", 7))
+    assert decode_result(r("HGET", "{c:c1}:res:0", 7))["status"] == "cancelled"
+    r7 = decode_result(r("HGET", "{c:c1}:res:0", 7))
     assert r7["email"] == "g@163.com" and r7["provider"] == "netease", r7
-    assert json.loads(r("HGET", "{c:c1}:res:0", 8))["status"] == "deferred", "left to its worker"
+    assert decode_result(r("HGET", "{c:c1}:res:0", 8))["status"] == "deferred", "left to its worker"
     assert r("HGET", "{c:c1}:count", "cancelled") == "2", r("HGETALL", "{c:c1}:count")
     assert r("HGET", "{c:c1}:count", "final") == "6"
     rc, out, err = volley("resume", "c1", "--redis", SRV.url)

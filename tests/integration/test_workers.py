@@ -236,6 +236,39 @@ def test_cancel_running(tmp):
     redis.wait(timeout=20)
 
 
+def test_cancel_before_ingest_ends(tmp):
+    """Rows that arrive after a cancel (here: a second enqueue after the first
+    stopped at 64 rows) are cancelled on arrival, and the report names each
+    row's address, provider and why, whichever way it was cancelled."""
+    d, sock, url, redis = private_redis(tmp, "cxlingest")
+    n = 100
+    camp = make_campaign(d, "cxi", n, [{"name": "p\\q", "domains": ["*"],
+                                        "route": "smtp://127.0.0.1:9"}])
+    run = lambda *a: subprocess.run([VOLLEY] + list(a) + ["--redis", url], capture_output=True,
+                                    text=True)
+    r = run("enqueue", camp, "--limit", "64")
+    check("cancel/ingest: first enqueue of 64 rows", r.returncode == 0, r.stderr)
+    r = run("cancel", "cxi")
+    check("cancel/ingest: cancel exit 0", r.returncode == 0, r.stdout + r.stderr)
+    r = run("enqueue", camp)
+    check("cancel/ingest: the rest enqueued", r.returncode == 0, r.stderr)
+    out = os.path.join(d, "cxi.csv")
+    r = run("report", "cxi", "--format", "csv", "-o", out)
+    check("cancel/ingest: report exit 0", r.returncode == 0, r.stderr)
+    rows = read_report(out) if r.returncode == 0 else []
+    late = [x for x in rows if int(x["row"]) > 64]
+    check("cancel/ingest: all %d rows cancelled, each with its address and provider" % n,
+          len(rows) == n and all(x["status"] == "cancelled" and x["email"].endswith("@163.com")
+                                 and x["provider"] == "p\\q" for x in rows),
+          json.dumps(rows[:2] + late[:1]))
+    check("cancel/ingest: rows that came after the cancel say so",
+          len(late) == n - 64 and all(x["response"] == "the campaign was cancelled"
+                                      for x in late) and rows[0]["response"] == "",
+          json.dumps(rows[:1] + late[:1]))
+    redis.terminate()
+    redis.wait(timeout=20)
+
+
 def test_older_layout(tmp):
     """A campaign left in Redis by a volley that stored rows one by one is
     refused with a clear message, never misread."""
@@ -320,4 +353,5 @@ def test_metrics(tmp):
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         run_tests([test_kill9_and_resume, test_redis_restart, test_shared_rate,
+                   test_cancel_before_ingest_ends,
                    test_cancel_running, test_older_layout, test_metrics], tmp)

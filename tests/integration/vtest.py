@@ -4,6 +4,7 @@ environment, TAP output, a volley-sink process and campaign fixtures."""
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,3 +107,31 @@ def make_campaign(d, cid, n, providers, bad_every=0, domain="163.com"):
 def read_report(path):
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+# A row's result as stored in Redis (scheduler/result.h): ten tab-separated
+# columns, text columns with backslash, tab, CR and LF escaped.
+RESULT_COLUMNS = ("status", "attempts", "code", "enhanced", "first", "last", "host",
+                  "provider", "email", "response")
+_ESC = {"\\": "\\\\", "\t": "\\t", "\r": "\\r", "\n": "\\n"}
+_UNESC = {"\\": "\\", "t": "\t", "r": "\r", "n": "\n"}
+
+
+def encode_result(email, provider, status, attempts=0, code=0, enhanced="", response="",
+                  first=0, last=0, host=""):
+    v = {"email": email, "provider": provider, "status": status, "attempts": attempts,
+         "code": code, "enhanced": enhanced, "response": response, "first": first,
+         "last": last, "host": host}
+    return "\t".join("".join(_ESC.get(c, c) for c in str(v[k])) for k in RESULT_COLUMNS)
+
+
+def decode_result(s):
+    """A stored result as a dict (numbers as ints), or None if s is not one."""
+    cols = s.split("\t")
+    if len(cols) != len(RESULT_COLUMNS):
+        return None
+    out = {}
+    for k, c in zip(RESULT_COLUMNS, cols):
+        c = re.sub(r"\\(.)", lambda m: _UNESC.get(m.group(1), m.group(1)), c)
+        out[k] = int(c) if k in ("attempts", "code", "first", "last") else c
+    return out
