@@ -328,13 +328,17 @@ int sched_ingest(redisContext *c, const sched_ingest_opts_t *o, sched_ingest_sta
     memset(st, 0, sizeof *st);
     char meta[300];
     snprintf(meta, sizeof meta, SCHED_KEY_META, o->id);
-    redisReply *r = redisCommand(c, "HMGET %s ingested created_ms schema", meta);
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
+    redisReply *r = redisCommand(c, "HMGET %s ingested created_ms schema rows_in", meta);
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 4) {
         snprintf(err, errlen, "Redis: %s", r && r->type == REDIS_REPLY_ERROR ? r->str : c->errstr);
         freeReplyObject(r);
         return VL_EREDIS;
     }
     int done = r->element[0]->str && !strcmp(r->element[0]->str, "1");
+    /* Rows up to rows_in are in Redis already (ingest.lua). An earlier ingest
+     * may have cut its batches elsewhere (send --limit N, then send): its
+     * rows are skipped by number, never added again under another batch. */
+    unsigned long rows_in = r->element[3]->str ? strtoul(r->element[3]->str, NULL, 10) : 0;
     /* A campaign begun by a volley that stored rows one by one (before
      * batches) cannot be resumed by this one: say so rather than misread it. */
     if (r->element[1]->str && !(r->element[2]->str && !strcmp(r->element[2]->str,
@@ -394,6 +398,8 @@ int sched_ingest(redisContext *c, const sched_ingest_opts_t *o, sched_ingest_sta
     int more;
     while (!rc && (more = o->next(o->ud, &row)) == 1) {
         st->rows++;
+        if (row->row <= rows_in)
+            continue;
         char why[512] = "";
         if (row->nerrors)
             tpl_csv_format_error(&row->errors[0], why, sizeof why);

@@ -11,7 +11,9 @@
  *                            file), state
  *                            (running | paused | cancelled | done), columns (JSON
  *                            array of the CSV header), email_col (0-based),
- *                            ingested ("1" once the whole CSV is in), total (data
+ *                            ingested ("1" once the whole CSV is in), rows_in
+ *                            (the last row of the batches added so far: a
+ *                            rerun of ingest skips rows up to it), total (data
  *                            rows ingested, bad ones included), created_ms,
  *                            started_ms, finished_ms, stop_reason (set when a
  *                            provider's sending is stopped: a person must act)

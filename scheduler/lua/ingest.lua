@@ -12,6 +12,10 @@
 --   id ("F-L"), due_ms, blob, number of provider parts, then per part its
 --   provider index (1-based among the due keys) and row count, then the
 --   number of rejected rows and per rejected row: row, result (result.h)
+-- Meta's rows_in is the last row of every batch added so far: a rerun skips
+-- rows up to it (ingest.c), whatever batches it cuts; a batch that ends by
+-- then is left out here too, and one that straddles it is an error (two
+-- ingests at once that cut batches differently).
 -- Returns the number of rows added.
 local nb, ndue, k0 = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 for i = 1, ndue do
@@ -21,6 +25,8 @@ end
 local cancelled = redis.call('HGET', KEYS[1], 'state') == 'cancelled'
 local email_col = tonumber(redis.call('HGET', KEYS[1], 'email_col') or '0') + 1
 local at = 4 + ndue
+local rows_in = tonumber(redis.call('HGET', KEYS[1], 'rows_in') or '0')
+local last_in = rows_in
 local added, incr, zadd, bits, hres = 0, {}, {}, {}, {}
 -- A text column of a result, escaped as result.h says.
 local escapes = {['\\'] = '\\\\', ['\t'] = '\\t', ['\r'] = '\\r', ['\n'] = '\\n'}
@@ -40,6 +46,19 @@ local function final(row, status, res)
     incr[status] = (incr[status] or 0) + 1
     incr.final = (incr.final or 0) + 1
 end
+-- Refuse the call before writing anything if a batch straddles rows_in.
+do
+    local a = at
+    for _ = 1, nb do
+        local f, l = ARGV[a]:match('^(%d+)-(%d+)$')
+        if tonumber(f) <= rows_in and tonumber(l) > rows_in then
+            return redis.error_reply('rows ' .. ARGV[a] .. ' overlap the rows already ' ..
+                                     'ingested (1-' .. rows_in .. '): ingest again')
+        end
+        a = a + 4 + 2 * tonumber(ARGV[a + 3])
+        a = a + 1 + 2 * tonumber(ARGV[a])
+    end
+end
 for _ = 1, nb do
     local id, due, blob, np = ARGV[at], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])
     at = at + 4
@@ -50,9 +69,14 @@ for _ = 1, nb do
     end
     local nrej = tonumber(ARGV[at])
     at = at + 1
-    local new = redis.call('HSETNX', KEYS[2], id, blob) == 1
+    local f, l = id:match('^(%d+)-(%d+)$')
+    f, l = tonumber(f), tonumber(l)
+    local new = l > rows_in and redis.call('HSETNX', KEYS[2], id, blob) == 1
+    if l > last_in then
+        last_in = l
+    end
     if new then
-        redis.call('ZADD', KEYS[6], tonumber(id:match('^(%d+)')), id)
+        redis.call('ZADD', KEYS[6], f, id)
         for k = 1, nrej do
             final(ARGV[at + 2 * k - 2], 'rejected', ARGV[at + 2 * k - 1])
         end
@@ -95,5 +119,6 @@ for k, v in pairs(incr) do
         redis.call('HINCRBY', KEYS[3], k, v)
     end
 end
-redis.call('HSET', KEYS[1], 'total', redis.call('HGET', KEYS[3], 'total') or 0)
+redis.call('HSET', KEYS[1], 'total', redis.call('HGET', KEYS[3], 'total') or 0,
+           'rows_in', last_in)
 return added

@@ -157,6 +157,32 @@ def test_retries_keep_their_history(tmp):
           json.dumps(again[:3]))
 
 
+def test_trial_then_full_send(tmp):
+    """send --limit 40 (a trial) and then send of the whole campaign: the
+    second finishes, every row once. The trial cut its last batch at row 40;
+    the full run must not add rows 1-40 again under a batch 1-64 (it did, and
+    then waited for 140 rows of 100)."""
+    d = os.path.join(tmp, "trial")
+    os.makedirs(d)
+    sink = Sink(d)
+    n = 100
+    camp = make_campaign(d, "trial", n, [{
+        "name": "p", "domains": ["*"], "route": "smtp://" + sink.addr, "max_connections": 4}])
+    rc, out = send(camp, "--limit", "40")
+    check("trial: send --limit 40 exits 0", rc == 0, out)
+    try:
+        rc, out = send(camp, timeout=60)
+    except subprocess.TimeoutExpired:
+        rc, out = -1, "the full send did not finish"
+    st = sink.stop()
+    check("trial: the full send exits 0", rc == 0, out)
+    rows = read_report(os.path.join(d, ".volley", "trial", "report.csv"))
+    check("trial: %d rows, all delivered, the sink took each once" % n,
+          len(rows) == n and all(r["status"] == "delivered" for r in rows) and
+          st["messages"] == n, "%d rows; sink %s" % (len(rows), json.dumps(st)))
+
+
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
-        run_tests([test_example, test_netease_faults, test_retries_keep_their_history], tmp)
+        run_tests([test_example, test_netease_faults, test_retries_keep_their_history,
+                   test_trial_then_full_send], tmp)
