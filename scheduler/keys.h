@@ -28,10 +28,15 @@
  *                            2 final. Claims skip rows that left their batch;
  *                            records skip rows already final.
  *   {c:ID}:res:K       HASH  the results of rows 64K..64K+63 (K = row / 64,
- *                            SCHED_RES_ROWS): row number -> result, written by
- *                            the worker with each attempt (a row without one
- *                            has not been tried yet: pending). A result is one
- *                            line of ten tab-separated columns
+ *                            SCHED_RES_ROWS), written by the worker with each
+ *                            attempt (a row without one has not been tried
+ *                            yet: pending). Rows recorded together that all
+ *                            went from waiting to final share one field
+ *                            "gR" (R the first of them) of lines
+ *                            "row<TAB>result<LF>"; any other row has its own
+ *                            field, row number -> result, which readers
+ *                            prefer. A result is one line of ten
+ *                            tab-separated columns
  *                            (scheduler/result.h; text columns escape \ TAB
  *                            CR LF as \\ \t \r \n):
  *                            status attempts code enhanced first last host
@@ -56,8 +61,8 @@
  * Why batches: per-row Redis commands cost more than sending the message (a
  * benchmark of the per-row schema spent most of Redis's time on them). With
  * batches, ingest and claims cost Redis one command per batch; per row only
- * the result is written (one HSET field and two state bits, in one call per
- * REC_BATCH results). Results are spread over small hashes of 64 rows rather
+ * the result is written (a line of a group's field and two state bits, in one
+ * call per REC_BATCH results). Results are spread over small hashes of 64 rows rather
  * than one hash of every row: one hash of 1,000,000 fields spent a third of
  * Redis's time for record.lua in dictionary lookups and rehashing of a table
  * far larger than the caches; a hash of 64 fields being written stays in them.

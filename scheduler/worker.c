@@ -60,6 +60,7 @@ typedef struct pend {
     prov_t *p;
     size_t res_off, res_len; /* the result, in the worker's pres */
     char row[24], batch[48], retry_at[24];
+    unsigned long rown; /* row as a number */
     const char *status; /* static */
     int attempted;
 } pend_t;
@@ -368,12 +369,15 @@ static void flush_records(sched_worker_t *w)
         }
     }
 #undef PIDX
-    /* Results grouped by batch, in order of first appearance (record.lua). */
+    /* Results grouped by batch and results hash (a batch spans at most two),
+     * in order of first appearance (record.lua). */
+#define SAME_GROUP(a, b)                                                                           \
+    ((a)->rown / SCHED_RES_ROWS == (b)->rown / SCHED_RES_ROWS && !strcmp((a)->batch, (b)->batch))
     unsigned gof[REC_BATCH], ng = 0, order[REC_BATCH], ndef = 0;
     unsigned gstart[REC_BATCH + 1], gcount[REC_BATCH] = {0};
     for (unsigned i = 0; i < w->npend; i++) {
         unsigned g = 0;
-        while (g < ng && strcmp(w->pend[gof[g]].batch, w->pend[i].batch))
+        while (g < ng && !SAME_GROUP(&w->pend[gof[g]], &w->pend[i]))
             g++;
         if (g == ng)
             gof[ng++] = i;
@@ -389,7 +393,7 @@ static void flush_records(sched_worker_t *w)
         memcpy(fill, gstart, ng * sizeof *fill);
         for (unsigned i = 0; i < w->npend; i++) {
             unsigned g = 0;
-            while (strcmp(w->pend[gof[g]].batch, w->pend[i].batch))
+            while (!SAME_GROUP(&w->pend[gof[g]], &w->pend[i]))
                 g++;
             order[fill[g]++] = i;
         }
@@ -408,8 +412,8 @@ static void flush_records(sched_worker_t *w)
     }
     rec_t *rc = calloc(1, sizeof *rc);
     int nkeys = 5 + (int)np + (int)nchunk;
-    int argc = nkeys + 4 + 3 * (int)ng + (int)w->npend + 2 * (int)ndef + (int)nrel +
-               2 * (int)nret;
+#undef SAME_GROUP
+    int argc = nkeys + 4 + 4 * (int)ng + 2 * (int)ndef + (int)nrel + 2 * (int)nret;
     if (rc)
         rc->argv = calloc((size_t)argc, sizeof *rc->argv);
     if (!rc || !rc->argv) {
@@ -456,17 +460,20 @@ static void flush_records(sched_worker_t *w)
             for (unsigned k = 0; k < gcount[g]; k++) {
                 const pend_t *pd = &w->pend[o[k]];
                 /* Rows of a batch are at most SCHED_BATCH_ROWS apart. */
-                err = err || buf_putc(&ar, (char)('0' + (strtoul(pd->row, NULL, 10) - first))) ||
+                err = err || buf_putc(&ar, (char)('0' + (pd->rown - first))) ||
                       buf_putc(&ar, status_letter(pd->status, pd->attempted));
             }
             err = err || buf_putc(&ar, '\0');
             off[a++] = ar.len;
+            /* The group's results in one argument, a line each. */
             for (unsigned k = 0; k < gcount[g]; k++) {
                 const pend_t *pd = &w->pend[o[k]];
-                err = err || buf_append(&ar, w->pres.data + pd->res_off, pd->res_len) ||
-                      buf_putc(&ar, '\0');
-                off[a++] = ar.len;
+                err = err || buf_puts(&ar, pd->row) || buf_putc(&ar, '\t') ||
+                      buf_append(&ar, w->pres.data + pd->res_off, pd->res_len) ||
+                      buf_putc(&ar, '\n');
             }
+            err = err || buf_putc(&ar, '\0');
+            off[a++] = ar.len;
             for (unsigned k = 0; k < gcount[g]; k++) {
                 const pend_t *pd = &w->pend[o[k]];
                 if (status_letter(pd->status, 0) != 'q')
@@ -563,6 +570,7 @@ static void record(sched_worker_t *w, job_t *j, const char *status, int code,
     pd->res_off = at;
     pd->res_len = w->pres.len - at;
     memcpy(pd->row, j->row, sizeof pd->row);
+    pd->rown = strtoul(j->row, NULL, 10);
     memcpy(pd->batch, j->batch, sizeof pd->batch);
     snprintf(pd->retry_at, sizeof pd->retry_at, "%llu", (unsigned long long)retry_at);
     pd->status = status;

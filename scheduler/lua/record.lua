@@ -5,25 +5,29 @@
 -- never double. The worker composes each result (see keys.h); none is
 -- parsed here.
 --
--- Records come grouped by batch, and per row only its result is a separate
--- argument: a row's other facts are two characters of its group's list, and
--- its state bits are read and written for the whole group with one GETRANGE
--- and one SETRANGE. Per-row arguments and BITFIELD operations were most of
--- Redis's time for this script (a benchmark of 256,000 rows: 4.7 us a row
--- before, about 3 after).
+-- Records come grouped by batch and results hash, with nothing a row: a
+-- row's facts are two characters of its group's list, its result a line of
+-- the group's lines, and its state bits are read and written for the whole
+-- group with one GETRANGE and one SETRANGE. A group whose rows all went from
+-- waiting to final, nearly every group, is stored as one field "gR" (R its
+-- first row) holding its lines. Per-row arguments, BITFIELD operations and
+-- hash fields were most of Redis's time for this script: a replay of
+-- 128-row calls cost Redis 2.4 us a row with a field a row, 1.4 with a
+-- field a group.
 --
 -- KEYS[1] lease  KEYS[2] retry  KEYS[3] count  KEYS[4] meta  KEYS[5] state
 -- KEYS[6..] due sets of the providers the records name by index, then the
 --   results hashes (res:K) the groups name
 -- ARGV[1] now_ms  ARGV[2] groups  ARGV[3] releases  ARGV[4] returns, then
---   per group: its batch id "F-L", the index in KEYS of the results hash of
---     row F (row r's is that index plus r/64 - F/64, in whole numbers), its
---     list (two characters a row: "0" plus
---     the row's offset from F, then its status letter: d delivered, b bounced,
---     f failed, s suppressed, r rejected, c cancelled, q deferred; upper case
---     when a server was tried), one result per row in list order, then
---     per deferred row in list order its retry_at_ms and due index (1-based
---     among KEYS[6..]): it is retried on its own as member "F-L:row";
+--   per group (rows of one batch in one results hash): its batch id "F-L",
+--     the index in KEYS of the results hash of row F (row r's is that index
+--     plus r/64 - F/64, in whole numbers), its list (two characters a row:
+--     "0" plus the row's offset from F, then its status letter: d delivered,
+--     b bounced, f failed, s suppressed, r rejected, c cancelled, q deferred;
+--     upper case when a server was tried), its lines (per row in list order
+--     "row<TAB>result<LF>", the result as keys.h says), then per deferred row
+--     in list order its retry_at_ms and due index (1-based among KEYS[6..]):
+--     it is retried on its own as member "F-L:row";
 --   per release: a lease member ("member|P") whose rows are all recorded;
 --   per return (2 values): a lease member to put back due now (a worker that
 --     stops gives back what it did not try), due index.
@@ -41,10 +45,9 @@ local incr, hset, zadd = {}, {}, {}
 local retry = {}
 local at = 5
 for _ = 1, ng do
-    local id, kidx, list = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2]
+    local id, kidx, list, lines = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], ARGV[at + 3]
+    at = at + 4
     local n = #list / 2
-    local res0 = at + 3
-    at = res0 + n
     local f, l = id:match('^(%d+)-(%d+)$')
     f, l = tonumber(f), tonumber(l)
     kidx = kidx - floor(f / 64)
@@ -55,65 +58,85 @@ for _ = 1, ng do
     for k = #bytes + 1, b1 - b0 + 1 do
         bytes[k] = 0
     end
-    local changed = false
+    -- First the state bits and counts. The group is plain when every row
+    -- was waiting in its batch and is now final: its lines are then stored
+    -- as they came, one field for all (keys.h), which is most of the rows
+    -- of a campaign. Otherwise each row gets a field of its own below.
+    local plain, changed, r1 = true, false, nil
+    local was_, due_ = {}, {}
     for i = 1, n do
         local r = f + byte(list, 2 * i - 1) - 48
         local st = sub(list, 2 * i, 2 * i)
         local lo = lower(st)
-        local tried = st ~= lo
-        local retry_at, due
-        if lo == 'q' then
-            retry_at, due = ARGV[at], ARGV[at + 1]
+        local q = lo == 'q'
+        if q then
+            due_[i] = {ARGV[at], ARGV[at + 1]}
             at = at + 2
         end
         local k = floor(r / 4) - b0 + 1
         local sh = 6 - 2 * (r % 4)
         local was = band(rshift(bytes[k], sh), 3)
+        was_[i] = was
+        r1 = r1 or r
         if was ~= 2 then
-            local res = ARGV[res0 + i - 1]
             if lo == 'q' and state == 'cancelled' then
                 lo = 'c'
-                -- The status is a result's first column (result.h).
-                res = 'cancelled' .. res:sub(#'deferred' + 1)
-            end
-            -- Numbers reach commands as "%.14g" text, which glibc formats
-            -- with multi-precision arithmetic: "%d" is several times cheaper.
-            local rs = format('%d', r)
-            local hk = kidx + floor(r / 64)
-            local h = hset[hk]
-            if not h then
-                h = {}
-                hset[hk] = h
-            end
-            h[#h + 1] = rs
-            h[#h + 1] = res
-            -- A row retried on its own keeps its result so far in retry
-            -- for its claim (claim.lua), until it is final.
-            if lo == 'q' then
-                retry[rs] = res
-            elseif was == 1 then
-                retry[rs] = false
             end
             bytes[k] = bor(band(bytes[k], bnot(lshift(3, sh))), lshift(lo == 'q' and 1 or 2, sh))
             changed = true
-            if lo == 'q' then
-                local key = 5 + tonumber(due)
-                local z = zadd[key] or {}
-                zadd[key] = z
-                z[#z + 1] = retry_at
-                z[#z + 1] = id .. ':' .. rs
-            else
+            if lo ~= 'q' then
                 incr.final = (incr.final or 0) + 1
             end
             incr[lo] = (incr[lo] or 0) + 1
-            if tried then
+            if st ~= lower(st) then
                 attempts = attempts + 1
             end
             applied = applied + 1
         end
+        if was ~= 0 or q then
+            plain = false
+        end
     end
     if changed then
         redis.call('SETRANGE', KEYS[5], b0, string.char(unpack(bytes)))
+    end
+    if plain and n > 0 then
+        local hk = kidx + floor(r1 / 64)
+        local h = hset[hk] or {}
+        hset[hk] = h
+        h[#h + 1] = 'g' .. format('%d', r1)
+        h[#h + 1] = lines
+    elseif n > 0 then
+        local i = 0
+        for rs, res in lines:gmatch('(%d+)\t([^\n]*)\n') do
+            i = i + 1
+            local was = was_[i]
+            if was ~= 2 then
+                local lo = lower(sub(list, 2 * i, 2 * i))
+                if lo == 'q' and state == 'cancelled' then
+                    lo = 'c'
+                    -- The status is a result's first column (result.h).
+                    res = 'cancelled' .. res:sub(#'deferred' + 1)
+                end
+                local hk = kidx + floor(tonumber(rs) / 64)
+                local h = hset[hk] or {}
+                hset[hk] = h
+                h[#h + 1] = rs
+                h[#h + 1] = res
+                -- A row retried on its own keeps its result so far in retry
+                -- for its claim (claim.lua), until it is final.
+                if lo == 'q' then
+                    retry[rs] = res
+                    local key = 5 + tonumber(due_[i][2])
+                    local z = zadd[key] or {}
+                    zadd[key] = z
+                    z[#z + 1] = due_[i][1]
+                    z[#z + 1] = id .. ':' .. rs
+                elseif was == 1 then
+                    retry[rs] = false
+                end
+            end
+        end
     end
 end
 for hk, h in pairs(hset) do

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from vtest import SRCDIR, VOLLEY, Sink, check, decode_result, make_campaign, run_tests
+from vtest import SRCDIR, VOLLEY, Sink, check, make_campaign, run_tests, stored_result
 
 DNSD = os.path.join(SRCDIR, "tests", "support", "dnsd.py")
 
@@ -159,12 +159,8 @@ def test_direct_delivery(tmp):
     sock = os.path.join(d, ".volley", "mx1", "redis.sock")
     hosts = {}
     for row, email in ((1, "user1@good.test"), (21, "f1@fallback.test")):
-        r = subprocess.run(["redis-cli", "-s", sock, "HGET", "{c:mx1}:res:%d" % (row // 64), str(row)],
-                           capture_output=True, text=True)
-        try:
-            hosts[email] = decode_result(r.stdout.rstrip("\n"))["host"]
-        except (TypeError, ValueError):
-            hosts[email] = r.stdout + r.stderr
+        res = stored_result(sock, "mx1", row)
+        hosts[email] = res["host"] if res else "(no result for row %d)" % row
     rc, out = volley("cancel", camp)
     check("direct: cancel the rest: exit 0", rc == 0, out)
     try:

@@ -261,6 +261,29 @@ def report_unreadable_result_and_escapes():
 
 
 @test
+def report_group_fields():
+    """Rows recorded together are stored as one field of lines (keys.h:
+    "gR"); the report reads them as it reads a row's own field, and a row's
+    own field wins over a line for it."""
+    r = SRV.client()
+    fill_campaign(r)
+    k = "{c:c1}"
+    rc, before, err = volley("report", "c1", "--redis", SRV.url, "--format", "csv")
+    assert rc == 0, (rc, err)
+    rows = {n: r("HGET", reskey(k, n), n) for n in (1, 2, 3)}
+    r("HDEL", reskey(k, 1), 1, 2, 3)
+    r("HSET", reskey(k, 1), "g1", "".join("%d\t%s\n" % (n, v) for n, v in rows.items()))
+    rc, after, err = volley("report", "c1", "--redis", SRV.url, "--format", "csv")
+    assert rc == 0, (rc, err)
+    assert after == before, (before, after)
+    r("HSET", reskey(k, 2), 2, res("b@126.com", "netease", "cancelled"))
+    rc, out, err = volley("report", "c1", "--redis", SRV.url, "--format", "csv")
+    by = {int(x[0]): x for x in list(csv.reader(io.StringIO(out, newline="")))[1:]}
+    assert rc == 0 and by[2][3] == "cancelled" and by[1][3] == "delivered", (rc, err, by)
+    fill_campaign(r)
+
+
+@test
 def report_json_lines_types():
     rc, out, err = volley("report", "c1", "--redis", SRV.url, "--format", "json")
     assert rc == 0, (rc, err)

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import re
+import socket
 import signal
 import subprocess
 import sys
@@ -135,3 +136,43 @@ def decode_result(s):
         c = re.sub(r"\\(.)", lambda m: _UNESC.get(m.group(1), m.group(1)), c)
         out[k] = int(c) if k in ("attempts", "code", "first", "last") else c
     return out
+
+
+def redis_call(sock, *args):
+    """One command to the redis-server on unix socket sock; its reply
+    (bulk strings as str, arrays as lists)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(sock)
+        a = [str(x).encode() for x in args]
+        s.sendall(b"*%d\r\n" % len(a) + b"".join(b"$%d\r\n%s\r\n" % (len(x), x) for x in a))
+        f = s.makefile("rb")
+
+        def read():
+            line = f.readline()
+            t, v = line[:1], line[1:-2]
+            if t == b"*":
+                return [read() for _ in range(int(v))] if int(v) >= 0 else None
+            if t == b"$":
+                return f.read(int(v) + 2)[:-2].decode() if int(v) >= 0 else None
+            if t == b":":
+                return int(v)
+            if t == b"-":
+                raise RuntimeError(v.decode())
+            return v.decode()
+        return read()
+
+
+def stored_result(sock, cid, row):
+    """Row's result in campaign cid's results hash (scheduler/keys.h): its own
+    field, or its line in a group's field. A dict (decode_result), or None."""
+    kv = redis_call(sock, "HGETALL", "{c:%s}:res:%d" % (cid, row // 64))
+    fields = dict(zip(kv[::2], kv[1::2]))
+    if str(row) in fields:
+        return decode_result(fields[str(row)])
+    for k, v in fields.items():
+        if k.startswith("g"):
+            for line in v.splitlines():
+                r, _, res = line.partition("\t")
+                if r == str(row):
+                    return decode_result(res)
+    return None
