@@ -34,6 +34,16 @@ size_t sched_utf8_len(const unsigned char *s, size_t n)
     return len;
 }
 
+/* Copy the UTF-8 sequence at s[*i] (n bytes in all), or U+FFFD for a byte
+ * that does not start a valid one, and step *i past it. */
+static int put_utf8_or_fffd(buf_t *out, const char *s, size_t n, size_t *i)
+{
+    size_t l = sched_utf8_len((const unsigned char *)s + *i, n - *i);
+    int rc = l ? buf_append(out, s + *i, l) : buf_puts(out, "\xEF\xBF\xBD");
+    *i += l ? l : 1;
+    return rc;
+}
+
 int sched_json_string(buf_t *out, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
@@ -55,14 +65,7 @@ int sched_json_string(buf_t *out, const char *s, size_t n)
         }
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x80) {
-            size_t l = sched_utf8_len((const unsigned char *)s + i, n - i);
-            if (l) {
-                rc = buf_append(out, s + i, l);
-                i += l;
-            } else {
-                rc = buf_puts(out, "\xEF\xBF\xBD");
-                i++;
-            }
+            rc = put_utf8_or_fffd(out, s, n, &i);
             continue;
         }
         char esc[7] = {'\\', 0};
@@ -102,9 +105,7 @@ static int text_field(buf_t *out, const char *s, size_t n)
         }
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x80) {
-            size_t l = sched_utf8_len((const unsigned char *)s + i, n - i);
-            rc = l ? buf_append(out, s + i, l) : buf_puts(out, "\xEF\xBF\xBD");
-            i += l ? l : 1;
+            rc = put_utf8_or_fffd(out, s, n, &i);
             continue;
         }
         char esc[3] = {'\\', c == '\\' ? '\\' : c == '\t' ? 't' : c == '\r' ? 'r' : 'n', 0};
