@@ -552,6 +552,40 @@ def report_pending_rows_among_many_batches():
 
 
 @test
+def ingest_refuses_a_batch_across_rows_in():
+    """Two ingests that cut batches differently (only possible when they run
+    at once): a batch straddling the rows already in (meta rows_in) is
+    refused with a clear error before the call writes anything, and a batch
+    that ends by rows_in is left out."""
+    r = SRV.client()
+    k = "{c:strad}"
+    r("DEL", *[k + s for s in (":meta", ":batch", ":batches", ":count", ":providers",
+                               ":state", ":due:p")], *reskeys(k, 130))
+    r("HSET", k + ":meta", "id", "strad", "state", "running", "email_col", 0, "rows_in", 40)
+    with open(os.path.join(SRCDIR, "scheduler", "lua", "ingest.lua")) as f:
+        script = f.read()
+    def call(*batches):
+        keys = [k + s for s in (":meta", ":batch", ":count", ":providers", ":state",
+                                ":batches", ":due:p")] + [reskey(k, 0), reskey(k, 64),
+                                                          reskey(k, 128)]
+        argv = [len(batches), 1, 0, "p"]
+        for f, l in batches:
+            blob_ = blob([(i, "p", ["u%d@example.org" % i]) for i in range(f, l + 1)])
+            argv += ["%d-%d" % (f, l), 0, blob_, 1, 1, l - f + 1, 0]
+        return r("EVAL", script, len(keys), *keys, *argv)
+    try:
+        call((65, 128), (1, 64))
+        assert False, "a batch across rows_in was accepted"
+    except RuntimeError as e:
+        assert "overlap" in str(e) and "1-64" in str(e), e
+    assert r("HLEN", k + ":batch") == 0 and r("ZCARD", k + ":due:p") == 0, "nothing written"
+    assert r("HGET", k + ":meta", "rows_in") == "40"
+    assert call((1, 40), (41, 64)) == 24, "1-40 is in already, 41-64 is new"
+    assert r("HGET", k + ":meta", "rows_in") == "64"
+    assert r("HGET", k + ":count", "total") == "24"
+
+
+@test
 def suppress_import_csv_and_lines():
     r = SRV.client()
     r("DEL", "volley:suppress")
