@@ -59,10 +59,10 @@ typedef struct held {
 typedef struct pend {
     prov_t *p;
     size_t res_off, res_len; /* the result, in the worker's pres */
-    char row[24], batch[48], retry_at[24];
+    char row[24], batch[48];
     unsigned long rown; /* row as a number */
-    const char *status; /* static */
-    int attempted;
+    uint64_t retry_at;  /* deferred rows: when to try again (ms) */
+    char letter;        /* status_letter(status, attempted), found once */
 } pend_t;
 
 typedef struct lease_op {
@@ -121,6 +121,7 @@ struct job {
     int nf;              /* fields, or < 0 when the stored row is unreadable */
     size_t foff[MAX_FIELDS], flen[MAX_FIELDS];
     char row[24], batch[48];
+    unsigned long rown;  /* row as a number */
     char email[512];     /* as in the CSV (results, suppression check) */
     unsigned attempts;   /* before this one */
     uint64_t first_ms, last_ms;
@@ -382,7 +383,7 @@ static void flush_records(sched_worker_t *w)
         if (g == ng)
             gof[ng++] = i;
         gcount[g]++;
-        if (status_letter(w->pend[i].status, 0) == 'q')
+        if (w->pend[i].letter == 'q' || w->pend[i].letter == 'Q')
             ndef++;
     }
     gstart[0] = 0;
@@ -461,7 +462,7 @@ static void flush_records(sched_worker_t *w)
                 const pend_t *pd = &w->pend[o[k]];
                 /* Rows of a batch are at most SCHED_BATCH_ROWS apart. */
                 err = err || buf_putc(&ar, (char)('0' + (pd->rown - first))) ||
-                      buf_putc(&ar, status_letter(pd->status, pd->attempted));
+                      buf_putc(&ar, pd->letter);
             }
             err = err || buf_putc(&ar, '\0');
             off[a++] = ar.len;
@@ -476,9 +477,9 @@ static void flush_records(sched_worker_t *w)
             off[a++] = ar.len;
             for (unsigned k = 0; k < gcount[g]; k++) {
                 const pend_t *pd = &w->pend[o[k]];
-                if (status_letter(pd->status, 0) != 'q')
+                if (pd->letter != 'q' && pd->letter != 'Q')
                     continue;
-                ARG(pd->retry_at);
+                NUM("%llu", pd->retry_at);
                 NUM("%u", idx[o[k]]);
             }
         }
@@ -570,11 +571,10 @@ static void record(sched_worker_t *w, job_t *j, const char *status, int code,
     pd->res_off = at;
     pd->res_len = w->pres.len - at;
     memcpy(pd->row, j->row, sizeof pd->row);
-    pd->rown = strtoul(j->row, NULL, 10);
+    pd->rown = j->rown;
     memcpy(pd->batch, j->batch, sizeof pd->batch);
-    snprintf(pd->retry_at, sizeof pd->retry_at, "%llu", (unsigned long long)retry_at);
-    pd->status = status;
-    pd->attempted = attempted;
+    pd->retry_at = retry_at;
+    pd->letter = status_letter(status, attempted);
     if (!strcmp(status, "delivered"))
         w->delivered++;
     if (w->o.on_result)
@@ -888,7 +888,7 @@ static void render_job(const msg_factory_t *f, int email_col, job_t *j, time_t n
         fv[i].len = j->flen[i];
     }
     tpl_csv_row_t cr = {0};
-    cr.row = strtoul(j->row, NULL, 10);
+    cr.row = j->rown;
     cr.nfields = nf;
     cr.fields = fv;
     tpl_email_info_t info;
@@ -1113,6 +1113,7 @@ static job_t *claim_row(sched_worker_t *w, prov_t *p, held_t *h, const sched_mem
     j->submitted = 0;
     /* Without printf: this runs for every row claimed. */
     buf_fmt_dec(j->row, line->row);
+    j->rown = line->row;
     size_t bl = buf_fmt_dec(j->batch, m->first);
     j->batch[bl++] = '-';
     buf_fmt_dec(j->batch + bl, m->last);
