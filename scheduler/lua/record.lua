@@ -35,12 +35,15 @@
 local now = tonumber(ARGV[1])
 local ng, nrel, nret = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local state = redis.call('HGET', KEYS[4], 'state')
-local names = {d = 'delivered', b = 'bounced', f = 'failed', s = 'suppressed', r = 'rejected',
-               c = 'cancelled', q = 'deferred'}
+-- Status letters are handled as byte values: a string made per row (sub,
+-- lower) was a large part of this script's time. Upper case (below 'a', 97)
+-- marks a row whose server was tried.
+local D, B, F, S, R, C, Q = 100, 98, 102, 115, 114, 99, 113
+local names = {[D] = 'delivered', [B] = 'bounced', [F] = 'failed', [S] = 'suppressed',
+               [R] = 'rejected', [C] = 'cancelled', [Q] = 'deferred'}
 local band, bor, lshift, rshift, bnot = bit.band, bit.bor, bit.lshift, bit.rshift, bit.bnot
-local byte, sub, lower, floor, format = string.byte, string.sub, string.lower, math.floor,
-    string.format
-local applied, attempts = 0, 0
+local byte, floor, format = string.byte, math.floor, string.format
+local applied, attempts, nfinal = 0, 0, 0
 local incr, hset, zadd = {}, {}, {}
 local retry = {}
 local at = 5
@@ -66,9 +69,10 @@ for _ = 1, ng do
     local was_, due_ = {}, {}
     for i = 1, n do
         local r = f + byte(list, 2 * i - 1) - 48
-        local st = sub(list, 2 * i, 2 * i)
-        local lo = lower(st)
-        local q = lo == 'q'
+        local c = byte(list, 2 * i)
+        local tried = c < 97
+        local lo = tried and c + 32 or c
+        local q = lo == Q
         if q then
             due_[i] = {ARGV[at], ARGV[at + 1]}
             at = at + 2
@@ -79,16 +83,16 @@ for _ = 1, ng do
         was_[i] = was
         r1 = r1 or r
         if was ~= 2 then
-            if lo == 'q' and state == 'cancelled' then
-                lo = 'c'
+            if lo == Q and state == 'cancelled' then
+                lo = C
             end
-            bytes[k] = bor(band(bytes[k], bnot(lshift(3, sh))), lshift(lo == 'q' and 1 or 2, sh))
+            bytes[k] = bor(band(bytes[k], bnot(lshift(3, sh))), lshift(lo == Q and 1 or 2, sh))
             changed = true
-            if lo ~= 'q' then
-                incr.final = (incr.final or 0) + 1
+            if lo ~= Q then
+                nfinal = nfinal + 1
             end
             incr[lo] = (incr[lo] or 0) + 1
-            if st ~= lower(st) then
+            if tried then
                 attempts = attempts + 1
             end
             applied = applied + 1
@@ -112,9 +116,10 @@ for _ = 1, ng do
             i = i + 1
             local was = was_[i]
             if was ~= 2 then
-                local lo = lower(sub(list, 2 * i, 2 * i))
-                if lo == 'q' and state == 'cancelled' then
-                    lo = 'c'
+                local c = byte(list, 2 * i)
+                local lo = c < 97 and c + 32 or c
+                if lo == Q and state == 'cancelled' then
+                    lo = C
                     -- The status is a result's first column (result.h).
                     res = 'cancelled' .. res:sub(#'deferred' + 1)
                 end
@@ -125,7 +130,7 @@ for _ = 1, ng do
                 h[#h + 1] = res
                 -- A row retried on its own keeps its result so far in retry
                 -- for its claim (claim.lua), until it is final.
-                if lo == 'q' then
+                if lo == Q then
                     retry[rs] = res
                     local key = 5 + tonumber(due_[i][2])
                     local z = zadd[key] or {}
@@ -163,6 +168,9 @@ end
 if attempts > 0 then
     incr.attempts = attempts
 end
+if nfinal > 0 then
+    incr.final = nfinal
+end
 if nrel > 0 then
     local rel = {}
     for i = 1, nrel do
@@ -181,7 +189,7 @@ end
 for k, v in pairs(incr) do
     redis.call('HINCRBY', KEYS[3], names[k] or k, v)
 end
-if incr.final then
+if nfinal > 0 then
     local done = tonumber(redis.call('HGET', KEYS[3], 'final') or '0')
     local total = tonumber(redis.call('HGET', KEYS[3], 'total') or '0')
     if done >= total and redis.call('HGET', KEYS[4], 'ingested') == '1' then
