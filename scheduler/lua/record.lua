@@ -15,6 +15,12 @@
 -- 128-row calls cost Redis 2.4 us a row with a field a row, 1.4 with a
 -- field a group.
 --
+-- A group whose rows are one unbroken run, none deferred (the worker sorts
+-- a group's rows and says so with a tally), skips the per-row loop too: its
+-- state bits are checked and set a byte at a time and its counts come from
+-- the tally. That loop was a third of Redis's instructions in a campaign
+-- (callgrind). A run with any row not waiting takes the per-row path.
+--
 -- KEYS[1] lease  KEYS[2] retry  KEYS[3] count  KEYS[4] meta  KEYS[5] state
 -- KEYS[6..] due sets of the providers the records name by index, then the
 --   results hashes (res:K) the groups name
@@ -25,9 +31,12 @@
 --     "0" plus the row's offset from F, then its status letter: d delivered,
 --     b bounced, f failed, s suppressed, r rejected, c cancelled, q deferred;
 --     upper case when a server was tried), its lines (per row in list order
---     "row<TAB>result<LF>", the result as keys.h says), then per deferred row
---     in list order its retry_at_ms and due index (1-based among KEYS[6..]):
---     it is retried on its own as member "F-L:row";
+--     "row<TAB>result<LF>", the result as keys.h says), its tally (empty,
+--     or when the list's rows ascend one by one and none is deferred: each
+--     status letter of the list once, followed by its count, as "D62b2"),
+--     then per deferred row in list order its retry_at_ms and due index
+--     (1-based among KEYS[6..]): it is retried on its own as member
+--     "F-L:row";
 --   per release: a lease member ("member|P") whose rows are all recorded;
 --   per return (2 values): a lease member to put back due now (a worker that
 --     stops gives back what it did not try), due index.
@@ -48,8 +57,9 @@ local incr, hset, zadd = {}, {}, {}
 local retry = {}
 local at = 5
 for _ = 1, ng do
-    local id, kidx, list, lines = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], ARGV[at + 3]
-    at = at + 4
+    local id, kidx, list, lines, tally = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2],
+        ARGV[at + 3], ARGV[at + 4]
+    at = at + 5
     local n = #list / 2
     local f, l = id:match('^(%d+)-(%d+)$')
     f, l = tonumber(f), tonumber(l)
@@ -67,7 +77,45 @@ for _ = 1, ng do
     -- of a campaign. Otherwise each row gets a field of its own below.
     local plain, changed, r1 = true, false, nil
     local was_, due_ = {}, {}
-    for i = 1, n do
+    local run = tally ~= '' and n > 0
+    if run then
+        -- The rows r1..r2, all waiting? Then all final, a byte at a time:
+        -- each row's two bits become 10.
+        r1 = f + byte(list, 1) - 48
+        local r2 = f + byte(list, 2 * n - 1) - 48
+        run = r2 - r1 + 1 == n
+        local masks = {}
+        for k = floor(r1 / 4), run and floor(r2 / 4) or -1 do
+            local m = 0
+            for r = k * 4 > r1 and k * 4 or r1, k * 4 + 3 < r2 and k * 4 + 3 or r2 do
+                m = bor(m, lshift(3, 6 - 2 * (r % 4)))
+            end
+            if band(bytes[k - b0 + 1], m) ~= 0 then
+                run = false
+                break
+            end
+            masks[k - b0 + 1] = m
+        end
+        if run then
+            for k, m in pairs(masks) do
+                bytes[k] = bor(bytes[k], band(0xAA, m))
+            end
+            changed = true
+            for letter, count in tally:gmatch('(%a)(%d+)') do
+                local c, cnt = byte(letter), tonumber(count)
+                local lo = c < 97 and c + 32 or c
+                incr[lo] = (incr[lo] or 0) + cnt
+                nfinal = nfinal + cnt
+                if c < 97 then
+                    attempts = attempts + cnt
+                end
+                applied = applied + cnt
+            end
+        else
+            r1 = nil
+        end
+    end
+    for i = 1, run and 0 or n do
         local r = f + byte(list, 2 * i - 1) - 48
         local c = byte(list, 2 * i)
         local tried = c < 97

@@ -17,7 +17,7 @@ import tempfile
 import time
 import traceback
 
-from vtest import decode_result, encode_result
+from vtest import decode_result, encode_result, stored_result
 
 SRCDIR = os.environ.get("SRCDIR", os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
@@ -583,6 +583,52 @@ def ingest_refuses_a_batch_across_rows_in():
     assert call((1, 40), (41, 64)) == 24, "1-40 is in already, 41-64 is new"
     assert r("HGET", k + ":meta", "rows_in") == "64"
     assert r("HGET", k + ":count", "total") == "24"
+
+
+@test
+def record_run_of_rows_and_rows_already_final():
+    """record.lua's run path: a group whose rows ascend unbroken, none
+    deferred, comes with a tally and is applied a byte of state bits at a
+    time; sent again it changes nothing; a run with a row already final
+    falls back to the per-row path, which skips that row."""
+    r = SRV.client()
+    k = "{c:run}"
+    r("DEL", *[k + s for s in (":meta", ":count", ":state", ":lease", ":retry", ":due:p")],
+      *reskeys(k, 64))
+    r("HSET", k + ":meta", "id", "run", "state", "running", "ingested", 1)
+    r("HSET", k + ":count", "total", 10)
+    with open(os.path.join(SRCDIR, "scheduler", "lua", "record.lua")) as f:
+        script = f.read()
+    keys = [k + s for s in (":lease", ":retry", ":count", ":meta", ":state", ":due:p")] + \
+        [reskey(k, 0)]
+
+    def call(first, letters, tally):
+        # Batch 3-12; rows first, first + 1, ... with the given letters.
+        rows = list(range(first, first + len(letters)))
+        lst = "".join(chr(48 + row - 3) + c for row, c in zip(rows, letters))
+        lines = "".join("%d\t%s\n" % (row, encode_result(
+            "u%d@example.org" % row, "p", "delivered", attempts=1, code=250)) for row in rows)
+        return r("EVAL", script, len(keys), *keys, T0, 1, 0, 0, "3-12", 7, lst, lines, tally)
+
+    def bits(row):
+        return r("BITFIELD", k + ":state", "GET", "u2", "#%d" % row)[0]
+
+    assert call(5, "DDdBD", "B1D3d1") == 5
+    assert [bits(row) for row in range(3, 13)] == [0, 0, 2, 2, 2, 2, 2, 0, 0, 0]
+    assert r("HMGET", k + ":count", "delivered", "bounced", "final", "attempts") == \
+        ["4", "1", "5", "4"]
+    fields = r("HKEYS", reskey(k, 0))
+    assert fields == ["g5"], fields
+    assert stored_result(SRV.sock, "run", 9)["code"] == 250
+    assert call(5, "DDdBD", "B1D3d1") == 0, "a run sent again applies nothing"
+    assert r("HGET", k + ":count", "final") == "5"
+    # Row 11 final already: rows 10 and 12 only, each in a field of its own.
+    r("BITFIELD", k + ":state", "SET", "u2", "#11", 2)
+    assert bits(11) == 2 and bits(10) == 0 and bits(12) == 0
+    assert call(10, "DDD", "D3") == 2
+    assert [bits(row) for row in (10, 11, 12)] == [2, 2, 2]
+    assert r("HGET", k + ":count", "final") == "7"
+    assert sorted(r("HKEYS", reskey(k, 0))) == ["10", "12", "g5"]
 
 
 @test
