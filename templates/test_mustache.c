@@ -1,6 +1,7 @@
 /* Unit tests for templates/mustache: the whole official Mustache spec suite
- * (every test of every JSON file in ../shared/conformance/mustache-spec, or
- * $VOLLEY_MUSTACHE_SPEC_DIR), then volley's own needs: compile errors with
+ * (every test of every JSON file in tests/conformance/mustache-spec, a copy
+ * of the project's ../shared/conformance/mustache-spec kept in the repository
+ * so that a clone anywhere runs it; or $VOLLEY_MUSTACHE_SPEC_DIR), then volley's own needs: compile errors with
  * positions, strictness, escaping per render, callback frames, static
  * templates and variable listing. */
 #include <setjmp.h>
@@ -23,7 +24,8 @@
 static const char *spec_dir(void)
 {
     const char *d = getenv("VOLLEY_MUSTACHE_SPEC_DIR");
-    return d && *d ? d : "../shared/conformance/mustache-spec";
+    /* meson runs unit tests in the source root (tests/meson.build). */
+    return d && *d ? d : "tests/conformance/mustache-spec";
 }
 
 static int total_run, total_passed;
