@@ -104,7 +104,6 @@ struct msg_out {
     size_t rowlen;
     char date[MIME_DATE_MAX];
     size_t datelen;
-    time_t date_t;
     char mid[512];
     size_t midlen;
     uint64_t rng;
@@ -657,7 +656,6 @@ int msg_out_new(msg_out_t **out, const msg_factory_t *f)
     o->spans = calloc(o->cap, sizeof *o->spans);
     o->iov = calloc(o->cap + 2, sizeof *o->iov);
     o->slots = calloc(f->ncolumns + 1, sizeof *o->slots);
-    o->date_t = (time_t)-1;
     if (!o->spans || !o->iov || !o->slots || getrandom(&o->rng, sizeof o->rng, 0) != sizeof o->rng) {
         msg_out_free(o);
         return VL_ENOMEM;
@@ -981,10 +979,7 @@ int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, t
 
     /* Built-ins. */
     o->rowlen = buf_fmt_dec(o->rowstr, row->row);
-    if (now != o->date_t) {
-        o->datelen = mime_date(o->date, now);
-        o->date_t = now;
-    }
+    o->datelen = mime_date(o->date, now); /* cached per thread by mime_date */
     tpl_ctx_t ctx;
     tpl_ctx_init(&ctx);
     (void)tpl_ctx_push_lookup(&ctx, builtin_lookup, o);
