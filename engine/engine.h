@@ -112,6 +112,11 @@ typedef void (*eng_done_cb)(eng_msg_t *msg, const eng_result_t *res);
 #define ENG_MSG_8BIT 0x2u     /* content has 8-bit bytes: BODY=8BITMIME */
 #define ENG_MSG_CRLF 0x4u     /* content's line ends are all CRLF already: the
                                * engine skips normalisation (still dot-stuffs) */
+#define ENG_MSG_WIRE 0x8u     /* content is in wire form already: CRLF line
+                               * ends, a final CRLF, no line that starts with
+                               * '.'. The engine sends it without reading it
+                               * (the producer checked, on its own thread,
+                               * while the bytes were in its cache). */
 
 /* A message. The caller allocates it and fills the first block; everything it
  * points to is borrowed and must stay valid and unchanged until on_done.
@@ -123,6 +128,7 @@ struct eng_msg {
     size_t nrcpts;              /* >= 1 */
     const struct iovec *iov;    /* the RFC 5322 message; any line ends */
     size_t iovcnt;
+    size_t size;                /* the iovecs' total length, or 0: the engine adds them up */
     unsigned flags;             /* ENG_MSG_* */
     eng_rcpt_status_t *rcpt_status; /* caller's array of nrcpts, filled by the engine */
     eng_done_cb on_done;

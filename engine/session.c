@@ -662,6 +662,12 @@ static size_t cmd_text_max(const cmd_t *c)
 
 /* Append the wire form of one entry; commands go into s->text at an offset
  * recorded in the entry, content segments straight into s->out. */
+/* The content's length as the caller gave it (before stuffing): SIZE=. */
+static size_t msg_size(const eng_msg_t *m)
+{
+    return m->size ? m->size : iov_total(m->iov, m->iovcnt);
+}
+
 static int emit(eng__sess_t *s, cmd_t *c, size_t *text_start)
 {
     buf_t *t = &s->text;
@@ -682,7 +688,7 @@ static int emit(eng__sess_t *s, cmd_t *c, size_t *text_start)
         if (!rc && (s->caps & CAP_SIZE)) {
             rc = buf_puts(t, " SIZE=");
             if (!rc)
-                rc = buf_put_dec(t, (long long)iov_total(m->iov, m->iovcnt));
+                rc = buf_put_dec(t, (long long)msg_size(m));
         }
         if (!rc && (m->flags & ENG_MSG_8BIT) && (s->caps & CAP_8BITMIME))
             rc = buf_puts(t, " BODY=8BITMIME");
@@ -722,10 +728,22 @@ static int emit(eng__sess_t *s, cmd_t *c, size_t *text_start)
             *text_start = t->len;
         }
         int dot = c->kind == CMD_BODY;
-        eng__iovv_reset(&s->scratch);
-        long n = eng__stuff(&s->scratch, m->iov, m->iovcnt, (m->flags & ENG_MSG_CRLF) != 0, dot);
-        if (n < 0)
-            return (int)n;
+        /* Content already in wire form goes out as it is: reading it here
+         * (the producer wrote it on another core) was the loop's costliest
+         * part of a message after the syscalls. */
+        const struct iovec *src = m->iov;
+        size_t nsrc = m->iovcnt;
+        long n;
+        if (m->flags & ENG_MSG_WIRE) {
+            n = (long)msg_size(m);
+        } else {
+            eng__iovv_reset(&s->scratch);
+            n = eng__stuff(&s->scratch, m->iov, m->iovcnt, (m->flags & ENG_MSG_CRLF) != 0, dot);
+            if (n < 0)
+                return (int)n;
+            src = s->scratch.v;
+            nsrc = s->scratch.n;
+        }
         if (!dot) {
             rc = buf_puts(t, "BDAT ");
             if (!rc)
@@ -740,8 +758,8 @@ static int emit(eng__sess_t *s, cmd_t *c, size_t *text_start)
                 return VL_ENOMEM;
             *text_start = t->len;
         }
-        for (size_t i = 0; i < s->scratch.n; i++)
-            if (eng__iovv_push(&s->out, s->scratch.v[i].iov_base, s->scratch.v[i].iov_len))
+        for (size_t i = 0; i < nsrc; i++)
+            if (eng__iovv_push(&s->out, src[i].iov_base, src[i].iov_len))
                 return VL_ENOMEM;
         if (dot) {
             rc = buf_puts(t, ".\r\n");
@@ -846,7 +864,7 @@ static void start_txn(eng__sess_t *s, eng_msg_t *m)
                  "the server does not offer SMTPUTF8, which this address needs", NULL);
         return;
     }
-    if (s->size_limit && iov_total(m->iov, m->iovcnt) > s->size_limit) {
+    if (s->size_limit && msg_size(m) > s->size_limit) {
         complete(s, m, ENG_FAILED, ENG_STAGE_MAIL, VL_ETOOBIG,
                  "the message is larger than the server's SIZE limit", NULL);
         return;

@@ -39,6 +39,7 @@ typedef struct server {
     int keep_open_after_421; /* to see whether the client writes after one */
     size_t bytes_after_421;
     buf_t transcript; /* every command line received, '|' between reads */
+    buf_t content;    /* the last DATA content as received, up to the CRLF before "." */
     int conns;
 } server_t;
 
@@ -243,6 +244,10 @@ static void on_sread(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
             }
             if (!end)
                 return;
+            buf_reset(&c->srv->content);
+            if (skip == 5 && buf_append(&c->srv->content, c->in.data,
+                                        (size_t)(end - c->in.data) + 2))
+                fail();
             buf_consume(&c->in, (size_t)(end - c->in.data) + skip);
             c->in_data = 0;
             if (buf_puts(&c->srv->transcript, "<content>\n"))
@@ -306,6 +311,7 @@ static void server_start(server_t *s, uv_loop_t *loop)
     uv_tcp_getsockname(&s->listener, (struct sockaddr *)&b, &len);
     s->port = ntohs(b.sin_port);
     buf_init(&s->transcript, 1 << 20);
+    buf_init(&s->content, 1 << 20);
 }
 
 static void close_walk(uv_handle_t *h, void *arg)
@@ -413,6 +419,7 @@ static void harness_finish(harness_t *h)
     uv_run(&h->loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&h->loop), 0);
     buf_free(&h->srv.transcript);
+    buf_free(&h->srv.content);
 }
 
 static void on_msg_done_close(eng_msg_t *m, const eng_result_t *res)
@@ -535,6 +542,7 @@ static void test_refused(void **state)
     uv_run(&h.loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&h.loop), 0);
     buf_free(&h.srv.transcript);
+    buf_free(&h.srv.content);
 }
 
 /* Count '|' (read boundaries) in a transcript section. */
@@ -759,6 +767,67 @@ static void test_bdat(void **state)
     harness_finish(&h);
 }
 
+/* Content the producer marks as in wire form (ENG_MSG_WIRE) goes out byte for
+ * byte, unread, with the size it gives; other content is still dot-stuffed.
+ * The engine takes the producer's word: to show that it did not scan, the
+ * marked message has a line starting with '.' (a real producer must not:
+ * msg_out_wire_ready() checks), which arrives unstuffed. */
+static void test_wire_form(void **state)
+{
+    (void)state;
+    static const char w0[] = "Subject: w\r\n\r\n", w1[] = ".line one\r\n", w2[] = "two\r\n";
+    for (int chunking = 0; chunking < 2; chunking++) {
+        harness_t h;
+        harness_init(&h, 1);
+        h.srv.chunking = chunking;
+        harness_pool(&h, 1, 0);
+        eng_msg_t m[2];
+        outcome_t o[2];
+        struct iovec iov[2][3];
+        for (int k = 0; k < 2; k++) {
+            msg_init(&m[k], &o[k], 1, &iov[k][0]);
+            iov[k][0] = (struct iovec){(void *)w0, sizeof w0 - 1};
+            iov[k][1] = (struct iovec){(void *)w1, sizeof w1 - 1};
+            iov[k][2] = (struct iovec){(void *)w2, sizeof w2 - 1};
+            m[k].iov = iov[k];
+            m[k].iovcnt = 3;
+        }
+        m[0].flags = ENG_MSG_CRLF | ENG_MSG_WIRE;
+        m[0].size = sizeof w0 + sizeof w1 + sizeof w2 - 3;
+        /* Not in wire form: a line starts with '.', and the size is left to
+         * the engine. */
+        iov[1][1] = (struct iovec){(void *)".dot\r\n", 6};
+        m[1].flags = ENG_MSG_CRLF;
+        assert_int_equal(eng_pool_submit(h.pool, &m[0]), 0);
+        while (eng_pool_pending(h.pool))
+            uv_run(&h.loop, UV_RUN_ONCE);
+        assert_int_equal(o[0].res.status, ENG_DELIVERED);
+        char want[64];
+        if (chunking) {
+            snprintf(want, sizeof want, "BDAT %zu LAST\n", m[0].size);
+            assert_non_null(strstr(h.srv.transcript.data, want));
+        } else {
+            assert_int_equal(h.srv.content.len, m[0].size);
+            assert_memory_equal(h.srv.content.data, "Subject: w\r\n\r\n.line one\r\ntwo\r\n",
+                                m[0].size);
+        }
+        assert_int_equal(eng_pool_submit(h.pool, &m[1]), 0);
+        while (eng_pool_pending(h.pool))
+            uv_run(&h.loop, UV_RUN_ONCE);
+        assert_int_equal(o[1].res.status, ENG_DELIVERED);
+        if (chunking) {
+            snprintf(want, sizeof want, "BDAT %zu LAST\n", sizeof w0 + 6 + sizeof w2 - 2);
+            assert_non_null(strstr(h.srv.transcript.data, want));
+        } else {
+            static const char stuffed[] = "Subject: w\r\n\r\n..dot\r\ntwo\r\n";
+            assert_int_equal(h.srv.content.len, sizeof stuffed - 1);
+            assert_memory_equal(h.srv.content.data, stuffed, sizeof stuffed - 1);
+        }
+        eng_pool_close(h.pool, 0, on_pool_closed, &h);
+        harness_finish(&h);
+    }
+}
+
 static void test_auth_plain_refused_without_tls(void **state)
 {
     (void)state;
@@ -864,6 +933,7 @@ int main(void)
         cmocka_unit_test(test_targets_and_budget),
         cmocka_unit_test(test_partial_rcpts_and_rset),
         cmocka_unit_test(test_bdat),
+        cmocka_unit_test(test_wire_form),
         cmocka_unit_test(test_auth_plain_refused_without_tls),
         cmocka_unit_test(test_auth_and_trace),
     };

@@ -94,6 +94,7 @@ struct msg_out {
     struct span *spans;
     struct iovec *iov;
     size_t nspans, cap, niov, size;
+    int wire_ready; /* see iov_wire_ready() */
     dkim_signer_t *signer;
     msg_error_t err;
 
@@ -700,6 +701,42 @@ size_t msg_out_size(const msg_out_t *o)
     return o->size;
 }
 
+int msg_out_wire_ready(const msg_out_t *o)
+{
+    return o->wire_ready;
+}
+
+/* 1 when the message (its iovecs in order) is in SMTP's wire form: every LF
+ * after a CR, a final CRLF, and no line that starts with '.' (DATA would
+ * need dot-stuffing). The sender's loop would otherwise read every message
+ * to find out; here the bytes were just written and are still in this
+ * thread's cache. */
+static int iov_wire_ready(const struct iovec *v, size_t n)
+{
+    int line_start = 1;
+    char prev = '\n';
+    for (size_t i = 0; i < n; i++) {
+        const char *p = v[i].iov_base, *end = p + v[i].iov_len;
+        if (p == end)
+            continue;
+        if (line_start && *p == '.')
+            return 0;
+        for (;;) {
+            const char *nl = memchr(p, '\n', (size_t)(end - p));
+            if (!nl)
+                break;
+            if ((nl > (const char *)v[i].iov_base ? nl[-1] : prev) != '\r')
+                return 0;
+            if (nl + 1 < end && nl[1] == '.')
+                return 0;
+            p = nl + 1;
+        }
+        prev = end[-1];
+        line_start = prev == '\n';
+    }
+    return line_start && prev == '\n' && n > 0;
+}
+
 const char *msg_out_sender(const msg_out_t *o)
 {
     return o->sender;
@@ -756,6 +793,7 @@ __attribute__((format(printf, 4, 5))) static int row_error(msg_out_t *o, const c
     va_end(ap);
     o->niov = 0;
     o->size = 0;
+    o->wire_ready = 0;
     return VL_EINVAL;
 }
 
@@ -939,6 +977,7 @@ int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, t
     o->nspans = 0;
     o->niov = 0;
     o->size = 0;
+    o->wire_ready = 0;
     o->row = row;
     o->smtputf8 = false;
     o->mid[0] = '\0';
@@ -1101,6 +1140,7 @@ int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, t
     if (first == 1) memmove(o->iov, o->iov + 1, (ni + 1) * sizeof *o->iov);
     o->niov = ni + 2 - first;
     o->size = iov_total(o->iov, o->niov);
+    o->wire_ready = iov_wire_ready(o->iov, o->niov);
     if (o->size > MSG_MAX_SIZE)
         return row_error(o, "", 0, "the message would be larger than 64 MB");
     return 0;

@@ -61,6 +61,13 @@ static char *flatten(const msg_out_t *o, size_t *len)
     assert_int_equal(k, total);
     p[k] = '\0';
     *len = k;
+    /* msg_out_wire_ready() must agree with the bytes: the engine sends them
+     * unread on its word. */
+    int wire = k >= 2 && p[0] != '.' && p[k - 1] == '\n';
+    for (size_t i = 0; i < k; i++)
+        if (p[i] == '\n')
+            wire &= i > 0 && p[i - 1] == '\r' && (i + 1 == k || p[i + 1] != '.');
+    assert_int_equal(msg_out_wire_ready(o), wire);
     return p;
 }
 
@@ -225,6 +232,36 @@ static void test_unknown_variable_and_static_body(void **state)
     msg_out_free(o);
     msg_factory_free(f);
     tplf_free(tpl);
+
+    /* A line that starts with '.', from the data or from the template, spans
+     * included (a value at the very start of a line, a dot right after a
+     * value that ends a line): the message is not in wire form. */
+    const char *dots[][2] = {{"{{note}}\\n", ".hidden"},
+                             {"x\\n{{note}}", ".end"},
+                             {"{{note}}.\\n", "line\n"},
+                             {"a.\\nb\\n", "no"},
+                             {"{{note}}\\n", "no dot\n. not first"}};
+    for (size_t i = 0; i < sizeof dots / sizeof dots[0]; i++) {
+        char json[300];
+        snprintf(json, sizeof json,
+                 "{\"from\": \"a@example.com\", \"subject\": \"s\", \"text\": \"%s\"}\n",
+                 dots[i][0]);
+        p = write_tmp("d.json", json);
+        memset(&d, 0, sizeof d);
+        assert_int_equal(tplf_load(&tpl, p, diag, &d), 0);
+        cfg.tpl = tpl;
+        assert_int_equal(msg_factory_new(&f, &cfg, diag, &d), 0);
+        assert_int_equal(msg_out_new(&o, f), 0);
+        r = make_row(1, "b@example.com", "B", "Bee");
+        fv[5] = (tpl_csv_field_t){dots[i][1], strlen(dots[i][1])};
+        assert_int_equal(msg_render(f, o, &r, 1, 0), 0);
+        m = flatten(o, &len); /* checks msg_out_wire_ready() against the bytes */
+        assert_int_equal(msg_out_wire_ready(o), i == 3);
+        free(m);
+        msg_out_free(o);
+        msg_factory_free(f);
+        tplf_free(tpl);
+    }
 
     /* Template file errors: unknown key, no body, with positions. */
     p = write_tmp("b.json", "{\"from\": \"a@example.com\",\n \"bodi\": \"x\"}\n");
