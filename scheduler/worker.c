@@ -164,6 +164,7 @@ struct sched_worker {
     unsigned inflight;   /* jobs alive: waiting for tokens or submitted */
     held_t *helds;       /* leases held */
     int stopping, finished, progress_busy;
+    int progress_soon;   /* idle with every result recorded: ask now if done */
     int reclaim_pending; /* take back every lease once connected */
     struct rec *retry, *retry_tail; /* records waiting for Redis to come back, in order */
     unsigned records;    /* records sent and not yet answered */
@@ -292,6 +293,12 @@ static void on_recorded(sched_redis_t *r, redisReply *reply, void *priv, int err
     if (err || (reply && reply->type == REDIS_REPLY_ERROR))
         VL_WARN("campaign %s: recording results failed: %s", w->id, err ? errstr : reply->str);
     rec_free(rc);
+    /* The last result this worker had is in Redis and nothing else is under
+     * way: the campaign may be complete. Ask on the next tick rather than at
+     * the next progress interval, which would leave send idle for up to
+     * PROGRESS_MS at the end of every run. */
+    if (w->o.until_done && !w->records && !w->inflight && !w->npend && !w->retry)
+        w->progress_soon = 1;
 }
 
 /* Send a batch, or queue it behind the batches waiting for Redis. */
@@ -955,7 +962,9 @@ static void submit_rendered(sched_worker_t *w, prov_t *p, job_t *j)
     j->msg.rcpts = j->rcpts;
     j->msg.nrcpts = 1;
     j->msg.iov = msg_out_iov(j->out, &j->msg.iovcnt);
-    j->msg.flags = ENG_MSG_CRLF | (msg_out_needs_smtputf8(j->out) ? ENG_MSG_SMTPUTF8 : 0);
+    j->msg.size = msg_out_size(j->out);
+    j->msg.flags = ENG_MSG_CRLF | (msg_out_needs_smtputf8(j->out) ? ENG_MSG_SMTPUTF8 : 0) |
+                   (msg_out_wire_ready(j->out) ? ENG_MSG_WIRE : 0);
     j->msg.rcpt_status = j->st;
     j->msg.on_done = on_msg_done;
     j->msg.ud = j;
@@ -1695,8 +1704,9 @@ static void on_tick(uv_timer_t *t)
 {
     sched_worker_t *w = t->data;
     uint64_t now = now_ms();
-    if (now - w->last_progress >= PROGRESS_MS) {
+    if (now - w->last_progress >= PROGRESS_MS || (w->progress_soon && !w->progress_busy)) {
         w->last_progress = now;
+        w->progress_soon = 0;
         progress(w, now);
     }
     flush_records(w);
