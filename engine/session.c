@@ -660,14 +660,14 @@ static size_t cmd_text_max(const cmd_t *c)
     }
 }
 
-/* Append the wire form of one entry; commands go into s->text at an offset
- * recorded in the entry, content segments straight into s->out. */
 /* The content's length as the caller gave it (before stuffing): SIZE=. */
 static size_t msg_size(const eng_msg_t *m)
 {
     return m->size ? m->size : iov_total(m->iov, m->iovcnt);
 }
 
+/* Append the wire form of one entry; commands go into s->text at an offset
+ * recorded in the entry, content segments straight into s->out. */
 static int emit(eng__sess_t *s, cmd_t *c, size_t *text_start)
 {
     buf_t *t = &s->text;
@@ -729,8 +729,8 @@ static int emit(eng__sess_t *s, cmd_t *c, size_t *text_start)
         }
         int dot = c->kind == CMD_BODY;
         /* Content already in wire form goes out as it is: reading it here
-         * (the producer wrote it on another core) was the loop's costliest
-         * part of a message after the syscalls. */
+         * (the producer wrote it on another core) made eng__stuff() the
+         * largest of volley's own functions on send's loop (perf). */
         const struct iovec *src = m->iov;
         size_t nsrc = m->iovcnt;
         long n;
