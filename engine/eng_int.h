@@ -74,6 +74,13 @@ void eng__pool_kick(eng_pool_t *p);
 /* Should a session with this many messages and recipients stop taking more? */
 int eng__pool_over_ceiling(const eng_pool_t *p);
 
+/* eng_pool_new() with the client TLS context given (borrowed: the pool takes
+ * its own reference) rather than made from r->ca_file; NULL makes one as
+ * eng_pool_new() does. The MX router passes its one context to every
+ * per-domain pool. */
+int eng__pool_new_tls(eng_pool_t **out, uv_loop_t *loop, const eng_route_t *r,
+                      tls_ctx_t *shared, char *errbuf, size_t errlen);
+
 /* Monotonic clock in microseconds. */
 uint64_t eng__now_us(void);
 

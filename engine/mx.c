@@ -45,6 +45,7 @@ struct eng_mx {
     uv_loop_t *loop;
     eng_mx_opts_t o; /* strings point at the copies below */
     char *ca_file, *helo;
+    tls_ctx_t *tls_ctx; /* one for every domain's pool; NULL without TLS */
     eng_dns_t *dns;
     eng_budget_t budget;
     dest_t **tab;
@@ -257,7 +258,7 @@ static void on_mx(void *ud, eng_dns_status_t st, const eng_target_t *t, size_t n
         r.max_msgs_per_conn = mx->msgs_cap;
         r.max_rcpts_per_conn = mx->rcpts_cap;
         char err[256];
-        if (eng_pool_new(&d->pool, mx->loop, &r, err, sizeof err) == 0) {
+        if (eng__pool_new_tls(&d->pool, mx->loop, &r, mx->tls_ctx, err, sizeof err) == 0) {
             mx->open++;
             d->state = DEST_READY;
             d->idle_since_ms = 0;
@@ -375,8 +376,15 @@ int eng_mx_new(eng_mx_t **out, uv_loop_t *loop, const eng_mx_opts_t *o, char *er
         vl_set_err(err, errlen, "out of memory");
         return VL_ENOMEM;
     }
-    int rc = eng_dns_new(&mx->dns, loop, o->dns_servers, o->dns_timeout_ms, err, errlen);
+    /* One TLS context for all domains, made now: a bad CA file is an error
+     * at start, not at the first domain, and the CA store is parsed once. */
+    int rc = o->route.tls == ENG_TLS_NONE
+                 ? 0
+                 : tls_ctx_client_new(&mx->tls_ctx, mx->ca_file, o->route.tls_insecure, err, errlen);
+    if (!rc)
+        rc = eng_dns_new(&mx->dns, loop, o->dns_servers, o->dns_timeout_ms, err, errlen);
     if (rc) {
+        tls_ctx_free(mx->tls_ctx);
         free(mx->tab);
         free(mx->ca_file);
         free(mx->helo);
@@ -479,6 +487,7 @@ static void maybe_freed(eng_mx_t *mx)
     if (!mx->closing || mx->open) return;
     void (*cb)(void *) = mx->on_closed;
     void *ud = mx->closed_ud;
+    tls_ctx_free(mx->tls_ctx);
     free(mx->tab);
     free(mx->ca_file);
     free(mx->helo);

@@ -103,6 +103,12 @@ static void pool_free(eng_pool_t *p)
 int eng_pool_new(eng_pool_t **out, uv_loop_t *loop, const eng_route_t *r, char *errbuf,
                  size_t errlen)
 {
+    return eng__pool_new_tls(out, loop, r, NULL, errbuf, errlen);
+}
+
+int eng__pool_new_tls(eng_pool_t **out, uv_loop_t *loop, const eng_route_t *r,
+                      tls_ctx_t *shared, char *errbuf, size_t errlen)
+{
     *out = NULL;
     if (!r->host || !*r->host) {
         snprintf(errbuf, errlen, "no host given");
@@ -161,7 +167,9 @@ int eng_pool_new(eng_pool_t **out, uv_loop_t *loop, const eng_route_t *r, char *
         snprintf(errbuf, errlen, "out of memory");
         return VL_ENOMEM;
     }
-    if (r->tls != ENG_TLS_NONE) {
+    if (r->tls != ENG_TLS_NONE && shared) {
+        p->tls_ctx = tls_ctx_ref(shared);
+    } else if (r->tls != ENG_TLS_NONE) {
         int rc = tls_ctx_client_new(&p->tls_ctx, p->ca_file, r->tls_insecure, errbuf, errlen);
         if (rc) {
             pool_free(p);

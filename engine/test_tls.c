@@ -116,6 +116,32 @@ static void test_handshake_verified(void **state)
     tt_pair_close(&p);
 }
 
+/* One client context shared by two owners (the MX router's pools): it
+ * outlives its first owner, and connections made from it by either verify
+ * their own host (the name is per connection, not per context). Under ASan a
+ * missing or extra free shows. */
+static void test_shared_ctx(void **state)
+{
+    (void)state;
+    struct tt_pair p;
+    tt_pair_open(&p, tt_ca, 0, "localhost");
+    tls_ctx_t *second = tls_ctx_ref(p.cctx);
+    assert_ptr_equal(second, p.cctx);
+    tls_ctx_free(p.cctx); /* the first owner is gone */
+    int src;
+    assert_int_equal(tt_handshake(p.cli, p.srv, &src), 1);
+    tls_conn_free(p.cli);
+    tls_conn_free(p.srv);
+    /* A new connection from the shared context, for a name the certificate
+     * does not carry, fails its check. */
+    p.cli = tls_conn_new(second, "other.example");
+    p.srv = tls_conn_new(p.sctx, NULL);
+    assert_non_null(p.cli);
+    assert_int_equal(tt_handshake(p.cli, p.srv, &src), VL_ETLSVERIFY);
+    p.cctx = second;
+    tt_pair_close(&p); /* the last owner frees it */
+}
+
 static void test_handshake_ip_literal(void **state)
 {
     (void)state;
@@ -257,7 +283,7 @@ int main(void)
         cmocka_unit_test(test_wrong_host),         cmocka_unit_test(test_unknown_ca),
         cmocka_unit_test(test_insecure),           cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_app_data_and_close), cmocka_unit_test(test_eof_without_close_notify),
-        cmocka_unit_test(test_garbage_input),
+        cmocka_unit_test(test_garbage_input),      cmocka_unit_test(test_shared_ctx),
     };
     return cmocka_run_group_tests_name("tls", tests, tt_setup, tt_teardown);
 }

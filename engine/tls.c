@@ -28,6 +28,7 @@ struct tls_ctx {
     SSL_CTX *ssl_ctx;
     int client;
     int insecure;
+    unsigned refs; /* owners (one loop thread: no atomics) */
 };
 
 struct tls_conn {
@@ -71,6 +72,7 @@ static tls_ctx_t *tls_ctx_alloc(const SSL_METHOD *method, int client)
         return NULL;
     }
     ctx->client = client;
+    ctx->refs = 1;
     /* TLS 1.0 and 1.1 are deprecated (RFC 8996); no mail server worth sending
      * to needs them. */
     SSL_CTX_set_min_proto_version(ctx->ssl_ctx, TLS1_2_VERSION);
@@ -143,9 +145,15 @@ fail:
     return VL_ECONFIG;
 }
 
+tls_ctx_t *tls_ctx_ref(tls_ctx_t *ctx)
+{
+    ctx->refs++;
+    return ctx;
+}
+
 void tls_ctx_free(tls_ctx_t *ctx)
 {
-    if (!ctx) return;
+    if (!ctx || --ctx->refs) return;
     SSL_CTX_free(ctx->ssl_ctx);
     free(ctx);
 }

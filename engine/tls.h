@@ -34,6 +34,12 @@ int tls_ctx_client_new(tls_ctx_t **out, const char *ca_file, int insecure, char 
 int tls_ctx_server_new(tls_ctx_t **out, const char *cert_file, const char *key_file,
                        char *errbuf, size_t errlen);
 
+/* Another owner of ctx: each tls_ctx_ref() needs its own tls_ctx_free().
+ * The MX router's per-domain pools share one client context: each context
+ * parses the whole CA store (about 235M instructions and several hundred KB
+ * for Debian's bundle), once per context. Returns ctx. */
+tls_ctx_t *tls_ctx_ref(tls_ctx_t *ctx);
+/* Drop one owner; the last frees the context. NULL is ignored. */
 void tls_ctx_free(tls_ctx_t *ctx);
 
 /* A connection on ctx (borrowed; must outlive the connection). For a client,
