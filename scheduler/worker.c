@@ -1989,9 +1989,10 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
             mo.route.host = NULL;
             rc = eng_mx_new(&p->mx, loop, &mo, err, errlen);
             if (rc && rc != VL_EINVAL) {
-                /* No resolver here (say, an unreadable resolv.conf): this
-                 * provider's rows wait and send ends with the reason; the
-                 * other providers are not held up. A bad --dns stays an error. */
+                /* No resolver here (say, an unreadable resolv.conf), or the
+                 * route's CA file cannot be read: this provider's rows wait
+                 * and send ends with the reason; the other providers are not
+                 * held up. A bad --dns stays an error. */
                 p->stopped = 1;
                 snprintf(p->reason, sizeof p->reason,
                          "direct delivery (route \"mx\") is unavailable: %.400s", err);

@@ -259,7 +259,24 @@ def test_bad_dns_option(tmp):
           rc == 78 and "not-an-address" in out, (rc, out))
 
 
+def test_bad_ca_file(tmp):
+    """Direct delivery makes one TLS context for all domains when send starts:
+    an unreadable CA file stops it there, by name, before any row is tried,
+    rather than failing each domain's first connection."""
+    d = os.path.join(tmp, "badca")
+    missing = os.path.join(d, "no-such-ca.pem")
+    camp = make_campaign(d, "bca", 5, [{"name": "m", "domains": ["*"], "route": "mx",
+                                        "tls": {"ca_file": missing}}])
+    rc, out = volley("send", camp, "--no-progress", "--dns", "127.0.0.1:%d" % free_port())
+    check("route mx with an unreadable CA file: exit 78, names the file",
+          rc == 78 and missing in out, (rc, out))
+    counts = status_counts(camp)
+    check("... and no row was tried: none final, all 5 left for a rerun",
+          counts.get("final") == 0 and counts.get("bounced") == 0, json.dumps(counts))
+
+
 if __name__ == "__main__":
     import tempfile
     with tempfile.TemporaryDirectory(prefix="volley-mx-") as tmp:
-        run_tests([test_direct_delivery, test_provider_file_checks, test_bad_dns_option], tmp)
+        run_tests([test_direct_delivery, test_provider_file_checks, test_bad_dns_option,
+                   test_bad_ca_file], tmp)
