@@ -22,7 +22,7 @@ void buf_free(buf_t *b)
     b->cap = 0;
 }
 
-int buf_reserve(buf_t *b, size_t n)
+int buf_reserve_slow(buf_t *b, size_t n)
 {
     if (n > b->max || b->len > b->max - n)
         return VL_ETOOBIG;
@@ -46,7 +46,7 @@ int buf_reserve(buf_t *b, size_t n)
     return 0;
 }
 
-int buf_append(buf_t *b, const void *p, size_t n)
+int buf_append_slow(buf_t *b, const void *p, size_t n)
 {
     int rc = buf_reserve(b, n);
     if (rc)
@@ -56,16 +56,6 @@ int buf_append(buf_t *b, const void *p, size_t n)
     b->len += n;
     b->data[b->len] = '\0';
     return 0;
-}
-
-int buf_puts(buf_t *b, const char *s)
-{
-    return buf_append(b, s, strlen(s));
-}
-
-int buf_putc(buf_t *b, char c)
-{
-    return buf_append(b, &c, 1);
 }
 
 int buf_vprintf(buf_t *b, const char *fmt, va_list ap)
@@ -99,16 +89,36 @@ int buf_vprintf(buf_t *b, const char *fmt, va_list ap)
     return 0;
 }
 
+/* Write u in decimal ending just before end; returns where it starts. Two
+ * digits a step: results, records and reports write a few 13-digit times
+ * a row. */
+static char *dec_back(char *end, unsigned long long u)
+{
+    static const char pairs[] = "00010203040506070809101112131415161718192021222324"
+                                "25262728293031323334353637383940414243444546474849"
+                                "50515253545556575859606162636465666768697071727374"
+                                "75767778798081828384858687888990919293949596979899";
+    while (u >= 100) {
+        unsigned d = (unsigned)(u % 100) * 2;
+        u /= 100;
+        *--end = pairs[d + 1];
+        *--end = pairs[d];
+    }
+    if (u >= 10) {
+        *--end = pairs[u * 2 + 1];
+        *--end = pairs[u * 2];
+    } else {
+        *--end = (char)('0' + u);
+    }
+    return end;
+}
+
 size_t buf_fmt_dec(char *dst, unsigned long long v)
 {
     char tmp[24];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (size_t i = 0; i < n; i++)
-        dst[i] = tmp[n - 1 - i];
+    char *p = dec_back(tmp + sizeof tmp, v);
+    size_t n = (size_t)(tmp + sizeof tmp - p);
+    memcpy(dst, p, n);
     dst[n] = '\0';
     return n;
 }
@@ -116,15 +126,11 @@ size_t buf_fmt_dec(char *dst, unsigned long long v)
 int buf_put_dec(buf_t *b, long long v)
 {
     char tmp[24];
-    size_t n = sizeof tmp;
     unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
-    do {
-        tmp[--n] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
+    char *p = dec_back(tmp + sizeof tmp, u);
     if (v < 0)
-        tmp[--n] = '-';
-    return buf_append(b, tmp + n, sizeof tmp - n);
+        *--p = '-';
+    return buf_append(b, p, (size_t)(tmp + sizeof tmp - p));
 }
 
 int buf_printf(buf_t *b, const char *fmt, ...)

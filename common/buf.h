@@ -11,6 +11,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <string.h>
 #include <sys/uio.h>
 
 #define BUF_MUST_USE __attribute__((warn_unused_result))
@@ -36,14 +37,50 @@ static inline void buf_reset(buf_t *b)
         b->data[0] = '\0';
 }
 
-/* Make room for at least n more bytes. 0, VL_ENOMEM or VL_ETOOBIG. */
-BUF_MUST_USE int buf_reserve(buf_t *b, size_t n);
+/* Make room for at least n more bytes. 0, VL_ENOMEM or VL_ETOOBIG. Inline
+ * for the same reason as buf_append() below: the room is usually there. */
+BUF_MUST_USE int buf_reserve_slow(buf_t *b, size_t n);
+BUF_MUST_USE static inline int buf_reserve(buf_t *b, size_t n)
+{
+    /* cap > len whenever data is set, and len <= max always. */
+    if (n < b->cap - b->len && n <= b->max - b->len)
+        return 0;
+    return buf_reserve_slow(b, n);
+}
 
-/* Append bytes / a C string / one byte / formatted text. 0 or a VL_E* code;
- * on failure the buffer is unchanged. */
-BUF_MUST_USE int buf_append(buf_t *b, const void *p, size_t n);
-BUF_MUST_USE int buf_puts(buf_t *b, const char *s);
-BUF_MUST_USE int buf_putc(buf_t *b, char c);
+/* Append bytes / a C string / one byte. 0 or a VL_E* code; on failure the
+ * buffer is unchanged. Inline because results, records and reports call
+ * them a few dozen times a row on the loop thread, and nearly every call
+ * finds the room already there: then it is a copy, and only growth and the
+ * limit take the call to buf_append_slow(). */
+BUF_MUST_USE int buf_append_slow(buf_t *b, const void *p, size_t n);
+BUF_MUST_USE static inline int buf_append(buf_t *b, const void *p, size_t n)
+{
+    /* cap > len whenever data is set, and len <= max always. */
+    if (n < b->cap - b->len && n <= b->max - b->len) {
+        if (n)
+            memcpy(b->data + b->len, p, n);
+        b->len += n;
+        b->data[b->len] = '\0';
+        return 0;
+    }
+    return buf_append_slow(b, p, n);
+}
+BUF_MUST_USE static inline int buf_puts(buf_t *b, const char *s)
+{
+    return buf_append(b, s, strlen(s));
+}
+BUF_MUST_USE static inline int buf_putc(buf_t *b, char c)
+{
+    if (b->cap - b->len > 1 && b->len < b->max) {
+        b->data[b->len++] = c;
+        b->data[b->len] = '\0';
+        return 0;
+    }
+    return buf_append_slow(b, &c, 1);
+}
+/* Append formatted text. 0 or a VL_E* code; on failure the buffer is
+ * unchanged. */
 BUF_MUST_USE int buf_printf(buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Append v in decimal (a '-' first when negative): what printf("%lld") does,
  * without printf's cost, for the numbers written once or more per message. */

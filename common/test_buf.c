@@ -29,6 +29,32 @@ static void test_append_and_cap(void **state)
     assert_null(b.data);
     free(p);
     buf_free(&b);
+
+    /* The inline paths at each growth step and at the limit: one byte at a
+     * time, then runs that end exactly at the cap. */
+    buf_init(&b, 300);
+    for (int i = 0; i < 300; i++) {
+        assert_int_equal(buf_putc(&b, (char)('a' + i % 26)), 0);
+        assert_int_equal(b.data[b.len], '\0');
+        assert_true(b.cap > b.len);
+    }
+    assert_int_equal(buf_putc(&b, 'x'), VL_ETOOBIG);
+    assert_int_equal(buf_append(&b, "x", 1), VL_ETOOBIG);
+    assert_int_equal(buf_reserve(&b, 1), VL_ETOOBIG);
+    assert_int_equal(buf_append(&b, "", 0), 0);
+    assert_int_equal(b.len, 300);
+    for (int i = 0; i < 300; i++)
+        assert_int_equal(b.data[i], 'a' + i % 26);
+    buf_reset(&b);
+    char run[299];
+    memset(run, 'r', sizeof run);
+    assert_int_equal(buf_append(&b, run, sizeof run), 0);
+    assert_int_equal(buf_puts(&b, "z"), 0);
+    assert_int_equal(buf_puts(&b, "z"), VL_ETOOBIG);
+    assert_int_equal(b.len, 300);
+    assert_int_equal(b.data[299], 'z');
+    assert_int_equal(b.data[300], '\0');
+    buf_free(&b);
 }
 
 /* printf into the room there is, growing when it is not enough, never past
@@ -59,6 +85,20 @@ static void test_printf_and_dec(void **state)
         assert_int_equal(buf_put_dec(&b, v[i]), 0);
         assert_string_equal(b.data, want);
     }
+    /* Every digit count, odd and even, at its edges (the digits go two at a
+     * time), through both writers. */
+    for (unsigned long long p = 1; p <= 1000000000000000000ULL; p *= 10)
+        for (unsigned long long d = 0; d < 3; d++) {
+            unsigned long long u = p - 1 + d;
+            char want[32], got[32];
+            snprintf(want, sizeof want, "%llu", u);
+            assert_int_equal(buf_fmt_dec(got, u), strlen(want));
+            assert_string_equal(got, want);
+            snprintf(want, sizeof want, "%lld", -(long long)u);
+            buf_reset(&b);
+            assert_int_equal(buf_put_dec(&b, -(long long)u), 0);
+            assert_string_equal(b.data, want);
+        }
     buf_free(&b);
     buf_init(&b, 3);
     assert_int_equal(buf_put_dec(&b, 1234), VL_ETOOBIG);
