@@ -25,6 +25,7 @@
 #include "cli/send_run.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/prio.h"
 #include "ratelimit/provider.h"
 #include "scheduler/ingest.h"
 #include "scheduler/keys.h"
@@ -137,6 +138,8 @@ static void ingest_main(void *arg)
 {
     ingest_thread_t *t = arg;
     char err[1024];
+    /* Ingest runs beside the first seconds of sending (prio.h). */
+    vl_prio_background();
     redisContext *c = sched_redis_connect_sync(t->url, 5000, err, sizeof err);
     if (!c) {
         fprintf(stderr, "volley: Redis: %s\n", err);

@@ -28,6 +28,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "prio.h"
 
 struct sched_rproc {
     pid_t pid;
@@ -239,6 +240,9 @@ int sched_rproc_start(sched_rproc_t **out, const char *dir, char *err, size_t er
          * campaign: the default 64 MB rewrote a 1M-row campaign's dataset
          * three times while it sent, a fork and a full dump each, on the cores
          * the sending needs. */
+        /* Redis answers the loop thread, which is what bounds a send: it
+         * must not preempt it (prio.h). Inherited across exec. */
+        vl_prio_background();
         execl(server, server, "--port", "0", "--unixsocket", p->sock, "--unixsocketperm", "700",
               "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--dir", p->dir,
               "--auto-aof-rewrite-min-size", "1gb", "--daemonize", "no", "--logfile", logfile,

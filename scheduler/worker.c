@@ -9,6 +9,7 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/prio.h"
 #include "engine/engine.h"
 #include "engine/mx.h"
 #include "ratelimit/aimd.h"
@@ -977,6 +978,13 @@ static void submit_rendered(sched_worker_t *w, prov_t *p, job_t *j)
 
 static void render_run(uv_work_t *req)
 {
+    /* A thread of libuv's pool: once per thread, keep it from preempting
+     * the loop thread when it wakes (prio.h). */
+    static __thread int background;
+    if (!background) {
+        vl_prio_background();
+        background = 1;
+    }
     render_work_t *rw = req->data;
     time_t now = time(NULL);
     for (unsigned i = 0; i < rw->n; i++)

@@ -2,7 +2,8 @@
 """Resilience and shared limits: `volley send` killed with SIGKILL five times
 and resumed; a Redis restart in the middle of a campaign run by `volley
 worker`s; a provider rate held by three worker processes sharing one Redis;
-`volley cancel` of a campaign a worker is sending; `worker --metrics`.
+`volley cancel` of a campaign a worker is sending; `worker --metrics`; the
+helper threads and the embedded Redis yield to the loop thread.
 Prints TAP."""
 
 import json
@@ -293,6 +294,61 @@ def test_older_layout(tmp):
     redis.wait(timeout=20)
 
 
+SCHED_BATCH = 3  # sched.h
+
+
+def sched_policy(pid, tid=None):
+    """A task's scheduling policy (field 41 of /proc/PID/task/TID/stat), or
+    None once it is gone."""
+    try:
+        with open("/proc/%d/task/%d/stat" % (pid, tid or pid)) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[38])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def test_helpers_yield_to_loop(tmp):
+    """While `volley send` runs, its embedded redis-server and the threads
+    that render are batch threads (common/prio.h), and the loop thread is
+    not: the helpers must not preempt the thread that bounds sending."""
+    d = os.path.join(tmp, "prio")
+    os.makedirs(d)
+    sink = Sink(d)
+    n = scaled(20000)
+    camp = make_campaign(d, "prio", n, [{
+        "name": "p", "domains": ["*"], "route": "smtp://" + sink.addr,
+        "max_connections": 10, "rate": "%d/s" % (n // 5)}])
+    p = subprocess.Popen([VOLLEY, "send", camp, "--no-progress"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    seen = {"redis": None, "batch_threads": 0, "loop": None}
+    deadline = time.time() + 60
+    while p.poll() is None and time.time() < deadline:
+        kids = subprocess.run(["pgrep", "-P", str(p.pid), "redis-server"],
+                              capture_output=True, text=True).stdout.split()
+        if kids:
+            seen["redis"] = sched_policy(int(kids[0]))
+        try:
+            tids = [int(t) for t in os.listdir("/proc/%d/task" % p.pid)]
+        except OSError:
+            break
+        batch = sum(sched_policy(p.pid, t) == SCHED_BATCH for t in tids)
+        seen["batch_threads"] = max(seen["batch_threads"], batch)
+        loop = sched_policy(p.pid)
+        if loop is not None:
+            seen["loop"] = loop
+        if seen["redis"] is not None and seen["batch_threads"] >= 2:
+            break
+        time.sleep(0.05)
+    err = p.communicate(timeout=120)[1]
+    sink.stop()
+    check("the send finishes: exit 0", p.returncode == 0, err)
+    check("the embedded redis-server runs as SCHED_BATCH", seen["redis"] == SCHED_BATCH,
+          json.dumps(seen))
+    check("render threads (at least 2) run as SCHED_BATCH, the loop thread does not",
+          seen["batch_threads"] >= 2 and seen["loop"] not in (None, SCHED_BATCH),
+          json.dumps(seen))
+
+
 def test_metrics(tmp):
     """volley worker --metrics serves Prometheus text that counts what it did."""
     d, sock, url, redis = private_redis(tmp, "metrics")
@@ -354,4 +410,5 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         run_tests([test_kill9_and_resume, test_redis_restart, test_shared_rate,
                    test_cancel_before_ingest_ends,
-                   test_cancel_running, test_older_layout, test_metrics], tmp)
+                   test_cancel_running, test_older_layout, test_metrics,
+                   test_helpers_yield_to_loop], tmp)
