@@ -32,8 +32,9 @@ static void campaign_usage(FILE *f, const char *name)
                    "  --json        one JSON object instead of text\n");
     } else if (!strcmp(name, "pause")) {
         fprintf(f, "usage: volley pause CAMPAIGN [--redis URL]\n\n"
-                   "Pause a campaign: workers claim no more of its rows (those already claimed\n"
-                   "are finished). `volley resume` continues it.\n");
+                   "Pause a campaign: within about a second workers stop sending it. Rows they\n"
+                   "had claimed go back to waiting; only messages already on a connection\n"
+                   "finish. `volley resume` continues it.\n");
     } else if (!strcmp(name, "resume")) {
         fprintf(f, "usage: volley resume CAMPAIGN [--redis URL]\n\n"
                    "Resume a paused campaign: workers claim its rows again.\n");

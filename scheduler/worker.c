@@ -165,6 +165,7 @@ struct sched_worker {
     unsigned inflight;   /* jobs alive: waiting for tokens or submitted */
     held_t *helds;       /* leases held */
     int stopping, finished, progress_busy;
+    int paused;          /* the campaign's state is paused (seen at the last progress poll) */
     int progress_soon;   /* idle with every result recorded: ask now if done */
     int reclaim_pending; /* take back every lease once connected */
     struct rec *retry, *retry_tail; /* records waiting for Redis to come back, in order */
@@ -204,6 +205,7 @@ static uint64_t rnd(void *arg)
 }
 
 static void maybe_finish(sched_worker_t *w);
+static void drop_backlog(sched_worker_t *w, int cancelled);
 static void try_provider(prov_t *p, uint64_t now);
 
 /* A provider delivers through one pool (a relay) or through the MX router;
@@ -1020,7 +1022,7 @@ static void render_drain(sched_worker_t *w)
             w->rq_tail = NULL;
         for (unsigned i = 0; i < rw->n; i++) {
             job_t *j = rw->jobs[i];
-            if (w->stopping)
+            if (w->stopping || w->paused)
                 job_put(w, j);
             else
                 submit_rendered(w, j->p, j);
@@ -1135,6 +1137,8 @@ static void on_suppress_checked(sched_redis_t *r, redisReply *reply, void *priv,
     }
     free(cc);
     p->claiming = 0;
+    if (w->paused) /* paused while this claim was answered */
+        drop_backlog(w, 0);
     try_provider(p, now_ms());
     maybe_finish(w);
 }
@@ -1515,7 +1519,7 @@ static void release_slots(sched_worker_t *w)
 static void try_provider(prov_t *p, uint64_t now)
 {
     sched_worker_t *w = p->w;
-    if (w->stopping || p->stopped || !prov_ready(p) || now < p->suspended_until_ms ||
+    if (w->stopping || w->paused || p->stopped || !prov_ready(p) || now < p->suspended_until_ms ||
         !sched_redis_connected(w->r))
         return;
     unsigned conns = rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now);
@@ -1591,6 +1595,14 @@ static void renew_leases(sched_worker_t *w, uint64_t now)
     }
 }
 
+static unsigned backlog_rows(const sched_worker_t *w)
+{
+    unsigned n = 0;
+    for (size_t i = 0; i < w->nprovs; i++)
+        n += w->provs[i].nback;
+    return n;
+}
+
 /* Empty every provider's backlog of claimed, unsubmitted rows: recorded as
  * cancelled, or (job_put) given back with their leases. */
 static void drop_backlog(sched_worker_t *w, int cancelled)
@@ -1617,6 +1629,29 @@ static void cancel_backlog(sched_worker_t *w)
 {
     drop_backlog(w, 1);
     maybe_finish(w);
+}
+
+/* The campaign was paused: stop at once rather than after the rows claimed
+ * ahead (up to three windows a provider, seconds of sending at a slow
+ * rate). Rows claimed and not yet submitted go back to the due set with
+ * their leases (job_put), as when a worker stops, and no more are claimed
+ * or given tokens; messages already handed to the connections finish. On
+ * resume, claiming starts again. */
+static void pause_or_resume(sched_worker_t *w, int paused)
+{
+    if (paused == w->paused)
+        return;
+    w->paused = paused;
+    if (paused) {
+        VL_INFO("campaign %s: paused; %u claimed rows go back to the due set", w->id,
+                backlog_rows(w));
+        drop_backlog(w, 0);
+    } else {
+        VL_INFO("campaign %s: resumed", w->id);
+        uint64_t now = now_ms();
+        for (size_t i = 0; i < w->nprovs; i++)
+            try_provider(&w->provs[i], now);
+    }
 }
 
 static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, int err,
@@ -1651,6 +1686,7 @@ static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, i
         w->o.on_progress(&pr, w->o.ud);
     if (!strcmp(state, "cancelled"))
         cancel_backlog(w);
+    pause_or_resume(w, !strcmp(state, "paused"));
     if (!w->o.until_done || w->stopping)
         return;
     /* send ingests before its worker starts, so final >= total is the end

@@ -2,9 +2,9 @@
 """Resilience and shared limits: `volley send` killed with SIGKILL five times
 and resumed; a Redis restart in the middle of a campaign run by `volley
 worker`s; a provider rate held by three worker processes sharing one Redis;
-`volley cancel` of a campaign a worker is sending; `worker --metrics`; the
-helper threads and the embedded Redis yield to the loop thread.
-Prints TAP."""
+`volley cancel` and `pause` of a campaign a worker is sending; `worker
+--metrics`; the helper threads and the embedded Redis yield to the loop
+thread. Prints TAP."""
 
 import json
 import os
@@ -237,6 +237,58 @@ def test_cancel_running(tmp):
     redis.wait(timeout=20)
 
 
+def test_pause_running(tmp):
+    """volley pause while a worker sends: sending stops within a second or
+    two, rows the worker had claimed included (they go back to the due set,
+    not to the sink); resume sends the rest, each row once."""
+    d, sock, url, redis = private_redis(tmp, "pause")
+    sink = Sink(d)
+    n = 600
+    # A slow rate, so that the rows a worker claims ahead (three windows of
+    # 4 connections) would take seconds to send after the pause.
+    camp = make_campaign(d, "pz", n, [{
+        "name": "p", "domains": ["*"], "route": "smtp://" + sink.addr,
+        "max_connections": 4, "rate": "40/s"}])
+    subprocess.run([VOLLEY, "enqueue", camp, "--redis", url], check=True, capture_output=True)
+    w = subprocess.Popen([VOLLEY, "worker", "--redis", url], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+
+    def counts_now():
+        out = subprocess.run([VOLLEY, "status", "pz", "--redis", url, "--json"],
+                             capture_output=True, text=True).stdout
+        return json.loads(out)["counts"] if out else {}
+    deadline = time.time() + 30
+    while time.time() < deadline and int(counts_now().get("delivered", 0)) < 40:
+        time.sleep(0.1)
+    r = subprocess.run([VOLLEY, "pause", "pz", "--redis", url], capture_output=True, text=True)
+    check("pause: exit 0", r.returncode == 0, r.stdout + r.stderr)
+    time.sleep(2.0)
+    at_pause = int(counts_now().get("delivered", 0))
+    time.sleep(3.0)
+    later = counts_now()
+    check("nothing is sent while paused (%d delivered 2 s after the pause, %s 3 s later)"
+          % (at_pause, later.get("delivered")),
+          int(later.get("delivered", 0)) == at_pause and at_pause < n, json.dumps(later))
+    r = subprocess.run([VOLLEY, "resume", "pz", "--redis", url], capture_output=True, text=True)
+    check("resume: exit 0", r.returncode == 0, r.stdout + r.stderr)
+    deadline, counts = time.time() + 90, {}
+    while time.time() < deadline:
+        counts = counts_now()
+        if int(counts.get("final", 0)) >= n:
+            break
+        time.sleep(0.3)
+    w.send_signal(signal.SIGTERM)
+    w.communicate(timeout=30)
+    st = sink.stop()
+    rcpts, dup = dupes(sink.log())
+    check("after resume every row is delivered, each once (%s delivered, %d duplicates)"
+          % (counts.get("delivered"), dup),
+          int(counts.get("delivered", 0)) == n and len(set(rcpts)) == n and dup == 0,
+          json.dumps(counts) + " " + json.dumps(st))
+    redis.terminate()
+    redis.wait(timeout=20)
+
+
 def test_cancel_before_ingest_ends(tmp):
     """Rows that arrive after a cancel (here: a second enqueue after the first
     stopped at 64 rows) are cancelled on arrival, and the report names each
@@ -410,5 +462,5 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         run_tests([test_kill9_and_resume, test_redis_restart, test_shared_rate,
                    test_cancel_before_ingest_ends,
-                   test_cancel_running, test_older_layout, test_metrics,
+                   test_cancel_running, test_pause_running, test_older_layout, test_metrics,
                    test_helpers_yield_to_loop], tmp)
