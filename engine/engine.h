@@ -217,9 +217,10 @@ typedef struct eng_route {
     unsigned max_rcpts_per_conn; /* 0 = unlimited */
     int no_pipelining;     /* lock-step even if PIPELINING is offered */
     int no_chunking;       /* DATA even if CHUNKING is offered */
-    unsigned max_setup_failures; /* consecutive failed set-ups with no live
-                                  * connection before queued messages fail
-                                  * (0 = 3) */
+    unsigned max_setup_failures; /* consecutive failed rounds of set-ups
+                                  * (connections started together count
+                                  * once) with no live connection before
+                                  * queued messages fail (0 = 3) */
     eng_timeouts_t timeouts;
     /* Connection events (optional). */
     void (*on_event)(eng_pool_t *pool, const eng_event_t *ev, void *ud);

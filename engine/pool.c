@@ -302,14 +302,21 @@ void eng__pool_setup_done(eng_pool_t *p, eng__sess_t *s, const eng_event_t *ev)
         p->backoff_until_ms = 0;
     } else {
         p->stats.setup_failures++;
-        p->consecutive_failures++;
-        unsigned k = p->consecutive_failures < 16 ? p->consecutive_failures : 16;
-        uint64_t delay = (uint64_t)BACKOFF_BASE_MS << (k - 1);
-        if (delay > BACKOFF_MAX_MS)
-            delay = BACKOFF_MAX_MS;
-        /* Jitter keeps many pools (and workers) from retrying in step. */
-        delay = delay / 2 + (uint64_t)(rand() % (int)(delay / 2 + 1));
-        p->backoff_until_ms = now_ms(p) + delay;
+        /* Set-ups the pool started together fail together: one that fails
+         * while the backoff of an earlier failure runs is of the same round
+         * and does not count again. Counting each, 20 connections refused
+         * at once went straight to the longest backoff. */
+        uint64_t now = now_ms(p);
+        if (now >= p->backoff_until_ms) {
+            p->consecutive_failures++;
+            unsigned k = p->consecutive_failures < 16 ? p->consecutive_failures : 16;
+            uint64_t delay = (uint64_t)BACKOFF_BASE_MS << (k - 1);
+            if (delay > BACKOFF_MAX_MS)
+                delay = BACKOFF_MAX_MS;
+            /* Jitter keeps many pools (and workers) from retrying in step. */
+            delay = delay / 2 + (uint64_t)(rand() % (int)(delay / 2 + 1));
+            p->backoff_until_ms = now + delay;
+        }
     }
     if (p->route.on_event)
         p->route.on_event(p, ev, p->route.ud);

@@ -73,6 +73,15 @@ void rl_route_init(rl_route_t *r, unsigned suspend_after, uint64_t base_ms, uint
 
 uint64_t rl_route_failure(rl_route_t *r, uint64_t now_ms, const char *reason, uint64_t rnd)
 {
+    /* Connections set up together fail together: a failure before the time
+     * the last one gave is part of the same round. Counting each, 20
+     * connections refused by a server started a second late reached the
+     * suspension (5 minutes) at once. */
+    if (r->failures && now_ms < r->next_try_ms) {
+        if (!r->suspended)
+            snprintf(r->reason, sizeof r->reason, "%s", reason ? reason : "unknown");
+        return r->next_try_ms;
+    }
     r->failures++;
     r->next_try_ms = now_ms + rl_backoff(r->failures, r->base_ms, r->max_ms, rnd);
     if (r->failures >= r->suspend_after && !r->suspended) {

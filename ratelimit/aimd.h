@@ -63,7 +63,9 @@ void rl_route_init(rl_route_t *r, unsigned suspend_after, uint64_t base_ms, uint
 /* A connection attempt failed, or the server said 421. reason (copied, truncated) says why,
  * e.g. "connect 10.0.0.1:25: connection refused". rnd is one draw of the random source.
  * Returns the time before which the route must not be tried; once failures reach
- * suspend_after the route is suspended (rl_route_t.suspended, reason kept). */
+ * suspend_after the route is suspended (rl_route_t.suspended, reason kept). A failure
+ * before the time the previous one returned belongs to the same round of attempts and
+ * does not count again, so failures counts rounds of backoff, not parallel connections. */
 uint64_t rl_route_failure(rl_route_t *r, uint64_t now_ms, const char *reason, uint64_t rnd);
 
 /* A connection succeeded (greeting and EHLO accepted): the failure count restarts. A

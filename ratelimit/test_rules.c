@@ -425,12 +425,20 @@ static void test_route(void **state)
                      t + 500);
     assert_false(r.suspended);
     assert_string_equal(r.reason, "connect 10.0.0.1:25: connection refused");
-    assert_int_equal(rl_route_failure(&r, t, "421 busy", 0), t + 1000);
+    /* The other connections of the same round fail before t + 500: one
+     * failure, whatever their number; the reason is the latest. */
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(rl_route_failure(&r, t + 10, "421 busy", 0), t + 500);
+    assert_int_equal(r.failures, 1);
+    assert_string_equal(r.reason, "421 busy");
+    assert_int_equal(rl_route_failure(&r, t + 500, "421 busy", 0), t + 500 + 1000);
+    assert_int_equal(r.failures, 2);
     rl_route_success(&r);
     assert_int_equal(r.failures, 0);
     rl_route_failure(&r, t, "a", 0);
-    rl_route_failure(&r, t, "b", 0);
-    assert_int_equal(rl_route_failure(&r, t, "connect: timed out", 0), t + 2000);
+    rl_route_failure(&r, t + 500, "b", 0);
+    assert_false(r.suspended);
+    assert_int_equal(rl_route_failure(&r, t + 1500, "connect: timed out", 0), t + 1500 + 2000);
     assert_true(r.suspended);
     assert_non_null(strstr(r.reason, "3 failures"));
     assert_non_null(strstr(r.reason, "timed out"));

@@ -7,8 +7,10 @@ import csv
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
 
 from vtest import SRCDIR, VOLLEY, Sink, check, make_campaign, read_report, run_tests, scaled
 
@@ -182,7 +184,38 @@ def test_trial_then_full_send(tmp):
           st["messages"] == n, "%d rows; sink %s" % (len(rows), json.dumps(st)))
 
 
+def test_sink_started_late(tmp):
+    """A send started before its server listens: 20 connections refused at
+    once are one failed round, not twenty failures, so the route backs off
+    for a second rather than being suspended for five minutes, and the send
+    finishes soon after the server comes up, every row once."""
+    d = os.path.join(tmp, "late")
+    os.makedirs(d)
+    with socket.socket() as s:  # a free port, nobody listening on it yet
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    n = 200
+    camp = make_campaign(d, "late", n, [{
+        "name": "p", "domains": ["*"], "route": "smtp://127.0.0.1:%d" % port,
+        "max_connections": 20}])
+    p = subprocess.Popen([VOLLEY, "send", camp, "--no-progress"], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    time.sleep(2.0)
+    sink = Sink(d, listen="127.0.0.1:%d" % port)
+    try:
+        out, rc = p.communicate(timeout=90)[0], p.returncode
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, rc = p.communicate()[0] + "\n(still sending 90 s later)", -1
+    st = sink.stop()
+    check("late server: the send finishes within 90 s, exit 0", rc == 0, out)
+    rows = read_report(os.path.join(d, ".volley", "late", "report.csv")) if rc == 0 else []
+    check("late server: %d rows delivered, the sink took each once" % n,
+          len(rows) == n and all(r["status"] == "delivered" for r in rows) and
+          st["messages"] == n, "%d rows; sink %s" % (len(rows), json.dumps(st)))
+
+
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         run_tests([test_example, test_netease_faults, test_retries_keep_their_history,
-                   test_trial_then_full_send], tmp)
+                   test_trial_then_full_send, test_sink_started_late], tmp)
