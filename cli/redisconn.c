@@ -2,6 +2,7 @@
 #include "cli/redisconn.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,9 +154,17 @@ int cli_redis_open_campaign(cli_redis_t **out, const char *arg, const char *url,
                  * to that one (status, pause and cancel are meant for exactly
                  * this), and leave it running at the end. */
                 snprintf(r->where, sizeof r->where, "the running redis of %s", r->camp->state_dir);
-                char sock[4096];
-                snprintf(sock, sizeof sock, "%s/redis.sock", r->camp->state_dir);
-                rc = connect_url(r, sock, timeout_ms, err, errlen);
+                /* As a path the URL parser takes: absolute (the state
+                 * directory is relative when the campaign file was). */
+                char dir[PATH_MAX], sock[PATH_MAX + 16];
+                if (!realpath(r->camp->state_dir, dir)) {
+                    snprintf(err, errlen, "state directory %s: %s", r->camp->state_dir,
+                             strerror(errno));
+                    rc = EX_UNAVAILABLE;
+                } else {
+                    snprintf(sock, sizeof sock, "%s/redis.sock", dir);
+                    rc = connect_url(r, sock, timeout_ms, err, errlen);
+                }
             } else if (prc) {
                 snprintf(err, errlen, "cannot start the campaign's redis-server in %s: %s",
                          r->camp->state_dir, why[0] ? why : "failed");

@@ -122,12 +122,12 @@ class Server:
                 self.proc.wait()
 
 
-def volley(*args, env=None):
+def volley(*args, env=None, cwd=None):
     """Run volley; (exit code, stdout, stderr). Output is decoded without
     newline translation, so CRLF record ends stay visible."""
     e = dict(os.environ)
     e.update(env or {})
-    p = subprocess.run([VOLLEY] + list(args), capture_output=True, env=e, timeout=120)
+    p = subprocess.run([VOLLEY] + list(args), capture_output=True, env=e, timeout=120, cwd=cwd)
     return p.returncode, p.stdout.decode("utf-8"), p.stderr.decode("utf-8", "replace")
 
 
@@ -725,6 +725,10 @@ def campaign_file_with_embedded_redis():
         rc, out, err = volley("resume", cfile)
         assert rc == 0, (rc, out, err)
         assert srv.client()("HGET", "{c:emb}:meta", "state") == "running"
+        # The campaign file named relative to the current directory (the
+        # state directory is then relative too): the same server.
+        rc, out, err = volley("status", "campaign.json", "--json", cwd=d)
+        assert rc == 0 and json.loads(out)["state"] == "running", (rc, out, err)
         assert srv.proc.poll() is None, "the running server was stopped"
     finally:
         srv.stop()
