@@ -166,6 +166,7 @@ struct sched_worker {
     held_t *helds;       /* leases held */
     int stopping, finished, progress_busy;
     int paused;          /* the campaign's state is paused (seen at the last progress poll) */
+    int orphan_check;    /* rows for unknown providers: 0 to ask, 1 asked, 2 answered */
     int progress_soon;   /* idle with every result recorded: ask now if done */
     int reclaim_pending; /* take back every lease once connected */
     struct rec *retry, *retry_tail; /* records waiting for Redis to come back, in order */
@@ -1519,8 +1520,8 @@ static void release_slots(sched_worker_t *w)
 static void try_provider(prov_t *p, uint64_t now)
 {
     sched_worker_t *w = p->w;
-    if (w->stopping || w->paused || p->stopped || !prov_ready(p) || now < p->suspended_until_ms ||
-        !sched_redis_connected(w->r))
+    if (w->stopping || w->paused || w->orphan_check != 2 || p->stopped || !prov_ready(p) ||
+        now < p->suspended_until_ms || !sched_redis_connected(w->r))
         return;
     unsigned conns = rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now);
     unsigned cap = (p->held < conns ? p->held : conns) * WINDOW_PER_CONN;
@@ -1654,6 +1655,118 @@ static void pause_or_resume(sched_worker_t *w, int paused)
     }
 }
 
+/* ---- rows for providers the configuration no longer has ------------------ */
+
+/* Rows are routed to a provider by name when they are queued. If the
+ * providers file is then edited and that name is gone (renamed, removed),
+ * nothing would ever claim or reap them, and a send would wait for ever.
+ * Before its first claim the worker asks which of the campaign's providers
+ * it does not know still have rows due or leased; if any do, it stops,
+ * naming them, and leaves the rows where they are, so that a run with the
+ * provider put back sends them. */
+#define MAX_ORPHANS 16
+
+typedef struct orphans {
+    sched_worker_t *w;
+    size_t n;
+    char names[MAX_ORPHANS][128];
+} orphans_t;
+
+static void orphans_done(sched_worker_t *w)
+{
+    w->orphan_check = 2;
+    uint64_t now = now_ms();
+    for (size_t i = 0; i < w->nprovs; i++)
+        try_provider(&w->provs[i], now);
+}
+
+static void on_orphan_counts(sched_redis_t *r, redisReply *reply, void *priv, int err,
+                             const char *errstr)
+{
+    (void)r;
+    (void)errstr;
+    orphans_t *o = priv;
+    sched_worker_t *w = o->w;
+    char list[1024] = "";
+    size_t len = 0, found = 0;
+    for (size_t i = 0; !err && reply && reply->type == REDIS_REPLY_ARRAY && i < o->n &&
+                       i < reply->elements;
+         i++) {
+        long long c = reply->element[i]->integer;
+        if (c <= 0)
+            continue;
+        if (len < sizeof list)
+            len += (size_t)snprintf(list + len, sizeof list - len, "%s\"%s\"", found ? ", " : "",
+                                    o->names[i]);
+        found++;
+    }
+    free(o);
+    if (!found) {
+        orphans_done(w);
+        return;
+    }
+    w->rc = VL_ECONFIG;
+    snprintf(w->why, sizeof w->why,
+             "campaign %s has rows queued for provider%s %s, which the providers file no "
+             "longer has (renamed or removed since they were queued); put %s back to send them",
+             w->id, found > 1 ? "s" : "", list, found > 1 ? "them" : "it");
+    w->orphan_check = 2;
+    sched_worker_stop(w);
+}
+
+static void on_campaign_providers(sched_redis_t *r, redisReply *reply, void *priv, int err,
+                                  const char *errstr)
+{
+    (void)r;
+    (void)errstr;
+    sched_worker_t *w = priv;
+    orphans_t *o = calloc(1, sizeof *o);
+    if (err || !reply || reply->type != REDIS_REPLY_ARRAY || !o) {
+        free(o);
+        orphans_done(w); /* not knowing is no reason not to send */
+        return;
+    }
+    o->w = w;
+    for (size_t i = 0; i < reply->elements && o->n < MAX_ORPHANS; i++) {
+        const redisReply *e = reply->element[i];
+        int known = e->type != REDIS_REPLY_STRING || e->len >= sizeof o->names[0];
+        for (size_t k = 0; k < w->nprovs && !known; k++)
+            known = !strcmp(w->provs[k].cfg->name, e->str);
+        if (!known)
+            snprintf(o->names[o->n++], sizeof o->names[0], "%s", e->str);
+    }
+    if (!o->n) {
+        free(o);
+        orphans_done(w);
+        return;
+    }
+    /* Per name: members in its due set, and leases "member|NAME". */
+    char keys[MAX_ORPHANS][KEYLEN];
+    const char *argv[1 + 2 * MAX_ORPHANS];
+    size_t a = 0;
+    argv[a++] = w->k_lease;
+    for (size_t i = 0; i < o->n; i++) {
+        snprintf(keys[i], KEYLEN, SCHED_KEY_DUE, w->id, o->names[i]);
+        argv[a++] = keys[i];
+    }
+    for (size_t i = 0; i < o->n; i++)
+        argv[a++] = o->names[i];
+    if (sched_redis_eval(w->r, on_orphan_counts, o,
+                         "local n, out = #KEYS - 1, {} "
+                         "local leased = redis.call('ZRANGE', KEYS[1], 0, -1) "
+                         "for i = 1, n do "
+                         "  local c, suffix = redis.call('ZCARD', KEYS[i + 1]), '|' .. ARGV[i] "
+                         "  for _, m in ipairs(leased) do "
+                         "    if m:sub(-#suffix) == suffix then c = c + 1 end "
+                         "  end "
+                         "  out[i] = c "
+                         "end return out",
+                         (int)(1 + o->n), (int)o->n, argv, NULL)) {
+        free(o);
+        orphans_done(w);
+    }
+}
+
 static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, int err,
                               const char *errstr)
 {
@@ -1766,6 +1879,13 @@ static void on_tick(uv_timer_t *t)
         /* Before the first claim: commands on one connection run in order. */
         w->reclaim_pending = 0;
         reap(w, 1);
+    }
+    if (!w->orphan_check) {
+        char key[KEYLEN];
+        snprintf(key, sizeof key, SCHED_KEY_PROVIDERS, w->id);
+        const char *argv[] = {"SMEMBERS", key};
+        if (sched_redis_cmdargv(w->r, on_campaign_providers, w, 2, argv, NULL) == 0)
+            w->orphan_check = 1;
     }
     if (now - w->last_renew >= w->o.lease_ms / 3) {
         w->last_renew = now;

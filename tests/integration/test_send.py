@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -215,7 +216,40 @@ def test_sink_started_late(tmp):
           st["messages"] == n, "%d rows; sink %s" % (len(rows), json.dumps(st)))
 
 
+def test_renamed_provider(tmp):
+    """Rows queued for a provider that the providers file then renames: the
+    next send stops at once with exit 78 and names the provider (it waited
+    for ever), the rows stay queued, and with the name put back a send
+    delivers them, each once."""
+    d = os.path.join(tmp, "renamed")
+    os.makedirs(d)
+    sink = Sink(d)
+    n = 200
+    provs = [{"name": "alpha", "domains": ["*"], "route": "smtp://" + sink.addr,
+              "max_connections": 2, "rate": "50/s"}]
+    camp = make_campaign(d, "renamed", n, provs)
+    p = subprocess.Popen([VOLLEY, "send", camp, "--no-progress"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    with open(os.path.join(d, "providers.json"), "w") as f:
+        json.dump([dict(provs[0], name="beta")], f)
+    rc, out = send(camp, timeout=60)
+    check("renamed: send exits 78 and names the provider the rows wait for",
+          rc == 78 and '"alpha"' in out and "providers file" in out, out)
+    with open(os.path.join(d, "providers.json"), "w") as f:
+        json.dump(provs, f)
+    rc, out = send(camp, timeout=120)
+    st = sink.stop()
+    rcpts = [r for m in sink.log() for r in m["rcpts"]]
+    check("renamed: with the name put back the send finishes, every row once",
+          rc == 0 and len(set(rcpts)) == n and len(rcpts) - len(set(rcpts)) <= 2 * 4,
+          out + json.dumps(st))
+
+
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         run_tests([test_example, test_netease_faults, test_retries_keep_their_history,
-                   test_trial_then_full_send, test_sink_started_late], tmp)
+                   test_trial_then_full_send, test_sink_started_late,
+                   test_renamed_provider], tmp)
