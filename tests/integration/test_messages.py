@@ -268,7 +268,11 @@ def main():
     mm = re.search(rb"peak RSS: ([\d.]+) MB", out)
     ok(rc == 0 and b"1000000 rows, 1000000 rendered, 0 rejected" in out,
        "dry run of 1,000,000 rows", (out, err[-500:]))
-    ok(mm and float(mm.group(1)) < 64, "dry run of 1,000,000 rows stays under 64 MB RSS",
+    # ThreadSanitizer's shadow memory is counted in RSS: the bound means
+    # nothing there (CI's third pass).
+    tsan = os.environ.get("VOLLEY_TSAN") == "1"
+    ok(tsan or (mm and float(mm.group(1)) < 64),
+       "dry run of 1,000,000 rows stays under 64 MB RSS" + (" # skip under TSan" if tsan else ""),
        mm and mm.group(1))
 
     print("1..%d" % len(results))

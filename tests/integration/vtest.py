@@ -21,6 +21,9 @@ SINK = os.environ.get("VOLLEY_SINK", os.path.join(BUILDDIR, "bench", "volley-sin
 # times slower and its allocator keeps freed memory: the large campaigns are
 # scaled down, and memory bounds are not judged there.
 SANITIZED = os.environ.get("VOLLEY_SANITIZED") == "1"
+# ThreadSanitizer (CI's third pass, with VOLLEY_SANITIZED too) slows every
+# memory access: checks of timing within milliseconds are not judged there.
+TSAN = os.environ.get("VOLLEY_TSAN") == "1"
 
 
 def scaled(n):
