@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -140,6 +141,7 @@ static void ingest_main(void *arg)
     char err[1024];
     /* Ingest runs beside the first seconds of sending (prio.h). */
     vl_prio_background();
+    pthread_setname_np(pthread_self(), "volley-ingest");
     redisContext *c = sched_redis_connect_sync(t->url, 5000, err, sizeof err);
     if (!c) {
         fprintf(stderr, "volley: Redis: %s\n", err);

@@ -1,5 +1,6 @@
 #include "scheduler/worker.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -982,10 +983,12 @@ static void submit_rendered(sched_worker_t *w, prov_t *p, job_t *j)
 static void render_run(uv_work_t *req)
 {
     /* A thread of libuv's pool: once per thread, keep it from preempting
-     * the loop thread when it wakes (prio.h). */
+     * the loop thread when it wakes (prio.h), and name it for top, perf
+     * and the tests. */
     static __thread int background;
     if (!background) {
         vl_prio_background();
+        pthread_setname_np(pthread_self(), "volley-render");
         background = 1;
     }
     render_work_t *rw = req->data;
