@@ -99,6 +99,7 @@ typedef struct tally {
     const char *provider_copy; /* owned copy */
     const char *status;        /* static */
     unsigned long long n;
+    uint64_t until_ms;         /* held-off campaigns: not served again before this */
 } tally_t;
 
 typedef struct wk {
@@ -116,6 +117,7 @@ typedef struct wk {
     cli_metrics_t *metrics;
     tally_t *tallies;
     tally_t *refused; /* campaigns of an older layout, by id (only campaign is set) */
+    tally_t *held;    /* campaigns whose run stopped on an error: n times, until_ms */
 } wk_t;
 
 struct served {
@@ -219,14 +221,50 @@ static void maybe_exit(wk_t *wk)
     sched_redis_close(wk->r);
 }
 
+/* The entry of id in the held-off list; created (n 0) when create is set. */
+static tally_t *held_entry(wk_t *wk, const char *id, int create)
+{
+    for (tally_t *t = wk->held; t; t = t->next)
+        if (!strcmp(t->campaign, id))
+            return t;
+    tally_t *t = create ? calloc(1, sizeof *t) : NULL;
+    if (t && !(t->campaign = strdup(id))) {
+        free(t);
+        return NULL;
+    }
+    if (t) {
+        t->next = wk->held;
+        wk->held = t;
+    }
+    return t;
+}
+
 static void served_finish(int rc, const char *why, void *ud)
 {
     served_t *s = ud;
     wk_t *wk = s->wk;
-    if (rc && why && *why)
+    /* A run that stopped on an error (a provider stopped, a configuration
+     * a person must fix) is not served again at the next scan: that retried
+     * a refused login every 2 s and printed the same error each time. It is
+     * held off for a minute, doubling up to 15 while the error stays. */
+    tally_t *h = rc && !wk->stopping ? held_entry(wk, s->id, 1) : NULL;
+    if (h) {
+        uint64_t delay = 60000;
+        for (unsigned long long i = 0; i < h->n && delay < 900000; i++)
+            delay *= 2;
+        if (delay > 900000)
+            delay = 900000;
+        h->n++;
+        h->until_ms = uv_now(wk->loop) + delay;
+        fprintf(stderr, "volley worker: campaign %s: %s; trying it again in %llu s\n", s->id,
+                why && *why ? why : "stopped", (unsigned long long)(delay / 1000));
+    } else if (rc && why && *why) {
         fprintf(stderr, "volley worker: campaign %s: %s\n", s->id, why);
-    else
+    } else {
         fprintf(stderr, "volley worker: campaign %s: finished\n", s->id);
+        if ((h = held_entry(wk, s->id, 0)))
+            h->n = 0; /* the next error starts again at a minute */
+    }
     for (served_t **pp = &wk->served; *pp; pp = &(*pp)->next)
         if (*pp == s) {
             *pp = s->next;
@@ -253,6 +291,12 @@ static int is_refused(wk_t *wk, const char *id)
         free(t);
     }
     return 0;
+}
+
+static int held_off(wk_t *wk, const char *id)
+{
+    const tally_t *h = held_entry(wk, id, 0);
+    return h && uv_now(wk->loop) < h->until_ms;
 }
 
 static int is_served(wk_t *wk, const char *id)
@@ -313,7 +357,7 @@ static void on_meta(sched_redis_t *r, redisReply *reply, void *priv, int err, co
     char *id = priv;
     if (!err && reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
         reply->element[0]->str && reply->element[1]->str && !wk->stopping &&
-        !strcmp(reply->element[0]->str, "running") && !is_served(wk, id)) {
+        !strcmp(reply->element[0]->str, "running") && !is_served(wk, id) && !held_off(wk, id)) {
         if (reply->element[2]->str && !strcmp(reply->element[2]->str, SCHED_SCHEMA))
             serve(wk, id, reply->element[1]->str);
         else if (!is_refused(wk, id))
@@ -464,8 +508,8 @@ int cmd_worker(int argc, char **argv)
     uv_signal_start(&wk.sigterm, on_wk_signal, SIGTERM);
     uv_run(wk.loop, UV_RUN_DEFAULT);
     uv_loop_close(wk.loop);
-    tally_t *lists[] = {wk.tallies, wk.refused};
-    for (size_t i = 0; i < 2; i++)
+    tally_t *lists[] = {wk.tallies, wk.refused, wk.held};
+    for (size_t i = 0; i < 3; i++)
         while (lists[i]) {
             tally_t *t = lists[i];
             lists[i] = t->next;
