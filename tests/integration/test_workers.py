@@ -96,6 +96,31 @@ def status_state(url, cid):
     return r.stdout.splitlines()[0] if r.stdout else r.stderr
 
 
+def status_counts(url, cid):
+    """The campaign's counts from `volley status --json` ({} when it fails)."""
+    out = subprocess.run([VOLLEY, "status", cid, "--redis", url, "--json"],
+                         capture_output=True, text=True).stdout
+    return json.loads(out)["counts"] if out else {}
+
+
+def worker_sending(tmp, cid, n, rate):
+    """A campaign of n rows at rate/s over 4 connections, enqueued on a
+    private Redis, and a `volley worker` sending it once it has delivered
+    rate rows. Returns (url, redis, sink, worker)."""
+    d, sock, url, redis = private_redis(tmp, cid)
+    sink = Sink(d)
+    camp = make_campaign(d, cid, n, [{
+        "name": "p", "domains": ["*"], "route": "smtp://" + sink.addr,
+        "max_connections": 4, "rate": "%d/s" % rate}])
+    subprocess.run([VOLLEY, "enqueue", camp, "--redis", url], check=True, capture_output=True)
+    w = subprocess.Popen([VOLLEY, "worker", "--redis", url], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline and int(status_counts(url, cid).get("delivered", 0)) < rate:
+        time.sleep(0.1)
+    return url, redis, sink, w
+
+
 def test_redis_restart(tmp):
     d, sock, url, redis = private_redis(tmp, "restart")
     rd = os.path.dirname(sock)
@@ -198,27 +223,13 @@ def test_shared_rate(tmp):
 def test_cancel_running(tmp):
     """volley cancel while a worker sends: every row ends final, the rows the
     worker had claimed but not sent included, and sending stops."""
-    d, sock, url, redis = private_redis(tmp, "cancel")
-    sink = Sink(d)
     n = 3000
-    camp = make_campaign(d, "cxl", n, [{
-        "name": "p", "domains": ["*"], "route": "smtp://" + sink.addr,
-        "max_connections": 4, "rate": "200/s"}])
-    subprocess.run([VOLLEY, "enqueue", camp, "--redis", url], check=True, capture_output=True)
-    w = subprocess.Popen([VOLLEY, "worker", "--redis", url], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
-    def counts_now():
-        out = subprocess.run([VOLLEY, "status", "cxl", "--redis", url, "--json"],
-                             capture_output=True, text=True).stdout
-        return json.loads(out)["counts"] if out else {}
-    deadline = time.time() + 30
-    while time.time() < deadline and int(counts_now().get("delivered", 0)) < 100:
-        time.sleep(0.1)
+    url, redis, sink, w = worker_sending(tmp, "cxl", n, 200)
     r = subprocess.run([VOLLEY, "cancel", "cxl", "--redis", url], capture_output=True, text=True)
     check("cancel: exit 0", r.returncode == 0, r.stdout + r.stderr)
     deadline, counts = time.time() + 30, {}
     while time.time() < deadline:
-        counts = counts_now()
+        counts = status_counts(url, "cxl")
         if int(counts.get("final", 0)) >= n:
             break
         time.sleep(0.3)
@@ -241,31 +252,16 @@ def test_pause_running(tmp):
     """volley pause while a worker sends: sending stops within a second or
     two, rows the worker had claimed included (they go back to the due set,
     not to the sink); resume sends the rest, each row once."""
-    d, sock, url, redis = private_redis(tmp, "pause")
-    sink = Sink(d)
     n = 600
     # A slow rate, so that the rows a worker claims ahead (three windows of
     # 4 connections) would take seconds to send after the pause.
-    camp = make_campaign(d, "pz", n, [{
-        "name": "p", "domains": ["*"], "route": "smtp://" + sink.addr,
-        "max_connections": 4, "rate": "40/s"}])
-    subprocess.run([VOLLEY, "enqueue", camp, "--redis", url], check=True, capture_output=True)
-    w = subprocess.Popen([VOLLEY, "worker", "--redis", url], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
-
-    def counts_now():
-        out = subprocess.run([VOLLEY, "status", "pz", "--redis", url, "--json"],
-                             capture_output=True, text=True).stdout
-        return json.loads(out)["counts"] if out else {}
-    deadline = time.time() + 30
-    while time.time() < deadline and int(counts_now().get("delivered", 0)) < 40:
-        time.sleep(0.1)
+    url, redis, sink, w = worker_sending(tmp, "pz", n, 40)
     r = subprocess.run([VOLLEY, "pause", "pz", "--redis", url], capture_output=True, text=True)
     check("pause: exit 0", r.returncode == 0, r.stdout + r.stderr)
     time.sleep(2.0)
-    at_pause = int(counts_now().get("delivered", 0))
+    at_pause = int(status_counts(url, "pz").get("delivered", 0))
     time.sleep(3.0)
-    later = counts_now()
+    later = status_counts(url, "pz")
     check("nothing is sent while paused (%d delivered 2 s after the pause, %s 3 s later)"
           % (at_pause, later.get("delivered")),
           int(later.get("delivered", 0)) == at_pause and at_pause < n, json.dumps(later))
@@ -273,7 +269,7 @@ def test_pause_running(tmp):
     check("resume: exit 0", r.returncode == 0, r.stdout + r.stderr)
     deadline, counts = time.time() + 90, {}
     while time.time() < deadline:
-        counts = counts_now()
+        counts = status_counts(url, "pz")
         if int(counts.get("final", 0)) >= n:
             break
         time.sleep(0.3)
