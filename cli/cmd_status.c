@@ -162,26 +162,66 @@ static redisReply *cmd_expect(cli_redis_t *r, const char *name, int type, int *c
     return rep;
 }
 
-/* Rows in a due or lease set (keys.h: a member stands for n rows of a batch,
- * or one row), and of those the ones with a score <= ARGV[1].
- * KEYS: the set. Returns {rows up to ARGV[1], all rows}. */
+/* Rows in a due or lease set that are still to be sent, and of those the
+ * ones with a score <= ARGV[1]. A member (keys.h) is a batch part "F-L/n",
+ * n rows of the provider in batch F-L, or one row "F-L:r"; in the lease set
+ * it is followed by "|NAME". A part given back after a stop, a kill or a
+ * pause still says n though some of its rows went final: its rows are
+ * counted from the state bits (0: waiting in the batch), and from the batch
+ * blob for the provider's rows when some are not 0. Counting n alone showed
+ * more rows pending than were left.
+ * KEYS: the set, {c:ID}:state, {c:ID}:batch. ARGV[2]: the provider of a due
+ * set, "" for the lease set. Returns {rows up to ARGV[1], all rows}. */
 static const char rows_lua[] =
+    "local function st(bytes, base, row)\n"
+    "    local b = string.byte(bytes, math.floor(row / 4) - base + 1) or 0\n"
+    "    return bit.band(bit.rshift(b, 6 - (row % 4) * 2), 3)\n"
+    "end\n"
     "local all, upto = 0, 0\n"
     "local z = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')\n"
     "local lim = tonumber(ARGV[1])\n"
     "for i = 1, #z, 2 do\n"
-    "    local n = tonumber(z[i]:match('^%d+%-%d+/(%d+)') or 1)\n"
+    "    local m, prov = z[i], ARGV[2]\n"
+    "    if prov == '' then m, prov = z[i]:match('^(.*)|(.*)$') end\n"
+    "    local n = 1\n"
+    "    local f, l, k = (m or ''):match('^(%d+)%-(%d+)/(%d+)$')\n"
+    "    local r = (m or ''):match('^%d+%-%d+:(%d+)$')\n"
+    "    if f then\n"
+    "        f, l, n = tonumber(f), tonumber(l), tonumber(k)\n"
+    "        local base = math.floor(f / 4)\n"
+    "        local bytes = redis.call('GETRANGE', KEYS[2], base, math.floor(l / 4))\n"
+    "        local clean = true\n"
+    "        for row = f, l do\n"
+    "            if st(bytes, base, row) ~= 0 then clean = false break end\n"
+    "        end\n"
+    "        if not clean then\n"
+    "            n = 0\n"
+    "            local blob = redis.call('HGET', KEYS[3], f .. '-' .. l) or ''\n"
+    "            for row, p in blob:gmatch('(%d+)\\t([^\\t]*)\\t[^\\n]*\\n') do\n"
+    "                if p == prov and st(bytes, base, tonumber(row)) == 0 then n = n + 1 end\n"
+    "            end\n"
+    "        end\n"
+    "    elseif r then\n"
+    "        r = tonumber(r)\n"
+    "        local b = redis.call('GETRANGE', KEYS[2], math.floor(r / 4), math.floor(r / 4))\n"
+    "        if st(b, math.floor(r / 4), r) == 2 then n = 0 end\n"
+    "    end\n"
     "    all = all + n\n"
     "    if tonumber(z[i + 1]) <= lim then upto = upto + n end\n"
     "end\n"
     "return {upto, all}\n";
 
-static int count_rows(cli_redis_t *r, const char *name, const char *key, long long upto,
-                      long long *n_upto, long long *n_all)
+static int count_rows(cli_redis_t *r, const char *name, const char *key, const char *provider,
+                      long long upto, long long *n_upto, long long *n_all)
 {
     int code = EX_OK;
+    const char *id = cli_redis_id(r);
+    char k_state[512], k_batch[512];
+    snprintf(k_state, sizeof k_state, SCHED_KEY_STATE, id);
+    snprintf(k_batch, sizeof k_batch, SCHED_KEY_BATCH, id);
     redisReply *rep = cmd_expect(r, name, REDIS_REPLY_ARRAY, &code, "count rows",
-                                 "EVAL %s 1 %s %lld", rows_lua, key, upto);
+                                 "EVAL %s 3 %s %s %s %lld %s", rows_lua, key, k_state, k_batch,
+                                 upto, provider);
     if (!rep)
         return code;
     if (rep->elements != 2) {
@@ -213,7 +253,7 @@ static int do_status(cli_redis_t *r, const char *name, int json)
     freeReplyObject(rep);
     snprintf(key, sizeof key, SCHED_KEY_LEASE, id);
     long long leased = 0, unused = 0;
-    if ((code = count_rows(r, name, key, 0, &unused, &leased)))
+    if ((code = count_rows(r, name, key, "", 0, &unused, &leased)))
         goto out_counts;
     snprintf(key, sizeof key, SCHED_KEY_PROVIDERS, id);
     redisReply *provs;
@@ -230,7 +270,7 @@ static int do_status(cli_redis_t *r, const char *name, int json)
         json_object_set_new(po, "name", json_string(p));
         snprintf(key, sizeof key, SCHED_KEY_DUE, id, p);
         long long all = 0, due = 0;
-        if ((code = count_rows(r, name, key, now, &due, &all)))
+        if ((code = count_rows(r, name, key, p, now, &due, &all)))
             goto out_list;
         pending += all;
         due_now_all += due;
@@ -547,7 +587,7 @@ static int do_set_state(cli_redis_t *r, const char *name, int json)
     if (code) return code;
     snprintf(due, sizeof due, SCHED_KEY_LEASE, id);
     long long leased = 0, unused;
-    code = count_rows(r, name, due, 0, &unused, &leased);
+    code = count_rows(r, name, due, "", 0, &unused, &leased);
     printf("campaign %s cancelled: %lld waiting row%s cancelled", id, cancelled,
            cancelled == 1 ? "" : "s");
     if (leased)

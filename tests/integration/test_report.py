@@ -403,6 +403,31 @@ def status_text_and_json():
 
 
 @test
+def status_counts_rows_left_in_returned_parts():
+    """A batch part given back after a stop or a kill still says how many
+    rows it had; status counts those still to send from the state bits and
+    the blob (it showed rows already delivered as pending)."""
+    r = SRV.client()
+    fill_campaign(r, "c3")
+    k = "{c:c3}"
+    # Batch 1-5: netease's rows 1 and 2 are final; rest's row 3 is final and
+    # row 4 is retried on its own. Their parts, given back whole:
+    r("ZADD", k + ":due:netease", 0, "1-5/2")
+    r("ZADD", k + ":lease", T0 + 60000, "1-5/2|rest")
+    # Batch 9-10, not tried yet (state 0): both rows count.
+    r("HSET", k + ":batch", "9-10", blob([(9, "netease", ["i@163.com", "I"]),
+                                          (10, "netease", ["j@163.com", "J"])]))
+    r("ZADD", k + ":due:netease", T0 + 3600000 * 24 * 3650, "9-10/2")
+    rc, out, err = volley("status", "c3", "--redis", SRV.url, "--json")
+    assert rc == 0, (rc, err)
+    st = json.loads(out)
+    # fill_campaign's 2 pending and 1 leased, the two rows of 9-10; nothing of 1-5.
+    assert st["pending"] == 4 and st["due_now"] == 1 and st["leased"] == 1, st
+    p = {x["name"]: x for x in st["providers"]}
+    assert p["netease"]["due_now"] == 1 and p["netease"]["scheduled_later"] == 2, p
+
+
+@test
 def pause_resume_cancel():
     r = SRV.client()
     fill_campaign(r)
