@@ -422,8 +422,7 @@ void camp_job_close(camp_job_t *j)
 int camp_job_open_cmd(camp_job_t *j, const char *path)
 {
     int rc = camp_job_open(j, path, 0, camp_print_diag, stderr);
-    if (!rc)
-        return 0;
+    if (!rc) return 0;
     int code = rc == VL_ENOMEM ? EX_OSERR : camp_exit_code(j->worst);
     camp_job_close(j);
     return code ? code : EX_DATAERR;

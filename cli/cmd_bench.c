@@ -70,8 +70,7 @@ static void on_done(eng_msg_t *m, const eng_result_t *res)
         snprintf(b->first_failure_errstr, sizeof b->first_failure_errstr, "%s",
                  res->errstr ? res->errstr : "");
     }
-    if (b->submitted < b->n)
-        submit_next(b, sl);
+    if (b->submitted < b->n) submit_next(b, sl);
     if (b->done == b->n && !b->closed) {
         b->t1 = uv_hrtime();
         b->closed = 1;
@@ -122,14 +121,14 @@ static void submit_next(bench_t *b, slot_t *sl)
 static char *make_body(size_t size, size_t *len)
 {
     char *p = malloc(size + 80);
-    if (!p)
-        return NULL;
+    if (!p) return NULL;
     size_t at = 0;
     unsigned line = 0;
     while (at < size) {
         char l[80];
-        int n = snprintf(l, sizeof l, "%s%05u volley benchmark payload line, "
-                                      "abcdefghijklmnopqrstuvwxyz0123456789",
+        int n = snprintf(l, sizeof l,
+                         "%s%05u volley benchmark payload line, "
+                         "abcdefghijklmnopqrstuvwxyz0123456789",
                          line % 20 == 19 ? "." : "", line);
         memcpy(p + at, l, (size_t)n);
         at += (size_t)n;
@@ -143,32 +142,31 @@ static char *make_body(size_t size, size_t *len)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: volley bench smtp[s]://[USER@]HOST:PORT [options]\n"
-            "\n"
-            "Send synthetic messages to an SMTP server and report throughput and latency.\n"
-            "\n"
-            "  -c, --connections N   connections (default 10)\n"
-            "  -n, --messages N      messages to send (default 1000)\n"
-            "  -s, --size BYTES      message size (default 2000)\n"
-            "  -r, --rcpts N         recipients per message (default 1)\n"
-            "      --msgs-per-conn N QUIT and reconnect after N messages (default: never)\n"
-            "      --no-pipelining   one command per round trip even if PIPELINING is offered\n"
-            "      --no-chunking     DATA even if CHUNKING is offered\n"
-            "      --no-tls          never STARTTLS (smtp:// only)\n"
-            "      --require-tls     fail unless STARTTLS succeeds (smtp:// only)\n"
-            "      --ca-file FILE    trust these CAs instead of the system store\n"
-            "      --insecure        do not verify the server's certificate (tests only)\n"
-            "      --allow-plain-auth  allow AUTH without TLS (loopback tests only)\n"
-            "      --from ADDR       envelope sender (default bench@volley.invalid)\n"
-            "      --rcpt-domain D   recipients are userN@D (default example.com)\n"
-            "      --helo NAME       EHLO name\n"
-            "      --timeout MS      every per-stage timeout, in milliseconds\n"
-            "      --json            print the results as one JSON object\n"
-            "      --trace           print the SMTP conversation to stderr\n"
-            "\n"
-            "The password for USER comes from the environment variable VOLLEY_SMTP_PASSWORD\n"
-            "or --password-file FILE, never from the command line.\n");
+    fprintf(f, "usage: volley bench smtp[s]://[USER@]HOST:PORT [options]\n"
+               "\n"
+               "Send synthetic messages to an SMTP server and report throughput and latency.\n"
+               "\n"
+               "  -c, --connections N   connections (default 10)\n"
+               "  -n, --messages N      messages to send (default 1000)\n"
+               "  -s, --size BYTES      message size (default 2000)\n"
+               "  -r, --rcpts N         recipients per message (default 1)\n"
+               "      --msgs-per-conn N QUIT and reconnect after N messages (default: never)\n"
+               "      --no-pipelining   one command per round trip even if PIPELINING is offered\n"
+               "      --no-chunking     DATA even if CHUNKING is offered\n"
+               "      --no-tls          never STARTTLS (smtp:// only)\n"
+               "      --require-tls     fail unless STARTTLS succeeds (smtp:// only)\n"
+               "      --ca-file FILE    trust these CAs instead of the system store\n"
+               "      --insecure        do not verify the server's certificate (tests only)\n"
+               "      --allow-plain-auth  allow AUTH without TLS (loopback tests only)\n"
+               "      --from ADDR       envelope sender (default bench@volley.invalid)\n"
+               "      --rcpt-domain D   recipients are userN@D (default example.com)\n"
+               "      --helo NAME       EHLO name\n"
+               "      --timeout MS      every per-stage timeout, in milliseconds\n"
+               "      --json            print the results as one JSON object\n"
+               "      --trace           print the SMTP conversation to stderr\n"
+               "\n"
+               "The password for USER comes from the environment variable VOLLEY_SMTP_PASSWORD\n"
+               "or --password-file FILE, never from the command line.\n");
 }
 
 static void trace_cb(void *ud, unsigned conn, char dir, const char *line, size_t len)
@@ -197,8 +195,7 @@ static void print_text(const bench_t *b, const eng_stats_t *st, double secs, dou
     printf("latency (ms)        count      p50      p90      p99      max\n");
     for (int i = 0; i < ENG_STAGE_LAST; i++) {
         const hist_t *h = &st->verb[i];
-        if (!h->count)
-            continue;
+        if (!h->count) continue;
         printf("  %-12s %12" PRIu64 " %8.2f %8.2f %8.2f %8.2f\n", eng_stage_name(i), h->count,
                us_to_ms(hist_percentile(h, 50)), us_to_ms(hist_percentile(h, 90)),
                us_to_ms(hist_percentile(h, 99)), us_to_ms(h->max));
@@ -257,8 +254,7 @@ static void print_json(const bench_t *b, const eng_stats_t *st, double secs, dou
            st->connections, st->setup_failures);
     int first = 1;
     for (int i = 0; i < ENG_STAGE_LAST; i++) {
-        if (!st->verb[i].count)
-            continue;
+        if (!st->verb[i].count) continue;
         printf("%s\"%s\":", first ? "" : ",", eng_stage_name(i));
         print_hist_json(&st->verb[i]);
         first = 0;
@@ -418,8 +414,10 @@ int cmd_bench(int argc, char **argv)
         return EX_USAGE;
     }
     if (rcpts > MAX_RCPTS || conns > 100000) {
-        fprintf(stderr, "volley bench: at most %d recipients per message and 100000 "
-                        "connections\n", MAX_RCPTS);
+        fprintf(stderr,
+                "volley bench: at most %d recipients per message and 100000 "
+                "connections\n",
+                MAX_RCPTS);
         return EX_USAGE;
     }
     if (no_tls && req_tls) {
@@ -492,13 +490,11 @@ int cmd_bench(int argc, char **argv)
     /* A few messages in flight per connection keep every connection busy
      * (one being answered, one queued behind it). */
     size_t nslots = (size_t)conns * 4;
-    if (nslots > (size_t)n)
-        nslots = (size_t)n;
+    if (nslots > (size_t)n) nslots = (size_t)n;
     slot_t *slots = calloc(nslots, sizeof *slots);
     int oom = !b.body || !b.rcpt_names || !slots;
     for (size_t i = 0; !oom && i < nnames; i++) {
-        if (asprintf(&b.rcpt_names[i], "user%zu@%s", i + 1, domain) < 0)
-            oom = 1;
+        if (asprintf(&b.rcpt_names[i], "user%zu@%s", i + 1, domain) < 0) oom = 1;
     }
     for (size_t i = 0; !oom && i < nslots; i++) {
         slots[i].b = &b;
@@ -516,12 +512,10 @@ int cmd_bench(int argc, char **argv)
     for (size_t i = 0; i < nslots; i++)
         submit_next(&b, &slots[i]);
     uv_run(b.loop, UV_RUN_DEFAULT);
-    if (!b.t1)
-        b.t1 = uv_hrtime();
+    if (!b.t1) b.t1 = uv_hrtime();
     double cpu = cpu_seconds() - cpu0;
     double secs = (double)(b.t1 - b.t0) / 1e9;
-    if (secs <= 0)
-        secs = 1e-9;
+    if (secs <= 0) secs = 1e-9;
 
     if (json)
         print_json(&b, &b.stats, secs, cpu, (unsigned)conns);
@@ -539,8 +533,7 @@ int cmd_bench(int argc, char **argv)
     free(b.body);
     uv_loop_close(b.loop);
 
-    if (b.by_status[ENG_DELIVERED] == b.n)
-        return EX_OK;
+    if (b.by_status[ENG_DELIVERED] == b.n) return EX_OK;
     /* Nothing got through because no connection could be set up: the
      * service is unavailable. Anything else is a partial, temporary failure. */
     if (b.by_status[ENG_DELIVERED] == 0 && b.stats.setup_failures && b.have_failure &&

@@ -54,8 +54,7 @@ int cmd_render(int argc, char **argv)
     }
     camp_job_t j;
     int rc = camp_job_open_cmd(&j, argv[optind]);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     tpl_csv_row_t *row = NULL;
     unsigned long seen = 0;
     while ((rc = camp_job_next(&j, &row)) == 1) {

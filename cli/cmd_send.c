@@ -53,8 +53,7 @@ static int dry_run(const char *path, unsigned long limit, int sign)
 {
     camp_job_t j;
     int rc = camp_job_open_cmd(&j, path);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     msg_out_t *o;
     if (msg_out_new(&o, j.f)) {
         camp_job_close(&j);
@@ -106,8 +105,17 @@ static int dry_run(const char *path, unsigned long limit, int sign)
 
 int cmd_send(int argc, char **argv)
 {
-    enum { OPT_DRY = 1000, OPT_SIGN, OPT_NOPROG, OPT_REDIS, OPT_CA, OPT_INSECURE, OPT_RETRY,
-           OPT_LEASE, OPT_DNS };
+    enum {
+        OPT_DRY = 1000,
+        OPT_SIGN,
+        OPT_NOPROG,
+        OPT_REDIS,
+        OPT_CA,
+        OPT_INSECURE,
+        OPT_RETRY,
+        OPT_LEASE,
+        OPT_DNS
+    };
     static const struct option opts[] = {{"dry-run", no_argument, NULL, OPT_DRY},
                                          {"limit", required_argument, NULL, 'n'},
                                          {"sign", no_argument, NULL, OPT_SIGN},

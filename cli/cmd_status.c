@@ -219,11 +219,10 @@ static int count_rows(cli_redis_t *r, const char *name, const char *key, const c
     char k_state[512], k_batch[512];
     snprintf(k_state, sizeof k_state, SCHED_KEY_STATE, id);
     snprintf(k_batch, sizeof k_batch, SCHED_KEY_BATCH, id);
-    redisReply *rep = cmd_expect(r, name, REDIS_REPLY_ARRAY, &code, "count rows",
-                                 "EVAL %s 3 %s %s %s %lld %s", rows_lua, key, k_state, k_batch,
-                                 upto, provider);
-    if (!rep)
-        return code;
+    redisReply *rep =
+        cmd_expect(r, name, REDIS_REPLY_ARRAY, &code, "count rows", "EVAL %s 3 %s %s %s %lld %s",
+                   rows_lua, key, k_state, k_batch, upto, provider);
+    if (!rep) return code;
     if (rep->elements != 2) {
         return redis_fail(r, name, rep, "count rows");
     }
@@ -253,8 +252,7 @@ static int do_status(cli_redis_t *r, const char *name, int json)
     freeReplyObject(rep);
     snprintf(key, sizeof key, SCHED_KEY_LEASE, id);
     long long leased = 0, unused = 0;
-    if ((code = count_rows(r, name, key, "", 0, &unused, &leased)))
-        goto out_counts;
+    if ((code = count_rows(r, name, key, "", 0, &unused, &leased))) goto out_counts;
     snprintf(key, sizeof key, SCHED_KEY_PROVIDERS, id);
     redisReply *provs;
     if (!(provs = cmd_expect(r, name, REDIS_REPLY_ARRAY, &code, "SMEMBERS providers", "SMEMBERS %s",
@@ -270,8 +268,7 @@ static int do_status(cli_redis_t *r, const char *name, int json)
         json_object_set_new(po, "name", json_string(p));
         snprintf(key, sizeof key, SCHED_KEY_DUE, id, p);
         long long all = 0, due = 0;
-        if ((code = count_rows(r, name, key, p, now, &due, &all)))
-            goto out_list;
+        if ((code = count_rows(r, name, key, p, now, &due, &all))) goto out_list;
         pending += all;
         due_now_all += due;
         json_object_set_new(po, "due_now", json_integer(due));

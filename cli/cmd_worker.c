@@ -63,24 +63,20 @@ int cmd_enqueue(int argc, char **argv)
     }
     camp_job_t j;
     int rc = camp_job_open_cmd(&j, argv[optind]);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     rl_providers_t *provs = NULL;
     int code = cli_load_providers(j.c, &provs);
     char abspath[PATH_MAX], err[512];
-    if (!realpath(argv[optind], abspath))
-        snprintf(abspath, sizeof abspath, "%s", argv[optind]);
+    if (!realpath(argv[optind], abspath)) snprintf(abspath, sizeof abspath, "%s", argv[optind]);
     redisContext *ctx = code ? NULL : sched_redis_connect_sync(url, 5000, err, sizeof err);
     if (!code && !ctx) {
         fprintf(stderr, "volley enqueue: Redis: %s\n", err);
         code = EX_UNAVAILABLE;
     }
-    if (!code)
-        code = cli_ingest(ctx, &j, provs, abspath, at, limit);
+    if (!code) code = cli_ingest(ctx, &j, provs, abspath, at, limit);
     if (!code)
         printf("campaign %s enqueued; run `volley worker --redis URL` to send it\n", j.c->id);
-    if (ctx)
-        redisFree(ctx);
+    if (ctx) redisFree(ctx);
     rl_providers_free(provs);
     camp_job_close(&j);
     return code;
@@ -99,7 +95,7 @@ typedef struct tally {
     const char *provider_copy; /* owned copy */
     const char *status;        /* static */
     unsigned long long n;
-    uint64_t until_ms;         /* held-off campaigns: not served again before this */
+    uint64_t until_ms; /* held-off campaigns: not served again before this */
 } tally_t;
 
 typedef struct wk {
@@ -133,16 +129,14 @@ static void on_result(const char *provider, const char *status, void *ud)
 {
     served_t *s = ud;
     wk_t *wk = s->wk;
-    if (!wk->metrics)
-        return;
+    if (!wk->metrics) return;
     tally_t *t = wk->tallies;
     while (t && (t->status != status || strcmp(t->provider_copy, provider) ||
                  strcmp(t->campaign, s->id)))
         t = t->next;
     if (!t) {
         t = calloc(1, sizeof *t);
-        if (!t)
-            return;
+        if (!t) return;
         t->campaign = strdup(s->id);
         t->provider_copy = strdup(provider);
         t->status = status;
@@ -177,7 +171,8 @@ static int fill_metrics(buf_t *out, void *ud)
         {"volley_worker_in_flight", "Messages handed to the connections."},
         {"volley_worker_backlog", "Claimed rows waiting for rate and quota tokens."},
         {"volley_worker_connections", "Open connections."},
-        {"volley_worker_max_connections", "The connection ceiling in force (learned or configured)."},
+        {"volley_worker_max_connections",
+         "The connection ceiling in force (learned or configured)."},
     };
     for (size_t g = 0; g < sizeof gauges / sizeof *gauges && !rc; g++) {
         rc = buf_printf(out, "# HELP %s %s\n# TYPE %s gauge\n", gauges[g].name, gauges[g].help,
@@ -186,7 +181,7 @@ static int fill_metrics(buf_t *out, void *ud)
             for (size_t i = 0; i < sched_worker_providers(s->w) && !rc; i++) {
                 sched_prov_stats_t st;
                 sched_worker_provider_stats(s->w, i, &st);
-                unsigned v = g == 0 ? st.inflight
+                unsigned v = g == 0   ? st.inflight
                              : g == 1 ? st.backlog
                              : g == 2 ? st.connections
                                       : st.max_connections;
@@ -202,16 +197,16 @@ static int fill_metrics(buf_t *out, void *ud)
     for (served_t *s = wk->served; s; s = s->next)
         n++;
     if (!rc)
-        rc = buf_printf(out, "# HELP volley_worker_campaigns Campaigns this worker serves.\n"
-                             "# TYPE volley_worker_campaigns gauge\nvolley_worker_campaigns %u\n",
+        rc = buf_printf(out,
+                        "# HELP volley_worker_campaigns Campaigns this worker serves.\n"
+                        "# TYPE volley_worker_campaigns gauge\nvolley_worker_campaigns %u\n",
                         n);
     return rc;
 }
 
 static void maybe_exit(wk_t *wk)
 {
-    if (!wk->stopping || wk->served)
-        return;
+    if (!wk->stopping || wk->served) return;
     cli_metrics_close(wk->metrics);
     wk->metrics = NULL;
     uv_timer_stop(&wk->scan);
@@ -225,8 +220,7 @@ static void maybe_exit(wk_t *wk)
 static tally_t *held_entry(wk_t *wk, const char *id, int create)
 {
     for (tally_t *t = wk->held; t; t = t->next)
-        if (!strcmp(t->campaign, id))
-            return t;
+        if (!strcmp(t->campaign, id)) return t;
     tally_t *t = create ? calloc(1, sizeof *t) : NULL;
     if (t && !(t->campaign = strdup(id))) {
         free(t);
@@ -252,8 +246,7 @@ static void served_finish(int rc, const char *why, void *ud)
         uint64_t delay = 60000;
         for (unsigned long long i = 0; i < h->n && delay < 900000; i++)
             delay *= 2;
-        if (delay > 900000)
-            delay = 900000;
+        if (delay > 900000) delay = 900000;
         h->n++;
         h->until_ms = uv_now(wk->loop) + delay;
         fprintf(stderr, "volley worker: campaign %s: %s; trying it again in %llu s\n", s->id,
@@ -262,8 +255,7 @@ static void served_finish(int rc, const char *why, void *ud)
         fprintf(stderr, "volley worker: campaign %s: %s\n", s->id, why);
     } else {
         fprintf(stderr, "volley worker: campaign %s: finished\n", s->id);
-        if ((h = held_entry(wk, s->id, 0)))
-            h->n = 0; /* the next error starts again at a minute */
+        if ((h = held_entry(wk, s->id, 0))) h->n = 0; /* the next error starts again at a minute */
     }
     for (served_t **pp = &wk->served; *pp; pp = &(*pp)->next)
         if (*pp == s) {
@@ -281,8 +273,7 @@ static void served_finish(int rc, const char *why, void *ud)
 static int is_refused(wk_t *wk, const char *id)
 {
     for (tally_t *t = wk->refused; t; t = t->next)
-        if (!strcmp(t->campaign, id))
-            return 1;
+        if (!strcmp(t->campaign, id)) return 1;
     tally_t *t = calloc(1, sizeof *t);
     if (t && (t->campaign = strdup(id))) {
         t->next = wk->refused;
@@ -302,20 +293,18 @@ static int held_off(wk_t *wk, const char *id)
 static int is_served(wk_t *wk, const char *id)
 {
     for (served_t *s = wk->served; s; s = s->next)
-        if (!strcmp(s->id, id))
-            return 1;
+        if (!strcmp(s->id, id)) return 1;
     return 0;
 }
 
 static void serve(wk_t *wk, const char *id, const char *path)
 {
     served_t *s = calloc(1, sizeof *s);
-    if (!s)
-        return;
+    if (!s) return;
     s->wk = wk;
     s->id = strdup(id);
-    if (camp_job_open(&s->job, path, 0, camp_print_diag, stderr) ||
-        strcmp(s->job.c->id, id) != 0 || cli_load_providers(s->job.c, &s->provs)) {
+    if (camp_job_open(&s->job, path, 0, camp_print_diag, stderr) || strcmp(s->job.c->id, id) != 0 ||
+        cli_load_providers(s->job.c, &s->provs)) {
         fprintf(stderr, "volley worker: campaign %s: cannot open %s; skipped\n", id, path);
         camp_job_close(&s->job);
         free(s->id);
@@ -361,27 +350,25 @@ static void on_meta(sched_redis_t *r, redisReply *reply, void *priv, int err, co
         if (reply->element[2]->str && !strcmp(reply->element[2]->str, SCHED_SCHEMA))
             serve(wk, id, reply->element[1]->str);
         else if (!is_refused(wk, id))
-            fprintf(stderr, "volley worker: campaign %s was enqueued by an older volley whose "
-                            "Redis layout this one cannot read; skipped\n", id);
+            fprintf(stderr,
+                    "volley worker: campaign %s was enqueued by an older volley whose "
+                    "Redis layout this one cannot read; skipped\n",
+                    id);
     }
     free(id);
 }
 
-static void on_campaigns(sched_redis_t *r, redisReply *reply, void *priv, int err,
-                         const char *es)
+static void on_campaigns(sched_redis_t *r, redisReply *reply, void *priv, int err, const char *es)
 {
     wk_t *wk = priv;
-    if (err || !reply || reply->type != REDIS_REPLY_ARRAY)
-        return;
+    if (err || !reply || reply->type != REDIS_REPLY_ARRAY) return;
     for (size_t i = 0; i < reply->elements; i++) {
         const char *id = reply->element[i]->str;
-        if (!id || is_served(wk, id))
-            continue;
+        if (!id || is_served(wk, id)) continue;
         char key[300];
         snprintf(key, sizeof key, SCHED_KEY_META, id);
         char *copy = strdup(id);
-        if (sched_redis_cmd(r, on_meta, copy, "HMGET %s state path schema", key))
-            free(copy);
+        if (sched_redis_cmd(r, on_meta, copy, "HMGET %s state path schema", key)) free(copy);
     }
 }
 
@@ -489,8 +476,8 @@ int cmd_worker(int argc, char **argv)
     }
     if (metrics) {
         char bound[96];
-        if (cli_metrics_start(&wk.metrics, wk.loop, metrics, fill_metrics, &wk, bound,
-                              sizeof bound, err, sizeof err)) {
+        if (cli_metrics_start(&wk.metrics, wk.loop, metrics, fill_metrics, &wk, bound, sizeof bound,
+                              err, sizeof err)) {
             fprintf(stderr, "volley worker: %s\n", err);
             sched_redis_close(wk.r);
             uv_run(wk.loop, UV_RUN_DEFAULT);

@@ -20,6 +20,4 @@ int cmd_resume(int argc, char **argv);
 int cmd_cancel(int argc, char **argv);
 int cmd_suppress(int argc, char **argv);
 
-
-
 #endif

@@ -54,8 +54,7 @@ int main(int argc, char **argv)
      * kill the process: SMTP servers and Redis both do it. */
     signal(SIGPIPE, SIG_IGN);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (!strcmp(argv[1], commands[i].name))
-            return commands[i].run(argc - 1, argv + 1);
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
     fprintf(stderr, "volley: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return EX_USAGE;

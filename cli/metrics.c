@@ -30,8 +30,7 @@ typedef struct mconn {
 static void conn_closed(uv_handle_t *h)
 {
     mconn_t *c = h->data;
-    if (--c->handles)
-        return;
+    if (--c->handles) return;
     buf_free(&c->in);
     buf_free(&c->out);
     free(c);
@@ -39,8 +38,7 @@ static void conn_closed(uv_handle_t *h)
 
 static void conn_close(mconn_t *c)
 {
-    if (c->closing)
-        return;
+    if (c->closing) return;
     c->closing = 1;
     for (mconn_t **pp = &c->m->conns; *pp; pp = &(*pp)->next)
         if (*pp == c) {
@@ -57,8 +55,7 @@ static void on_written(uv_write_t *req, int status)
     conn_close(req->data);
 }
 
-static void answer(mconn_t *c, const char *status, const char *type, const char *body,
-                   size_t len)
+static void answer(mconn_t *c, const char *status, const char *type, const char *body, size_t len)
 {
     if (buf_printf(&c->out,
                    "HTTP/1.0 %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
@@ -71,8 +68,7 @@ static void answer(mconn_t *c, const char *status, const char *type, const char 
     uv_read_stop((uv_stream_t *)&c->tcp);
     uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
     c->wreq.data = c;
-    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written))
-        conn_close(c);
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written)) conn_close(c);
 }
 
 static void handle(mconn_t *c)
@@ -130,11 +126,9 @@ static void on_timeout(uv_timer_t *t)
 static void on_connection(uv_stream_t *server, int status)
 {
     cli_metrics_t *m = server->data;
-    if (status < 0)
-        return;
+    if (status < 0) return;
     mconn_t *c = calloc(1, sizeof *c);
-    if (!c)
-        return;
+    if (!c) return;
     c->m = m;
     buf_init(&c->in, REQ_MAX);
     buf_init(&c->out, (size_t)64 << 20);
@@ -161,8 +155,7 @@ int cli_metrics_start(cli_metrics_t **out, uv_loop_t *loop, const char *hostport
     char host[64];
     size_t hl = colon ? (size_t)(colon - hostport) : 0;
     const char *h = hostport;
-    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']')
-        h++, hl -= 2;
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') h++, hl -= 2;
     char *end = NULL;
     long port = colon ? strtol(colon + 1, &end, 10) : -1;
     if (!colon || hl >= sizeof host || !colon[1] || *end || port < 0 || port > 65535) {
@@ -171,8 +164,7 @@ int cli_metrics_start(cli_metrics_t **out, uv_loop_t *loop, const char *hostport
     }
     memcpy(host, h, hl);
     host[hl] = '\0';
-    if (!hl)
-        snprintf(host, sizeof host, "127.0.0.1");
+    if (!hl) snprintf(host, sizeof host, "127.0.0.1");
     struct sockaddr_storage ss;
     if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&ss) &&
         uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&ss)) {
@@ -189,8 +181,7 @@ int cli_metrics_start(cli_metrics_t **out, uv_loop_t *loop, const char *hostport
     uv_tcp_init(loop, &m->listener);
     m->listener.data = m;
     int r = uv_tcp_bind(&m->listener, (struct sockaddr *)&ss, 0);
-    if (!r)
-        r = uv_listen((uv_stream_t *)&m->listener, 16, on_connection);
+    if (!r) r = uv_listen((uv_stream_t *)&m->listener, 16, on_connection);
     if (r) {
         snprintf(err, errlen, "--metrics %s: %s", hostport, uv_strerror(r));
         uv_close((uv_handle_t *)&m->listener, (uv_close_cb)free);
@@ -212,8 +203,7 @@ int cli_metrics_start(cli_metrics_t **out, uv_loop_t *loop, const char *hostport
 
 void cli_metrics_close(cli_metrics_t *m)
 {
-    if (!m)
-        return;
+    if (!m) return;
     while (m->conns)
         conn_close(m->conns);
     uv_close((uv_handle_t *)&m->listener, (uv_close_cb)free);
@@ -225,10 +215,8 @@ int cli_metrics_label(buf_t *out, const char *s)
     for (; !rc && *s; s++) {
         if (*s == '\\' || *s == '"') {
             rc = buf_putc(out, '\\');
-            if (!rc)
-                rc = buf_putc(out, *s);
-        }
-        else if (*s == '\n')
+            if (!rc) rc = buf_putc(out, *s);
+        } else if (*s == '\n')
             rc = buf_puts(out, "\\n");
         else
             rc = buf_putc(out, *s);

@@ -16,12 +16,12 @@
 
 enum {
     BATCH = (int)SCHED_RES_ROWS, /* rows per results hash (HGETALL) */
-    FIELD_MAX = 8192,   /* longest string field kept from a result (responses) */
-    TEXT_KEEP = 160,    /* bytes of a reply text kept in the per-code counters */
-    TEXT_SLOTS = 12,    /* counters per code: the top 3 are about right with 4x */
-    TOP_TEXTS = 3,      /* texts shown per code */
-    MAX_PROVIDERS = 64, /* provider rows of the summary; the rest is "(other)" */
-    NCODES = 1000,      /* reply codes 0..999 */
+    FIELD_MAX = 8192,            /* longest string field kept from a result (responses) */
+    TEXT_KEEP = 160,             /* bytes of a reply text kept in the per-code counters */
+    TEXT_SLOTS = 12,             /* counters per code: the top 3 are about right with 4x */
+    TOP_TEXTS = 3,               /* texts shown per code */
+    MAX_PROVIDERS = 64,          /* provider rows of the summary; the rest is "(other)" */
+    NCODES = 1000,               /* reply codes 0..999 */
 };
 
 /* ------------------------------------------------------------------------
@@ -77,8 +77,7 @@ static int take_text(buf_t *b, sched_text_t t)
 static int parse_result(const char *s, size_t len, row_t *r)
 {
     sched_result_view_t v;
-    if (sched_result_parse(s, len, &v))
-        return VL_EPARSE;
+    if (sched_result_parse(s, len, &v)) return VL_EPARSE;
     r->attempts = v.attempts;
     r->code = v.code;
     r->first = v.first_ms;
@@ -135,7 +134,6 @@ static void fmt_time(long long ms, char *dst, size_t n)
     dst[last_len + 4] = 'Z';
     dst[last_len + 5] = '\0';
 }
-
 
 static void csv_field(FILE *f, const char *s)
 {
@@ -501,16 +499,14 @@ typedef struct slots {
 static int fill_slots(const redisReply *rep, unsigned long long from, size_t n, slots_t *sl)
 {
     memset(sl->res, 0, sizeof sl->res);
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements % 2)
-        return -1;
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements % 2) return -1;
     for (int pass = 0; pass < 2; pass++)
         for (size_t i = 0; i + 1 < rep->elements; i += 2) {
             const redisReply *k = rep->element[i], *v = rep->element[i + 1];
             if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING || !k->len)
                 return -1;
             int group = k->str[0] == 'g';
-            if (group != (pass == 0))
-                continue;
+            if (group != (pass == 0)) continue;
             if (!group) {
                 unsigned long long row = strtoull(k->str, NULL, 10);
                 if (row >= from && row - from < n) {
@@ -523,8 +519,7 @@ static int fill_slots(const redisReply *rep, unsigned long long from, size_t n, 
             while (p < end) {
                 const char *nl = memchr(p, '\n', (size_t)(end - p));
                 const char *tab = memchr(p, '\t', (size_t)((nl ? nl : end) - p));
-                if (!nl || !tab)
-                    return -1;
+                if (!nl || !tab) return -1;
                 unsigned long long row = strtoull(p, NULL, 10);
                 if (row >= from && row - from < n) {
                     sl->res[row - from] = tab + 1;
@@ -546,8 +541,7 @@ typedef struct blobcache {
 static int find_batch(redisContext *c, const char *id, unsigned long row, blobcache_t *bc,
                       char *err, size_t errlen)
 {
-    if (bc->blob && row >= bc->first && row <= bc->last)
-        return 0;
+    if (bc->blob && row >= bc->first && row <= bc->last) return 0;
     char key[300];
     snprintf(key, sizeof key, SCHED_KEY_BATCHES, id);
     redisReply *z = redisCommand(c, "ZREVRANGEBYSCORE %s %lu -inf LIMIT 0 1", key, row);
@@ -557,14 +551,12 @@ static int find_batch(redisContext *c, const char *id, unsigned long row, blobca
     int found = z->elements == 1 && z->element[0]->str &&
                 sscanf(z->element[0]->str, "%lu-%lu", &f, &l) == 2 && l >= row;
     freeReplyObject(z);
-    if (!found)
-        return 0; /* not ingested (yet) */
+    if (!found) return 0; /* not ingested (yet) */
     snprintf(key, sizeof key, SCHED_KEY_BATCH, id);
     redisReply *b = redisCommand(c, "HGET %s %lu-%lu", key, f, l);
     if (!b || (b->type != REDIS_REPLY_STRING && b->type != REDIS_REPLY_NIL))
         return fail_reply(c, b, "HGET batch", err, errlen);
-    if (bc->blob)
-        freeReplyObject(bc->blob);
+    if (bc->blob) freeReplyObject(bc->blob);
     bc->blob = b;
     bc->first = f;
     bc->last = l;
@@ -576,18 +568,17 @@ static int pending_row(redisContext *c, const char *id, int email_col, blobcache
                        char *err, size_t errlen)
 {
     int rc = find_batch(c, id, r->row, bc, err, errlen);
-    if (rc || !bc->blob || bc->blob->type != REDIS_REPLY_STRING ||
-        r->row < bc->first || r->row > bc->last)
+    if (rc || !bc->blob || bc->blob->type != REDIS_REPLY_STRING || r->row < bc->first ||
+        r->row > bc->last)
         return rc;
     size_t pos = 0;
     sched_line_t line;
     while (sched_blob_next(bc->blob->str, bc->blob->len, &pos, &line) == 1) {
-        if (line.row != r->row)
-            continue;
+        if (line.row != r->row) continue;
         json_t *f = json_loadb(line.fields, line.fields_len, 0, NULL);
         json_t *e = json_array_get(f, (size_t)email_col);
-        if ((json_is_string(e) && buf_append(&r->email, json_string_value(e),
-                                             json_string_length(e))) ||
+        if ((json_is_string(e) &&
+             buf_append(&r->email, json_string_value(e), json_string_length(e))) ||
             buf_append(&r->provider, line.provider, line.provider_len))
             rc = VL_ENOMEM;
         json_decref(f);
@@ -615,8 +606,7 @@ typedef struct replies {
 static int replies_fill(replies_t *q)
 {
     while (q->nheld + q->outstanding < DEPTH && q->total && q->next <= q->total / BATCH) {
-        if (append_batch(q->c, q->id, q->next))
-            return -1;
+        if (append_batch(q->c, q->id, q->next)) return -1;
         q->next++;
         q->outstanding++;
     }
@@ -629,8 +619,7 @@ static int replies_drain(replies_t *q)
 {
     while (q->outstanding) {
         void *v = NULL;
-        if (redisGetReply(q->c, &v) != REDIS_OK)
-            return -1;
+        if (redisGetReply(q->c, &v) != REDIS_OK) return -1;
         q->held[q->nheld++] = v;
         q->outstanding--;
     }
@@ -647,8 +636,7 @@ static redisReply *replies_next(replies_t *q)
         return r;
     }
     void *v = NULL;
-    if (!q->outstanding || redisGetReply(q->c, &v) != REDIS_OK)
-        return NULL;
+    if (!q->outstanding || redisGetReply(q->c, &v) != REDIS_OK) return NULL;
     q->outstanding--;
     return v;
 }
@@ -667,8 +655,7 @@ static int each_row(redisContext *c, const char *id, int email_col, unsigned lon
     replies_t q = {.c = c, .id = id, .total = total, .next = 0};
     slots_t sl;
     int rc = 0;
-    if (replies_fill(&q))
-        rc = fail_reply(c, NULL, "HGETALL res", err, errlen);
+    if (replies_fill(&q)) rc = fail_reply(c, NULL, "HGETALL res", err, errlen);
     for (unsigned long long k = 0; total && k <= total / BATCH && !rc; k++) {
         unsigned long long from;
         size_t n = batch_rows(k, total, &from);
@@ -716,8 +703,7 @@ static int each_row(redisContext *c, const char *id, int email_col, unsigned lon
     /* After an error: what was asked for and not processed. */
     while (q.nheld)
         freeReplyObject(q.held[--q.nheld]);
-    if (bc.blob)
-        freeReplyObject(bc.blob);
+    if (bc.blob) freeReplyObject(bc.blob);
     row_free(&r);
     if (rc == VL_ENOMEM)
         snprintf(err, errlen, "out of memory");
@@ -917,16 +903,18 @@ static void write_text(FILE *f, const char *id, const meta_t *m, const summary_t
 
 static void html_head(FILE *f, const char *id)
 {
-    fputs_unlocked("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>volley "
-          "report: ",
-          f);
+    fputs_unlocked(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>volley "
+        "report: ",
+        f);
     html_str(f, id, 0);
-    fputs_unlocked("</title>\n<style>\nbody{font-family:sans-serif;margin:2em;color:#222}\n"
-          "table{border-collapse:collapse;margin:1em 0}\n"
-          "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}\n"
-          "td.n{text-align:right;font-variant-numeric:tabular-nums}\n"
-          "pre{margin:0;white-space:pre-wrap}\n</style></head><body>\n<h1>Campaign ",
-          f);
+    fputs_unlocked(
+        "</title>\n<style>\nbody{font-family:sans-serif;margin:2em;color:#222}\n"
+        "table{border-collapse:collapse;margin:1em 0}\n"
+        "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}\n"
+        "td.n{text-align:right;font-variant-numeric:tabular-nums}\n"
+        "pre{margin:0;white-space:pre-wrap}\n</style></head><body>\n<h1>Campaign ",
+        f);
     html_str(f, id, 0);
     fputs_unlocked("</h1>\n", f);
 }
@@ -954,14 +942,16 @@ static void write_html_summary(FILE *f, const char *id, const meta_t *m, const s
             "</td></tr>\n<tr><th>duration</th><td>%.3f s (%s)</td></tr>\n<tr><th>throughput"
             "</th><td>%.1f delivered/s (%s)</td></tr>\n</table>\n",
             t1[0] ? t1 : "-", t2[0] ? t2 : "-", (double)d / 1000.0, what, tp, basis);
-    fputs_unlocked("<h2>By state</h2>\n<table>\n<tr><th>state</th><th>rows</th><th>%</th></tr>\n", f);
+    fputs_unlocked("<h2>By state</h2>\n<table>\n<tr><th>state</th><th>rows</th><th>%</th></tr>\n",
+                   f);
     for (int i = 0; i <= NSTATES; i++) {
         if (i == ST_OTHER && !s->n[i]) continue;
         fprintf(f,
                 "<tr><td>%s</td><td class=\"n\">%" PRIu64 "</td><td class=\"n\">%.1f</td></tr>\n",
                 i == ST_OTHER ? "unknown" : states[i], s->n[i], pct(s->n[i], s->rows));
     }
-    fputs_unlocked("</table>\n<h2>By provider</h2>\n<table>\n<tr><th>provider</th><th>rows</th>", f);
+    fputs_unlocked("</table>\n<h2>By provider</h2>\n<table>\n<tr><th>provider</th><th>rows</th>",
+                   f);
     for (int i = 0; i < NSTATES; i++)
         fprintf(f, "<th>%s</th>", states[i]);
     fputs_unlocked("</tr>\n", f);
@@ -976,8 +966,8 @@ static void write_html_summary(FILE *f, const char *id, const meta_t *m, const s
         fputs_unlocked("</tr>\n", f);
     }
     fputs_unlocked("</table>\n<h2>By reply code</h2>\n<table>\n<tr><th>code</th><th>rows</th>"
-          "<th>most common texts (approximate counts)</th></tr>\n",
-          f);
+                   "<th>most common texts (approximate counts)</th></tr>\n",
+                   f);
     for (int code = 0; code < NCODES; code++) {
         const code_stat_t *cs = &s->codes[code];
         if (!cs->count) continue;
@@ -994,9 +984,9 @@ static void write_html_summary(FILE *f, const char *id, const meta_t *m, const s
         fputs_unlocked("</td></tr>\n", f);
     }
     fputs_unlocked("</table>\n<h2>Rows not delivered</h2>\n<table>\n<tr><th>row</th><th>email</th>"
-          "<th>provider</th><th>status</th><th>attempts</th><th>code</th><th>enhanced</th>"
-          "<th>response</th><th>last attempt</th></tr>\n",
-          f);
+                   "<th>provider</th><th>status</th><th>attempts</th><th>code</th><th>enhanced</th>"
+                   "<th>response</th><th>last attempt</th></tr>\n",
+                   f);
 }
 
 static int html_row(void *ud, const row_t *r)
@@ -1031,8 +1021,8 @@ static int both_row(void *ud, const row_t *r)
     return rc ? rc : summary_row(b->s, r);
 }
 
-int cli_report_write_csv_and_text(redisContext *c, const char *id, FILE *csv, FILE *text,
-                                  char *err, size_t errlen)
+int cli_report_write_csv_and_text(redisContext *c, const char *id, FILE *csv, FILE *text, char *err,
+                                  size_t errlen)
 {
     if (errlen) err[0] = '\0';
     meta_t m;
@@ -1044,8 +1034,8 @@ int cli_report_write_csv_and_text(redisContext *c, const char *id, FILE *csv, FI
         return VL_ENOMEM;
     }
     fputs_unlocked("row,email,provider,status,attempts,code,enhanced_code,response,"
-          "first_attempt_at,last_attempt_at\r\n",
-          csv);
+                   "first_attempt_at,last_attempt_at\r\n",
+                   csv);
     rc = each_row(c, id, m.email_col, m.total, both_row, &b, err, errlen);
     if (!rc && (fflush(csv) != 0 || ferror(csv))) {
         snprintf(err, errlen, "write error");
@@ -1083,8 +1073,8 @@ int cli_report_write(redisContext *c, const char *id, const char *format, FILE *
     if (rc) return rc;
     if (!strcmp(format, "csv")) {
         fputs_unlocked("row,email,provider,status,attempts,code,enhanced_code,response,"
-              "first_attempt_at,last_attempt_at\r\n",
-              out);
+                       "first_attempt_at,last_attempt_at\r\n",
+                       out);
         rc = each_row(c, id, m.email_col, m.total, csv_row, out, err, errlen);
     } else if (!strcmp(format, "json")) {
         rc = each_row(c, id, m.email_col, m.total, json_row, out, err, errlen);

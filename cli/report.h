@@ -38,8 +38,8 @@ int cli_report_write(redisContext *c, const char *id, const char *format, FILE *
 /* The csv report to csv and the text summary to text (both borrowed, flushed,
  * not closed) in one pass over the rows, as `send` writes them at its end.
  * Returns as cli_report_write(). */
-int cli_report_write_csv_and_text(redisContext *c, const char *id, FILE *csv, FILE *text,
-                                  char *err, size_t errlen);
+int cli_report_write_csv_and_text(redisContext *c, const char *id, FILE *csv, FILE *text, char *err,
+                                  size_t errlen);
 
 /* Whether format is one cli_report_write() knows. */
 int cli_report_format_ok(const char *format);

@@ -58,11 +58,9 @@ typedef struct ingest_src {
 static int next_row(void *ud, tpl_csv_row_t **row)
 {
     ingest_src_t *s = ud;
-    if (s->limit && s->n >= s->limit)
-        return 0;
+    if (s->limit && s->n >= s->limit) return 0;
     int rc = camp_job_next(s->j, row);
-    if (rc == 1)
-        s->n++;
+    if (rc == 1) s->n++;
     return rc;
 }
 
@@ -76,8 +74,7 @@ static int64_t wall_ms(void)
 static void on_progress(const sched_progress_t *p, void *ud)
 {
     run_t *run = ud;
-    if (!run->progress)
-        return;
+    if (!run->progress) return;
     long long left = p->total - p->final;
     char eta[32] = "--";
     if (p->rate > 0.5 && left > 0) {
@@ -87,8 +84,8 @@ static void on_progress(const sched_progress_t *p, void *ud)
     fprintf(stderr,
             "\r\033[K%lld/%lld done  delivered %lld  deferred %lld  failed %lld  "
             "%.0f msg/s  ETA %s  [%s]",
-            p->final, p->total, p->delivered, p->deferred,
-            p->failed + p->bounced + p->rejected, p->rate, eta, p->state);
+            p->final, p->total, p->delivered, p->deferred, p->failed + p->bounced + p->rejected,
+            p->rate, eta, p->state);
     run->drew = 1;
 }
 
@@ -114,8 +111,7 @@ static void on_signal(uv_signal_t *s, int signum)
     }
     run->stopping = 1;
     fprintf(stderr, "\nvolley: stopping after the messages in flight (again to quit now)\n");
-    if (run->w)
-        sched_worker_stop(run->w);
+    if (run->w) sched_worker_stop(run->w);
     run->rc = VL_ECANCELED;
     snprintf(run->why, sizeof run->why, "interrupted");
 }
@@ -132,7 +128,7 @@ struct ingest_thread {
     const rl_providers_t *provs;
     const char *abspath;
     unsigned long limit;
-    int code;        /* cli_ingest()'s exit code */
+    int code; /* cli_ingest()'s exit code */
 };
 
 static void ingest_main(void *arg)
@@ -159,13 +155,11 @@ static void on_ingest_done(uv_async_t *a)
     run_t *run = t->run;
     uv_thread_join(&t->tid);
     uv_close((uv_handle_t *)a, NULL);
-    if (!run->w)
-        return;
+    if (!run->w) return;
     if (t->code) {
         /* Nothing more will come: finish what is in flight and stop. */
         sched_worker_stop(run->w);
-        if (!run->rc)
-            run->rc = VL_EPARSE;
+        if (!run->rc) run->rc = VL_EPARSE;
         snprintf(run->why, sizeof run->why, "ingest failed");
     } else {
         sched_worker_ingest_ended(run->w);
@@ -176,8 +170,7 @@ static void on_ingest_done(uv_async_t *a)
  * thread runs beside it. */
 static int run_worker(const char *url, const char *id, const msg_factory_t *f,
                       const rl_providers_t *provs, int email_col, int until_done, int progress,
-                      const cli_send_opts_t *o, ingest_thread_t *ingest, char *why,
-                      size_t whylen)
+                      const cli_send_opts_t *o, ingest_thread_t *ingest, char *why, size_t whylen)
 {
     run_t run = {0};
     run.loop = uv_default_loop();
@@ -196,7 +189,7 @@ static int run_worker(const char *url, const char *id, const msg_factory_t *f,
     wo.providers = provs;
     wo.email_col = email_col;
     wo.until_done = until_done;
-    wo.require_ingested = ingest != NULL; /* until the thread says it ended */
+    wo.require_ingested = ingest != NULL;     /* until the thread says it ended */
     wo.reclaim_leases = o->redis_url == NULL; /* the embedded Redis has no other worker */
     wo.ca_file = o->ca_file;
     wo.tls_insecure = o->insecure;
@@ -228,8 +221,7 @@ static int run_worker(const char *url, const char *id, const msg_factory_t *f,
         }
     }
     uv_run(run.loop, UV_RUN_DEFAULT);
-    if (run.drew)
-        fputc('\n', stderr);
+    if (run.drew) fputc('\n', stderr);
     snprintf(why, whylen, "%s", run.why);
     return run.rc;
 }
@@ -265,14 +257,14 @@ int cli_ingest(redisContext *c, camp_job_t *j, const rl_providers_t *provs, cons
     int code = 0;
     const char *cols[1024];
     size_t ncols = tpl_csv_ncolumns(j->csv);
-    if (ncols > 1024)
-        ncols = 1024;
+    if (ncols > 1024) ncols = 1024;
     for (size_t i = 0; i < ncols; i++)
         cols[i] = tpl_csv_column_name(j->csv, i);
     int64_t start_at = wall_ms();
     const char *when = at ? at : j->c->start_at;
     if (when && sched_parse_time(when, strlen(when), &start_at)) {
-        fprintf(stderr, "volley: %s: '%s' is not a time (RFC 3339, e.g. 2026-11-23T09:00:00+08:00)\n",
+        fprintf(stderr,
+                "volley: %s: '%s' is not a time (RFC 3339, e.g. 2026-11-23T09:00:00+08:00)\n",
                 at ? "--at" : "schedule.start_at", when);
         return EX_USAGE;
     }
@@ -308,8 +300,7 @@ int cli_send_run(const char *path, const cli_send_opts_t *o)
 {
     camp_job_t j;
     int rc = camp_job_open_cmd(&j, path);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     rl_providers_t *provs = NULL;
     int code = cli_load_providers(j.c, &provs);
     if (code) {
@@ -317,8 +308,7 @@ int cli_send_run(const char *path, const cli_send_opts_t *o)
         return code;
     }
     char abspath[PATH_MAX];
-    if (!realpath(path, abspath))
-        snprintf(abspath, sizeof abspath, "%s", path);
+    if (!realpath(path, abspath)) snprintf(abspath, sizeof abspath, "%s", path);
 
     sched_rproc_t *proc = NULL;
     char url[PATH_MAX + 16], err[1024];
@@ -344,25 +334,24 @@ int cli_send_run(const char *path, const cli_send_opts_t *o)
     }
 
     /* Ingest (a rerun adds nothing twice) in a thread, and send meanwhile. */
-    ingest_thread_t it = {.url = url, .j = &j, .provs = provs, .abspath = abspath,
-                          .limit = o->limit};
+    ingest_thread_t it = {
+        .url = url, .j = &j, .provs = provs, .abspath = abspath, .limit = o->limit};
     int wrc = 0;
     char why[1024] = "";
     {
         int progress = o->progress && isatty(STDERR_FILENO);
-        wrc = run_worker(url, j.c->id, j.f, provs, tpl_csv_email_column(j.csv), 1, progress, o,
-                         &it, why, sizeof why);
+        wrc = run_worker(url, j.c->id, j.f, provs, tpl_csv_email_column(j.csv), 1, progress, o, &it,
+                         why, sizeof why);
         if (it.code) {
             /* The ingest printed why; its code is send's. */
             wrc = 0;
             code = it.code;
         } else {
-            if (wrc && why[0])
-                fprintf(stderr, "volley: %s\n", why);
-            code = wrc == 0                  ? EX_OK
-                   : wrc == VL_ECONFIG       ? EX_CONFIG
-                   : wrc == VL_EREDIS        ? EX_UNAVAILABLE
-                                             : EX_TEMPFAIL;
+            if (wrc && why[0]) fprintf(stderr, "volley: %s\n", why);
+            code = wrc == 0            ? EX_OK
+                   : wrc == VL_ECONFIG ? EX_CONFIG
+                   : wrc == VL_EREDIS  ? EX_UNAVAILABLE
+                                       : EX_TEMPFAIL;
         }
     }
 

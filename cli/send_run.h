@@ -6,14 +6,14 @@
 #include <stdint.h>
 
 typedef struct cli_send_opts {
-    const char *redis_url;  /* NULL: the campaign's embedded redis-server */
-    unsigned long limit;    /* only the first N data rows (0: all) */
-    int progress;           /* a progress line on stderr when it is a terminal */
-    const char *ca_file;    /* TLS overrides for every route (tests) */
+    const char *redis_url; /* NULL: the campaign's embedded redis-server */
+    unsigned long limit;   /* only the first N data rows (0: all) */
+    int progress;          /* a progress line on stderr when it is a terminal */
+    const char *ca_file;   /* TLS overrides for every route (tests) */
     int insecure;
     const char *dns_servers; /* for route "mx"; NULL: the system's */
-    uint64_t retry_base_ms; /* first backoff of generic retries (0: 60 s) */
-    uint32_t lease_ms;      /* how long a claimed row stays a worker's (0: 120 s) */
+    uint64_t retry_base_ms;  /* first backoff of generic retries (0: 60 s) */
+    uint32_t lease_ms;       /* how long a claimed row stays a worker's (0: 120 s) */
 } cli_send_opts_t;
 
 #include <hiredis/hiredis.h>

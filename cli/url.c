@@ -12,8 +12,7 @@
 static char *pct_decode(const char *s, size_t len)
 {
     char *out = malloc(len + 1), *o = out;
-    if (!out)
-        return NULL;
+    if (!out) return NULL;
     for (size_t i = 0; i < len; i++) {
         if (s[i] == '%') {
             int a = i + 2 < len ? vl_hexval((unsigned char)s[i + 1]) : -1;
@@ -34,8 +33,7 @@ static char *pct_decode(const char *s, size_t len)
 
 static void wipe(char *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     volatile char *v = s;
     while (*v)
         *v++ = '\0';
@@ -73,8 +71,7 @@ int cli_url_parse(const char *s, cli_url_t *u, char *err, size_t errlen)
     const char *end = p + strcspn(p, "/?#");
     const char *at = NULL;
     for (const char *q = p; q < end; q++)
-        if (*q == '@')
-            at = q; /* the last '@': user names may contain an encoded one */
+        if (*q == '@') at = q; /* the last '@': user names may contain an encoded one */
     if (at) {
         const char *colon = memchr(p, ':', (size_t)(at - p));
         const char *uend = colon ? colon : at;
@@ -102,8 +99,7 @@ int cli_url_parse(const char *s, cli_url_t *u, char *err, size_t errlen)
         hend++;
     } else {
         hend = p + strcspn(p, ":/?#");
-        if (hend > end)
-            hend = end;
+        if (hend > end) hend = end;
         u->host = strndup(p, (size_t)(hend - p));
     }
     if (!u->host || !*u->host) {
@@ -137,16 +133,13 @@ int cli_url_parse(const char *s, cli_url_t *u, char *err, size_t errlen)
 void cli_url_scrub_arg(char *arg)
 {
     char *p = strstr(arg, "://");
-    if (!p)
-        return;
+    if (!p) return;
     p += 3;
     char *end = p + strcspn(p, "/?#");
     char *at = NULL;
     for (char *q = p; q < end; q++)
-        if (*q == '@')
-            at = q;
-    if (!at)
-        return;
+        if (*q == '@') at = q;
+    if (!at) return;
     char *colon = memchr(p, ':', (size_t)(at - p));
     if (colon)
         for (char *q = colon + 1; q < at; q++)

@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 typedef struct cli_url {
-    char *host;     /* owned */
+    char *host; /* owned */
     uint16_t port;
     int implicit_tls;
     char *user;     /* owned, or NULL */

@@ -24,23 +24,18 @@ void buf_free(buf_t *b)
 
 int buf_reserve_slow(buf_t *b, size_t n)
 {
-    if (n > b->max || b->len > b->max - n)
-        return VL_ETOOBIG;
+    if (n > b->max || b->len > b->max - n) return VL_ETOOBIG;
     size_t need = b->len + n + 1; /* room for the trailing NUL */
-    if (need <= b->cap)
-        return 0;
+    if (need <= b->cap) return 0;
     size_t cap = b->cap ? b->cap : 64;
     while (cap < need)
         cap = cap > ((size_t)-1) / 2 ? need : cap * 2;
     /* Never allocate much past the cap: a 2x step could otherwise double a
      * buffer that is allowed to be only slightly larger. */
-    if (cap > b->max + 1)
-        cap = b->max + 1;
-    if (cap < need)
-        cap = need;
+    if (cap > b->max + 1) cap = b->max + 1;
+    if (cap < need) cap = need;
     char *p = realloc(b->data, cap);
-    if (!p)
-        return VL_ENOMEM;
+    if (!p) return VL_ENOMEM;
     b->data = p;
     b->cap = cap;
     return 0;
@@ -49,10 +44,8 @@ int buf_reserve_slow(buf_t *b, size_t n)
 int buf_append_slow(buf_t *b, const void *p, size_t n)
 {
     int rc = buf_reserve(b, n);
-    if (rc)
-        return rc;
-    if (n)
-        memcpy(b->data + b->len, p, n);
+    if (rc) return rc;
+    if (n) memcpy(b->data + b->len, p, n);
     b->len += n;
     b->data[b->len] = '\0';
     return 0;
@@ -62,16 +55,14 @@ int buf_vprintf(buf_t *b, const char *fmt, va_list ap)
 {
     /* Print into the room there is, and print again only when it was too
      * small: measuring first would cost every call two passes. */
-    if (b->cap - b->len < 128 && b->len + 128 <= b->max && buf_reserve(b, 128))
-        return VL_ENOMEM;
+    if (b->cap - b->len < 128 && b->len + 128 <= b->max && buf_reserve(b, 128)) return VL_ENOMEM;
     size_t room = b->cap > b->len ? b->cap - b->len : 0;
     va_list ap2;
     va_copy(ap2, ap);
     int n = vsnprintf(room ? b->data + b->len : NULL, room, fmt, ap2);
     va_end(ap2);
     if (n < 0) {
-        if (room)
-            b->data[b->len] = '\0';
+        if (room) b->data[b->len] = '\0';
         return VL_EINVAL;
     }
     if ((size_t)n < room) {
@@ -80,8 +71,7 @@ int buf_vprintf(buf_t *b, const char *fmt, va_list ap)
     }
     int rc = buf_reserve(b, (size_t)n);
     if (rc) {
-        if (room)
-            b->data[b->len] = '\0';
+        if (room) b->data[b->len] = '\0';
         return rc;
     }
     vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
@@ -128,8 +118,7 @@ int buf_put_dec(buf_t *b, long long v)
     char tmp[24];
     unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
     char *p = dec_back(tmp + sizeof tmp, u);
-    if (v < 0)
-        *--p = '-';
+    if (v < 0) *--p = '-';
     return buf_append(b, p, (size_t)(tmp + sizeof tmp - p));
 }
 
@@ -173,13 +162,11 @@ size_t iov_total(const struct iovec *iov, size_t n)
 int buf_append_iov(buf_t *b, const struct iovec *iov, size_t n)
 {
     int rc = buf_reserve(b, iov_total(iov, n));
-    if (rc)
-        return rc;
+    if (rc) return rc;
     for (size_t i = 0; i < n; i++) {
         memcpy(b->data + b->len, iov[i].iov_base, iov[i].iov_len);
         b->len += iov[i].iov_len;
     }
-    if (b->data)
-        b->data[b->len] = '\0';
+    if (b->data) b->data[b->len] = '\0';
     return 0;
 }

@@ -17,10 +17,10 @@
 #define BUF_MUST_USE __attribute__((warn_unused_result))
 
 typedef struct buf {
-    char *data;  /* owned; NULL until the first growth */
-    size_t len;  /* bytes in use */
-    size_t cap;  /* bytes allocated (excluding nothing: cap > len when data) */
-    size_t max;  /* hard limit on len */
+    char *data; /* owned; NULL until the first growth */
+    size_t len; /* bytes in use */
+    size_t cap; /* bytes allocated (excluding nothing: cap > len when data) */
+    size_t max; /* hard limit on len */
 } buf_t;
 
 /* Initialise an empty buffer that may grow to max bytes. Allocates nothing. */
@@ -33,8 +33,7 @@ void buf_free(buf_t *b);
 static inline void buf_reset(buf_t *b)
 {
     b->len = 0;
-    if (b->data)
-        b->data[0] = '\0';
+    if (b->data) b->data[0] = '\0';
 }
 
 /* Make room for at least n more bytes. 0, VL_ENOMEM or VL_ETOOBIG. Inline
@@ -43,8 +42,7 @@ BUF_MUST_USE int buf_reserve_slow(buf_t *b, size_t n);
 BUF_MUST_USE static inline int buf_reserve(buf_t *b, size_t n)
 {
     /* cap > len whenever data is set, and len <= max always. */
-    if (n < b->cap - b->len && n <= b->max - b->len)
-        return 0;
+    if (n < b->cap - b->len && n <= b->max - b->len) return 0;
     return buf_reserve_slow(b, n);
 }
 
@@ -58,8 +56,7 @@ BUF_MUST_USE static inline int buf_append(buf_t *b, const void *p, size_t n)
 {
     /* cap > len whenever data is set, and len <= max always. */
     if (n < b->cap - b->len && n <= b->max - b->len) {
-        if (n)
-            memcpy(b->data + b->len, p, n);
+        if (n) memcpy(b->data + b->len, p, n);
         b->len += n;
         b->data[b->len] = '\0';
         return 0;

@@ -33,8 +33,7 @@ const char *vl_err_name(int err)
 
 void vl_set_err(char *err, size_t n, const char *fmt, ...)
 {
-    if (!err || n == 0)
-        return;
+    if (!err || n == 0) return;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err, n, fmt, ap);

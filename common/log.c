@@ -46,8 +46,7 @@ static void json_escape(FILE *f, const char *s)
 
 void vl_log(enum vl_log_level lvl, const char *fmt, ...)
 {
-    if (lvl > g_level)
-        return;
+    if (lvl > g_level) return;
     FILE *f = g_file ? g_file : stderr;
     char msg[2048];
     va_list ap;
@@ -63,8 +62,8 @@ void vl_log(enum vl_log_level lvl, const char *fmt, ...)
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
 
     if (g_json) {
-        fprintf(f, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"", when,
-                ts.tv_nsec / 1000000, level_names[lvl]);
+        fprintf(f, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"", when, ts.tv_nsec / 1000000,
+                level_names[lvl]);
         json_escape(f, msg);
         fputs("\"}\n", f);
     } else {

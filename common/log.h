@@ -30,13 +30,11 @@ void vl_log(enum vl_log_level lvl, const char *fmt, ...) __attribute__((format(p
 /* DEBUG and TRACE check the level first so hot paths pay one compare. */
 #define VL_DEBUG(...)                                                                              \
     do {                                                                                           \
-        if (vl_log_enabled(VL_LOG_DEBUG))                                                          \
-            vl_log(VL_LOG_DEBUG, __VA_ARGS__);                                                     \
+        if (vl_log_enabled(VL_LOG_DEBUG)) vl_log(VL_LOG_DEBUG, __VA_ARGS__);                       \
     } while (0)
 #define VL_TRACE(...)                                                                              \
     do {                                                                                           \
-        if (vl_log_enabled(VL_LOG_TRACE))                                                          \
-            vl_log(VL_LOG_TRACE, __VA_ARGS__);                                                     \
+        if (vl_log_enabled(VL_LOG_TRACE)) vl_log(VL_LOG_TRACE, __VA_ARGS__);                       \
     } while (0)
 
 #endif

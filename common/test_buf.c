@@ -76,8 +76,7 @@ static void test_printf_and_dec(void **state)
     assert_int_equal(b.len, 601);
     assert_int_equal(b.data[601], '\0');
     buf_reset(&b);
-    long long v[] = {0, 7, -7, 1234567890123LL, -9223372036854775807LL - 1,
-                     9223372036854775807LL};
+    long long v[] = {0, 7, -7, 1234567890123LL, -9223372036854775807LL - 1, 9223372036854775807LL};
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
         char want[32];
         snprintf(want, sizeof want, "%lld", v[i]);

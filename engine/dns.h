@@ -45,8 +45,8 @@ typedef enum eng_dns_status {
 
 /* The answer to one eng_dns_mx. targets (n of them) and why (a readable
  * account for results and logs, "" when st is OK) are borrowed for the call. */
-typedef void (*eng_dns_mx_cb)(void *ud, eng_dns_status_t st, const eng_target_t *targets,
-                              size_t n, const char *why);
+typedef void (*eng_dns_mx_cb)(void *ud, eng_dns_status_t st, const eng_target_t *targets, size_t n,
+                              const char *why);
 
 /* A resolver on loop (borrowed; must outlive it). servers: NULL for the
  * system's (/etc/resolv.conf), or "IP[:PORT][,IP[:PORT]...]" (IPv6 in

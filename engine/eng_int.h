@@ -16,7 +16,7 @@ struct eng_pool {
     char port_str[8];
     eng_target_t *targets; /* the pool's copy of route.targets, or NULL */
     size_t ntargets;
-    size_t tgt_good;       /* the target new connections try first */
+    size_t tgt_good;    /* the target new connections try first */
     tls_ctx_t *tls_ctx; /* NULL for ENG_TLS_NONE */
 
     eng_msg_t *qhead, *qtail; /* submitted, not started */
@@ -78,8 +78,8 @@ int eng__pool_over_ceiling(const eng_pool_t *p);
  * its own reference) rather than made from r->ca_file; NULL makes one as
  * eng_pool_new() does. The MX router passes its one context to every
  * per-domain pool. */
-int eng__pool_new_tls(eng_pool_t **out, uv_loop_t *loop, const eng_route_t *r,
-                      tls_ctx_t *shared, char *errbuf, size_t errlen);
+int eng__pool_new_tls(eng_pool_t **out, uv_loop_t *loop, const eng_route_t *r, tls_ctx_t *shared,
+                      char *errbuf, size_t errlen);
 
 /* Monotonic clock in microseconds. */
 uint64_t eng__now_us(void);

@@ -107,32 +107,35 @@ typedef struct eng_result {
 typedef void (*eng_done_cb)(eng_msg_t *msg, const eng_result_t *res);
 
 /* Message flags. */
-#define ENG_MSG_SMTPUTF8 0x1u /* needs SMTPUTF8 (UTF-8 addresses); fails with
-                               * VL_ENOTSUP if the server lacks it */
-#define ENG_MSG_8BIT 0x2u     /* content has 8-bit bytes: BODY=8BITMIME */
-#define ENG_MSG_CRLF 0x4u     /* content's line ends are all CRLF already: the
-                               * engine skips normalisation (still dot-stuffs) */
-#define ENG_MSG_WIRE 0x8u     /* content is in wire form already: CRLF line
-                               * ends, a final CRLF, no line that starts with
-                               * '.'. The engine sends it without reading it
-                               * (the producer checked, on its own thread,
-                               * while the bytes were in its cache). */
+#define ENG_MSG_SMTPUTF8                                                                           \
+    0x1u                  /* needs SMTPUTF8 (UTF-8 addresses); fails with                          \
+                           * VL_ENOTSUP if the server lacks it */
+#define ENG_MSG_8BIT 0x2u /* content has 8-bit bytes: BODY=8BITMIME */
+#define ENG_MSG_CRLF                                                                               \
+    0x4u /* content's line ends are all CRLF already: the                                          \
+          * engine skips normalisation (still dot-stuffs) */
+#define ENG_MSG_WIRE                                                                               \
+    0x8u /* content is in wire form already: CRLF line                                             \
+          * ends, a final CRLF, no line that starts with                                           \
+          * '.'. The engine sends it without reading it                                            \
+          * (the producer checked, on its own thread,                                              \
+          * while the bytes were in its cache). */
 
 /* A message. The caller allocates it and fills the first block; everything it
  * points to is borrowed and must stay valid and unchanged until on_done.
  * The engine owns the message between eng_pool_submit() and on_done, and
  * calls on_done exactly once. */
 struct eng_msg {
-    const char *mail_from;      /* envelope sender, without <> ("" = null sender) */
-    const char *const *rcpts;   /* envelope recipients, without <> */
-    size_t nrcpts;              /* >= 1 */
-    const struct iovec *iov;    /* the RFC 5322 message; any line ends */
+    const char *mail_from;    /* envelope sender, without <> ("" = null sender) */
+    const char *const *rcpts; /* envelope recipients, without <> */
+    size_t nrcpts;            /* >= 1 */
+    const struct iovec *iov;  /* the RFC 5322 message; any line ends */
     size_t iovcnt;
-    size_t size;                /* the iovecs' total length, or 0: the engine adds them up */
-    unsigned flags;             /* ENG_MSG_* */
+    size_t size;                    /* the iovecs' total length, or 0: the engine adds them up */
+    unsigned flags;                 /* ENG_MSG_* */
     eng_rcpt_status_t *rcpt_status; /* caller's array of nrcpts, filled by the engine */
     eng_done_cb on_done;
-    void *ud;                   /* the caller's */
+    void *ud; /* the caller's */
 
     /* Engine-private from here on. */
     eng_msg_t *next;
@@ -167,8 +170,8 @@ typedef struct eng_event {
  * block 3 min, DATA termination 10 min; connect 30 s; EHLO, STARTTLS, AUTH and
  * RSET 5 min; QUIT 10 s; an idle connection is closed after 30 s. */
 typedef struct eng_timeouts {
-    uint32_t connect, greeting, ehlo, starttls, auth, mail, rcpt, data_init, data_block,
-        data_term, rset, quit, idle;
+    uint32_t connect, greeting, ehlo, starttls, auth, mail, rcpt, data_init, data_block, data_term,
+        rset, quit, idle;
 } eng_timeouts_t;
 
 typedef enum eng_tls_mode {
@@ -196,27 +199,27 @@ typedef struct eng_budget {
 /* A route and its pool's behaviour. Strings are copied by eng_pool_new; the
  * password is wiped from memory when the pool is freed. */
 typedef struct eng_route {
-    const char *host;      /* name or IP literal; with targets, only a label for
-                            * messages (the recipient domain) */
+    const char *host; /* name or IP literal; with targets, only a label for
+                       * messages (the recipient domain) */
     uint16_t port;
     /* Direct delivery: connect to these addresses (copied) instead of
      * resolving host, each connection trying them in order from the last one
      * that answered; a target's name is the TLS name (SNI, certificate). */
     const eng_target_t *targets;
     size_t ntargets;
-    eng_budget_t *budget;  /* borrowed, NULL for none; must outlive the pool */
+    eng_budget_t *budget; /* borrowed, NULL for none; must outlive the pool */
     eng_tls_mode_t tls;
-    const char *ca_file;   /* NULL: the system store */
-    int tls_insecure;      /* skip certificate checks: tests only */
-    const char *user;      /* NULL: no AUTH */
-    const char *password;  /* never logged, never traced */
-    int allow_plain_auth;  /* allow AUTH without TLS (loopback tests only) */
-    const char *helo_name; /* NULL: this machine's host name */
-    unsigned max_connections;  /* ceiling; 0 = 1 */
+    const char *ca_file;         /* NULL: the system store */
+    int tls_insecure;            /* skip certificate checks: tests only */
+    const char *user;            /* NULL: no AUTH */
+    const char *password;        /* never logged, never traced */
+    int allow_plain_auth;        /* allow AUTH without TLS (loopback tests only) */
+    const char *helo_name;       /* NULL: this machine's host name */
+    unsigned max_connections;    /* ceiling; 0 = 1 */
     unsigned max_msgs_per_conn;  /* 0 = unlimited */
     unsigned max_rcpts_per_conn; /* 0 = unlimited */
-    int no_pipelining;     /* lock-step even if PIPELINING is offered */
-    int no_chunking;       /* DATA even if CHUNKING is offered */
+    int no_pipelining;           /* lock-step even if PIPELINING is offered */
+    int no_chunking;             /* DATA even if CHUNKING is offered */
     unsigned max_setup_failures; /* consecutive failed rounds of set-ups
                                   * (connections started together count
                                   * once) with no live connection before

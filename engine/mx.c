@@ -378,11 +378,10 @@ int eng_mx_new(eng_mx_t **out, uv_loop_t *loop, const eng_mx_opts_t *o, char *er
     }
     /* One TLS context for all domains, made now: a bad CA file is an error
      * at start, not at the first domain, and the CA store is parsed once. */
-    int rc = o->route.tls == ENG_TLS_NONE
-                 ? 0
-                 : tls_ctx_client_new(&mx->tls_ctx, mx->ca_file, o->route.tls_insecure, err, errlen);
-    if (!rc)
-        rc = eng_dns_new(&mx->dns, loop, o->dns_servers, o->dns_timeout_ms, err, errlen);
+    int rc = o->route.tls == ENG_TLS_NONE ? 0
+                                          : tls_ctx_client_new(&mx->tls_ctx, mx->ca_file,
+                                                               o->route.tls_insecure, err, errlen);
+    if (!rc) rc = eng_dns_new(&mx->dns, loop, o->dns_servers, o->dns_timeout_ms, err, errlen);
     if (rc) {
         tls_ctx_free(mx->tls_ctx);
         free(mx->tab);

@@ -59,8 +59,7 @@ static void fill_timeouts(eng_timeouts_t *t)
 {
     /* RFC 5321 §4.5.3.2 where it names a value. */
 #define DEF(field, ms)                                                                             \
-    if (!t->field)                                                                                 \
-    t->field = (ms)
+    if (!t->field) t->field = (ms)
     DEF(connect, 30000);
     DEF(greeting, 300000);
     DEF(ehlo, 300000);
@@ -106,8 +105,8 @@ int eng_pool_new(eng_pool_t **out, uv_loop_t *loop, const eng_route_t *r, char *
     return eng__pool_new_tls(out, loop, r, NULL, errbuf, errlen);
 }
 
-int eng__pool_new_tls(eng_pool_t **out, uv_loop_t *loop, const eng_route_t *r,
-                      tls_ctx_t *shared, char *errbuf, size_t errlen)
+int eng__pool_new_tls(eng_pool_t **out, uv_loop_t *loop, const eng_route_t *r, tls_ctx_t *shared,
+                      char *errbuf, size_t errlen)
 {
     *out = NULL;
     if (!r->host || !*r->host) {
@@ -134,8 +133,7 @@ int eng__pool_new_tls(eng_pool_t **out, uv_loop_t *loop, const eng_route_t *r,
         p->helo = strdup(r->helo_name);
     } else {
         char hn[256] = "localhost";
-        if (gethostname(hn, sizeof hn - 1) != 0 || !*hn || strchr(hn, ' '))
-            strcpy(hn, "localhost");
+        if (gethostname(hn, sizeof hn - 1) != 0 || !*hn || strchr(hn, ' ')) strcpy(hn, "localhost");
         hn[sizeof hn - 1] = '\0';
         p->helo = strdup(hn);
     }
@@ -156,8 +154,7 @@ int eng__pool_new_tls(eng_pool_t **out, uv_loop_t *loop, const eng_route_t *r,
     p->max_conn = r->max_connections ? r->max_connections : 1;
     p->msgs_cap = r->max_msgs_per_conn;
     p->rcpts_cap = r->max_rcpts_per_conn;
-    if (!p->route.max_setup_failures)
-        p->route.max_setup_failures = 3;
+    if (!p->route.max_setup_failures) p->route.max_setup_failures = 3;
     for (int i = 0; i < ENG_STAGE_LAST; i++)
         hist_init(&p->stats.verb[i]);
     hist_init(&p->stats.txn);
@@ -195,8 +192,7 @@ static void on_backoff_timer(uv_timer_t *t)
 
 void eng__pool_kick(eng_pool_t *p)
 {
-    if (p->closing)
-        return;
+    if (p->closing) return;
     /* Idle connections first: they are set up already. Busy ones take the
      * next message themselves when their transaction ends, so the walk is
      * needed only when some are idle (not once per submitted message). */
@@ -205,8 +201,7 @@ void eng__pool_kick(eng_pool_t *p)
         eng__sess_kick(s);
         s = next;
     }
-    if (!p->nqueued)
-        return;
+    if (!p->nqueued) return;
     uint64_t now = now_ms(p);
     if (now < p->backoff_until_ms) {
         uv_timer_start(&p->backoff_timer, on_backoff_timer, p->backoff_until_ms - now, 0);
@@ -217,17 +212,14 @@ void eng__pool_kick(eng_pool_t *p)
     eng_budget_t *b = p->route.budget;
     while (p->nsetup < p->nqueued && p->nsess - p->nquitting < p->max_conn &&
            (!b || b->used < b->max)) {
-        if (eng__sess_open(p))
-            break;
-        if (b)
-            b->used++;
+        if (eng__sess_open(p)) break;
+        if (b) b->used++;
     }
 }
 
 int eng_pool_submit(eng_pool_t *p, eng_msg_t *m)
 {
-    if (p->closing)
-        return VL_ESTATE;
+    if (p->closing) return VL_ESTATE;
     if (!m->nrcpts || !m->rcpts || !m->rcpt_status || !m->on_done || !m->mail_from)
         return VL_EINVAL;
     m->next = NULL;
@@ -246,17 +238,13 @@ int eng_pool_submit(eng_pool_t *p, eng_msg_t *m)
 eng_msg_t *eng__pool_take(eng_pool_t *p, unsigned msgs, unsigned rcpts)
 {
     eng_msg_t *m = p->qhead;
-    if (!m)
-        return NULL;
-    if (p->msgs_cap && msgs >= p->msgs_cap)
-        return NULL;
+    if (!m) return NULL;
+    if (p->msgs_cap && msgs >= p->msgs_cap) return NULL;
     /* A message with more recipients than the cap still goes, alone, on a
      * fresh connection; otherwise it waits for one with room. */
-    if (p->rcpts_cap && rcpts && rcpts + m->nrcpts > p->rcpts_cap)
-        return NULL;
+    if (p->rcpts_cap && rcpts && rcpts + m->nrcpts > p->rcpts_cap) return NULL;
     p->qhead = m->next;
-    if (!p->qhead)
-        p->qtail = NULL;
+    if (!p->qhead) p->qtail = NULL;
     p->nqueued--;
     m->next = NULL;
     return m;
@@ -279,8 +267,7 @@ static void fail_queued(eng_pool_t *p, eng_status_t st, const eng_event_t *ev)
     while (p->qhead) {
         eng_msg_t *m = p->qhead;
         p->qhead = m->next;
-        if (!p->qhead)
-            p->qtail = NULL;
+        if (!p->qhead) p->qtail = NULL;
         p->nqueued--;
         eng_result_t res = {.status = st,
                             .stage = ev ? ev->stage : ENG_STAGE_NONE,
@@ -288,8 +275,7 @@ static void fail_queued(eng_pool_t *p, eng_status_t st, const eng_event_t *ev)
                             .errstr = ev && ev->errstr ? ev->errstr : vl_err_str(VL_ECANCELED),
                             .remote = "",
                             .queued_us = uv_hrtime() / 1000 - m->t_submit};
-        if (ev)
-            res.reply = ev->reply;
+        if (ev) res.reply = ev->reply;
         eng__pool_complete(p, m, &res);
     }
 }
@@ -311,23 +297,20 @@ void eng__pool_setup_done(eng_pool_t *p, eng__sess_t *s, const eng_event_t *ev)
             p->consecutive_failures++;
             unsigned k = p->consecutive_failures < 16 ? p->consecutive_failures : 16;
             uint64_t delay = (uint64_t)BACKOFF_BASE_MS << (k - 1);
-            if (delay > BACKOFF_MAX_MS)
-                delay = BACKOFF_MAX_MS;
+            if (delay > BACKOFF_MAX_MS) delay = BACKOFF_MAX_MS;
             /* Jitter keeps many pools (and workers) from retrying in step. */
             delay = delay / 2 + (uint64_t)(rand() % (int)(delay / 2 + 1));
             p->backoff_until_ms = now + delay;
         }
     }
-    if (p->route.on_event)
-        p->route.on_event(p, ev, p->route.ud);
+    if (p->route.on_event) p->route.on_event(p, ev, p->route.ud);
     if (ev->kind == ENG_EV_SETUP_FAILED) {
         /* Nobody is carrying mail and set-ups keep failing: tell the owners
          * of the queued messages now rather than let them wait forever. The
          * session that failed is still counted in nsess until it closes. */
         int established = 0;
         for (eng__sess_t *x = p->sessions; x; x = eng__sess_next(x))
-            if (x != s && eng__sess_established(x))
-                established = 1;
+            if (x != s && eng__sess_established(x)) established = 1;
         if (!established && p->consecutive_failures >= p->route.max_setup_failures) {
             fail_queued(p, ENG_FAILED, ev);
             p->consecutive_failures = 0;
@@ -341,14 +324,11 @@ void eng__pool_sess_gone(eng_pool_t *p, eng__sess_t *s, const eng_event_t *ev)
 {
     eng__sess_unlink(p, s);
     eng_budget_t *b = p->route.budget;
-    if (b && b->used)
-        b->used--;
-    if (p->route.on_event)
-        p->route.on_event(p, ev, p->route.ud);
+    if (b && b->used) b->used--;
+    if (p->route.on_event) p->route.on_event(p, ev, p->route.ud);
     /* After the owner has seen the event (and may have closed this pool):
      * another pool may be waiting for the room. */
-    if (b && b->on_release)
-        b->on_release(b);
+    if (b && b->on_release) b->on_release(b);
     if (p->closing) {
         /* The last connection is gone: finish in the timer's close callback. */
         if (!p->nsess && !uv_is_closing((uv_handle_t *)&p->backoff_timer))
@@ -366,8 +346,7 @@ void eng_pool_set_max_connections(eng_pool_t *p, unsigned n)
      * after their transaction (see the session's next-transaction check). */
     for (eng__sess_t *s = p->sessions; s && eng__pool_over_ceiling(p);) {
         eng__sess_t *next = eng__sess_next(s);
-        if (eng__sess_idle(s))
-            eng__sess_finish(s, 0);
+        if (eng__sess_idle(s)) eng__sess_finish(s, 0);
         s = next;
     }
     eng__pool_kick(p);
@@ -377,8 +356,7 @@ void eng_pool_close_idle(eng_pool_t *p)
 {
     for (eng__sess_t *s = p->sessions; s;) {
         eng__sess_t *next = eng__sess_next(s);
-        if (eng__sess_idle(s))
-            eng__sess_finish(s, 0);
+        if (eng__sess_idle(s)) eng__sess_finish(s, 0);
         s = next;
     }
 }
@@ -415,14 +393,12 @@ static void on_pool_timer_closed(uv_handle_t *h)
     void (*cb)(void *) = p->on_closed;
     void *ud = p->closed_ud;
     pool_free(p);
-    if (cb)
-        cb(ud);
+    if (cb) cb(ud);
 }
 
 void eng_pool_close(eng_pool_t *p, int now, void (*on_closed)(void *ud), void *ud)
 {
-    if (p->closing)
-        return;
+    if (p->closing) return;
     p->closing = 1;
     p->on_closed = on_closed;
     p->closed_ud = ud;
@@ -433,6 +409,5 @@ void eng_pool_close(eng_pool_t *p, int now, void (*on_closed)(void *ud), void *u
         eng__sess_finish(s, now);
         s = next;
     }
-    if (!p->nsess)
-        uv_close((uv_handle_t *)&p->backoff_timer, on_pool_timer_closed);
+    if (!p->nsess) uv_close((uv_handle_t *)&p->backoff_timer, on_pool_timer_closed);
 }

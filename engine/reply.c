@@ -7,9 +7,9 @@
 #include "common/err.h"
 
 struct smtp_reader {
-    buf_t in;      /* unparsed bytes */
-    size_t pos;    /* start of the first line not yet consumed into a reply */
-    buf_t text;    /* the text of the reply being returned */
+    buf_t in;   /* unparsed bytes */
+    size_t pos; /* start of the first line not yet consumed into a reply */
+    buf_t text; /* the text of the reply being returned */
     const char *err;
     int broken;
 };
@@ -17,8 +17,7 @@ struct smtp_reader {
 smtp_reader_t *smtp_reader_new(void)
 {
     smtp_reader_t *r = calloc(1, sizeof *r);
-    if (!r)
-        return NULL;
+    if (!r) return NULL;
     /* A reply's bytes plus one read's worth of the following pipelined replies. */
     buf_init(&r->in, SMTP_REPLY_MAX_TOTAL * 4);
     buf_init(&r->text, SMTP_REPLY_MAX_TOTAL);
@@ -28,8 +27,7 @@ smtp_reader_t *smtp_reader_new(void)
 
 void smtp_reader_free(smtp_reader_t *r)
 {
-    if (!r)
-        return;
+    if (!r) return;
     buf_free(&r->in);
     buf_free(&r->text);
     free(r);
@@ -79,23 +77,19 @@ static int is_digit(char c)
 size_t smtp_parse_enhanced(const char *s, size_t len, char out[16])
 {
     size_t i = 0;
-    if (len < 5 || (s[0] != '2' && s[0] != '4' && s[0] != '5') || s[1] != '.')
-        return 0;
+    if (len < 5 || (s[0] != '2' && s[0] != '4' && s[0] != '5') || s[1] != '.') return 0;
     i = 2;
     for (int part = 0; part < 2; part++) {
         size_t start = i;
         while (i < len && is_digit(s[i]) && i - start < 3)
             i++;
-        if (i == start)
-            return 0;
+        if (i == start) return 0;
         if (part == 0) {
-            if (i >= len || s[i] != '.')
-                return 0;
+            if (i >= len || s[i] != '.') return 0;
             i++;
         }
     }
-    if (i < len && s[i] != ' ' && s[i] != '\t')
-        return 0;
+    if (i < len && s[i] != ' ' && s[i] != '\t') return 0;
     memcpy(out, s, i);
     out[i] = '\0';
     return i;
@@ -111,8 +105,7 @@ static long line_end(const char *p, size_t avail)
 
 int smtp_reader_next(smtp_reader_t *r, smtp_reply_t *out)
 {
-    if (r->broken)
-        return VL_EPROTO;
+    if (r->broken) return VL_EPROTO;
 
     /* First pass: check that a complete reply (through its last line) is
      * buffered, validating each line; nothing is consumed until it is. */
@@ -123,34 +116,27 @@ int smtp_reader_next(smtp_reader_t *r, smtp_reply_t *out)
         size_t avail = r->in.len - pos;
         long nl = avail ? line_end(p, avail) : -1;
         if (nl < 0) {
-            if (avail > SMTP_REPLY_MAX_LINE)
-                return fail(r, "reply line too long");
-            if (pos - r->pos + avail > SMTP_REPLY_MAX_TOTAL)
-                return fail(r, "reply too long");
+            if (avail > SMTP_REPLY_MAX_LINE) return fail(r, "reply line too long");
+            if (pos - r->pos + avail > SMTP_REPLY_MAX_TOTAL) return fail(r, "reply too long");
             return 0;
         }
         size_t ll = (size_t)nl;
-        if (ll > 0 && p[ll - 1] == '\r')
-            ll--;
-        if (ll > SMTP_REPLY_MAX_LINE)
-            return fail(r, "reply line too long");
+        if (ll > 0 && p[ll - 1] == '\r') ll--;
+        if (ll > SMTP_REPLY_MAX_LINE) return fail(r, "reply line too long");
         if (ll < 3 || !is_digit(p[0]) || !is_digit(p[1]) || !is_digit(p[2]))
             return fail(r, "reply line does not start with a three-digit code");
         if (ll > 3 && p[3] != ' ' && p[3] != '-')
             return fail(r, "reply code not followed by a space or hyphen");
         int c = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
-        if (c < 200 || c > 599)
-            return fail(r, "reply code out of range");
+        if (c < 200 || c > 599) return fail(r, "reply code out of range");
         if (lines == 0)
             code = c;
         else if (c != code)
             return fail(r, "multiline reply changes its code");
         lines++;
         pos += (size_t)nl + 1;
-        if (pos - r->pos > SMTP_REPLY_MAX_TOTAL)
-            return fail(r, "reply too long");
-        if (ll == 3 || p[3] == ' ')
-            break;
+        if (pos - r->pos > SMTP_REPLY_MAX_TOTAL) return fail(r, "reply too long");
+        if (ll == 3 || p[3] == ' ') break;
     }
 
     /* Second pass: assemble the text of the lines [r->pos, pos). */
@@ -168,8 +154,7 @@ int smtp_reader_next(smtp_reader_t *r, smtp_reply_t *out)
         char enh[16];
         size_t el = smtp_parse_enhanced(t, tl, enh);
         if (el && enh[0] == p[0]) {
-            if (i == 0)
-                memcpy(out->enhanced, enh, sizeof enh);
+            if (i == 0) memcpy(out->enhanced, enh, sizeof enh);
             t += el;
             tl -= el;
             while (tl && (*t == ' ' || *t == '\t'))
@@ -179,8 +164,7 @@ int smtp_reader_next(smtp_reader_t *r, smtp_reply_t *out)
             return fail(r, "reply too long");
         at += nl + 1;
     }
-    if (r->text.data == NULL && buf_append(&r->text, "", 0))
-        return fail(r, "out of memory");
+    if (r->text.data == NULL && buf_append(&r->text, "", 0)) return fail(r, "out of memory");
     r->pos = pos;
     out->code = code;
     out->text = r->text.data;

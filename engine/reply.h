@@ -26,7 +26,7 @@ typedef struct smtp_reply {
     const char *text;  /* lines' texts without code and enhanced code, joined by
                         * '\n'; NUL-terminated; borrowed until the next call */
     size_t text_len;
-    int lines;         /* number of lines in the reply */
+    int lines; /* number of lines in the reply */
 } smtp_reply_t;
 
 typedef struct smtp_reader smtp_reader_t;

@@ -50,10 +50,9 @@ typedef enum sess_state {
 } sess_state_t;
 
 static const char *const state_names[SESS_LAST] = {
-    "STOP",  "RESOLVE",    "CONNECT",         "TLS_HANDSHAKE",   "GREETING",
-    "EHLO",  "HELO",       "STARTTLS",        "AUTH_PLAIN",      "AUTH_LOGIN",
-    "AUTH_LOGIN_USER",     "AUTH_LOGIN_PASS", "READY",           "TXN",
-    "QUIT",  "CLOSING",
+    "STOP",  "RESOLVE",  "CONNECT",    "TLS_HANDSHAKE", "GREETING",        "EHLO",
+    "HELO",  "STARTTLS", "AUTH_PLAIN", "AUTH_LOGIN",    "AUTH_LOGIN_USER", "AUTH_LOGIN_PASS",
+    "READY", "TXN",      "QUIT",       "CLOSING",
 };
 
 /* Extensions from the EHLO reply. */
@@ -87,10 +86,10 @@ static const eng_stage_t cmd_stage[] = {ENG_STAGE_RSET, ENG_STAGE_MAIL, ENG_STAG
 
 typedef struct cmd {
     cmd_kind_t kind;
-    unsigned idx;       /* recipient index for CMD_RCPT */
-    eng_msg_t *msg;     /* NULL for RSET and BODY_EMPTY */
-    uint64_t t_sent;    /* when written; 0 = not yet */
-    size_t text_off;    /* during a flush: where its command text is */
+    unsigned idx;    /* recipient index for CMD_RCPT */
+    eng_msg_t *msg;  /* NULL for RSET and BODY_EMPTY */
+    uint64_t t_sent; /* when written; 0 = not yet */
+    size_t text_off; /* during a flush: where its command text is */
     size_t text_len;
 } cmd_t;
 
@@ -120,7 +119,7 @@ struct eng__sess {
     int tcp_open;
     int gai_pending;
     struct addrinfo *ai_list, *ai_cur;
-    size_t tgt, tgt_tries; /* with pool targets: the one tried, how many so far */
+    size_t tgt, tgt_tries;                   /* with pool targets: the one tried, how many so far */
     char remote[256 + INET6_ADDRSTRLEN + 8]; /* [name]ip:port */
 
     const transport_t *tp;
@@ -136,12 +135,12 @@ struct eng__sess {
     unsigned fhead, flen, fcap;
     unsigned fsent; /* entries at the head already written */
 
-    eng_msg_t *txn; /* message whose envelope is in flight */
+    eng_msg_t *txn;       /* message whose envelope is in flight */
     unsigned msgs, rcpts; /* carried on this connection */
     int need_rset;
     int quit_wanted;
-    int quitting; /* counted in pool->nquitting */
-    int in_setup;   /* counted in pool->nsetup */
+    int quitting;    /* counted in pool->nquitting */
+    int in_setup;    /* counted in pool->nsetup */
     uint64_t t_wait; /* set-up: when the current command was written */
 
     buf_t text;      /* command text of the flush being built */
@@ -197,8 +196,7 @@ static const eng_timeouts_t *tmo(const eng__sess_t *s)
 
 static void trace_out(eng__sess_t *s, const char *text, size_t len)
 {
-    if (!s->pool->route.trace)
-        return;
+    if (!s->pool->route.trace) return;
     while (len) {
         const char *nl = memchr(text, '\n', len);
         size_t l = nl ? (size_t)(nl - text) + 1 : len;
@@ -213,13 +211,11 @@ static void trace_out(eng__sess_t *s, const char *text, size_t len)
 
 static void trace_in(eng__sess_t *s, const smtp_reply_t *r)
 {
-    if (!s->pool->route.trace)
-        return;
+    if (!s->pool->route.trace) return;
     char line[SMTP_REPLY_MAX_LINE + 32];
     int n = snprintf(line, sizeof line, "%d%s%s %s", r->code, r->enhanced[0] ? " " : "",
                      r->enhanced, r->text);
-    if (n > (int)sizeof line - 1)
-        n = sizeof line - 1;
+    if (n > (int)sizeof line - 1) n = sizeof line - 1;
     s->pool->route.trace(s->pool->route.ud, s->id, '<', line, (size_t)n);
 }
 
@@ -229,8 +225,7 @@ static void on_timeout(uv_timer_t *t)
 {
     eng__sess_t *s = t->data;
     char why[96];
-    snprintf(why, sizeof why, "no reply within the time limit (state %s)",
-             state_names[s->state]);
+    snprintf(why, sizeof why, "no reply within the time limit (state %s)", state_names[s->state]);
     eng_stage_t st = ENG_STAGE_NONE;
     switch (s->state) {
     case SESS_CONNECT:
@@ -263,8 +258,7 @@ static void on_timeout(uv_timer_t *t)
         st = ENG_STAGE_QUIT;
         break;
     default:
-        if (s->flen)
-            st = cmd_stage[s->fifo[s->fhead].kind];
+        if (s->flen) st = cmd_stage[s->fifo[s->fhead].kind];
         break;
     }
     sess_abort(s, st, VL_ETIMEOUT, why, NULL);
@@ -282,8 +276,7 @@ static void arm_for_wait(eng__sess_t *s)
         arm(s, tmo(s)->idle);
         return;
     }
-    if (s->state != SESS_TXN || !s->flen)
-        return;
+    if (s->state != SESS_TXN || !s->flen) return;
     switch (s->fifo[s->fhead].kind) {
     case CMD_RSET:
         arm(s, tmo(s)->rset);
@@ -302,8 +295,7 @@ static void arm_for_wait(eng__sess_t *s)
     case CMD_BDAT:
         /* The data block and termination limits: a slow write of a large
          * message restarts the clock on every completed write (see on_write). */
-        arm(s, tmo(s)->data_term > tmo(s)->data_block ? tmo(s)->data_term
-                                                       : tmo(s)->data_block);
+        arm(s, tmo(s)->data_term > tmo(s)->data_block ? tmo(s)->data_term : tmo(s)->data_block);
         break;
     }
 }
@@ -312,8 +304,7 @@ static void arm_for_wait(eng__sess_t *s)
 
 static void sess_free(eng__sess_t *s)
 {
-    if (s->ai_list)
-        uv_freeaddrinfo(s->ai_list);
+    if (s->ai_list) uv_freeaddrinfo(s->ai_list);
     smtp_reader_free(s->rd);
     tls_conn_free(s->tls);
     free(s->rbuf);
@@ -327,8 +318,7 @@ static void sess_free(eng__sess_t *s)
 /* Free the session once no handle and no lookup refers to it. */
 static void maybe_free(eng__sess_t *s)
 {
-    if (s->handles > 0 || s->gai_pending)
-        return;
+    if (s->handles > 0 || s->gai_pending) return;
     eng_event_t ev = {.kind = ENG_EV_CLOSED,
                       .conn_id = s->id,
                       .stage = s->fail_stage,
@@ -351,12 +341,10 @@ static void on_handle_closed(uv_handle_t *h)
 /* Close the handles; the session is freed when the last one is closed. */
 static void sess_close(eng__sess_t *s)
 {
-    if (s->state == SESS_CLOSING)
-        return;
+    if (s->state == SESS_CLOSING) return;
     set_state(s, SESS_CLOSING);
     uv_timer_stop(&s->timer);
-    if (s->gai_pending)
-        uv_cancel((uv_req_t *)&s->gai);
+    if (s->gai_pending) uv_cancel((uv_req_t *)&s->gai);
     if (!uv_is_closing((uv_handle_t *)&s->timer))
         uv_close((uv_handle_t *)&s->timer, on_handle_closed);
     if (s->tcp_open && !uv_is_closing((uv_handle_t *)&s->tcp)) {
@@ -379,21 +367,16 @@ static void complete(eng__sess_t *s, eng_msg_t *m, eng_status_t st, eng_stage_t 
                         .conn_id = s->id,
                         .queued_us = m->t_start - m->t_submit,
                         .txn_us = eng__now_us() - m->t_start};
-    if (reply)
-        res.reply = *reply;
-    if (st != ENG_DELIVERED)
-        res.naccepted = 0;
-    if (st == ENG_DELIVERED)
-        hist_record(&s->pool->stats.txn, res.txn_us);
+    if (reply) res.reply = *reply;
+    if (st != ENG_DELIVERED) res.naccepted = 0;
+    if (st == ENG_DELIVERED) hist_record(&s->pool->stats.txn, res.txn_us);
     m->active = 0;
-    if (s->txn == m)
-        s->txn = NULL;
+    if (s->txn == m) s->txn = NULL;
     /* Other FIFO entries may still point at m (a pipelined RCPT after a failed
      * MAIL, say): they must not outlive it. */
     for (unsigned i = 0; i < s->flen; i++) {
         cmd_t *c = &s->fifo[(s->fhead + i) % s->fcap];
-        if (c->msg == m)
-            c->msg = NULL;
+        if (c->msg == m) c->msg = NULL;
     }
     eng__pool_complete(s->pool, m, &res);
 }
@@ -407,16 +390,13 @@ static void fail_in_flight(eng__sess_t *s, eng_stage_t stage, int err, const cha
         cmd_t c = s->fifo[s->fhead];
         s->fhead = (s->fhead + 1) % s->fcap;
         s->flen--;
-        if (s->fsent)
-            s->fsent--;
-        if (!c.msg)
-            continue;
+        if (s->fsent) s->fsent--;
+        if (!c.msg) continue;
         eng_status_t st = c.msg->content_sent ? ENG_UNKNOWN : ENG_FAILED;
         complete(s, c.msg, st, cmd_stage[c.kind] > stage ? cmd_stage[c.kind] : stage, err, why,
                  reply);
     }
-    if (s->txn)
-        complete(s, s->txn, ENG_FAILED, stage, err, why, reply);
+    if (s->txn) complete(s, s->txn, ENG_FAILED, stage, err, why, reply);
 }
 
 static void leave_setup(eng__sess_t *s)
@@ -433,16 +413,14 @@ static void leave_setup(eng__sess_t *s)
 static void sess_abort(eng__sess_t *s, eng_stage_t stage, int err, const char *why,
                        const smtp_reply_t *reply)
 {
-    if (s->state == SESS_CLOSING)
-        return;
+    if (s->state == SESS_CLOSING) return;
     int was_setup = s->in_setup;
     int was_quit = s->state == SESS_QUIT;
     s->fail_stage = stage;
     s->fail_err = err;
     snprintf(s->errstr, sizeof s->errstr, "%s", why ? why : vl_err_str(err));
     memset(&s->fail_reply, 0, sizeof s->fail_reply);
-    if (reply)
-        eng__reply_copy(&s->fail_reply, reply);
+    if (reply) eng__reply_copy(&s->fail_reply, reply);
     VL_DEBUG("smtp conn %u (%s): %s at %s: %s", s->id, s->remote, vl_err_name(err),
              eng_stage_name(stage), s->errstr);
     sess_close(s);
@@ -475,16 +453,14 @@ static void on_write(uv_write_t *req, int status)
     eng__sess_t *s = w->s;
     free(w->text);
     free(w);
-    if (status == UV_ECANCELED || s->state == SESS_CLOSING)
-        return;
+    if (status == UV_ECANCELED || s->state == SESS_CLOSING) return;
     if (status < 0) {
-        sess_abort(s, s->flen ? cmd_stage[s->fifo[s->fhead].kind] : ENG_STAGE_CONNECT,
-                   VL_ENETWORK, uv_strerror(status), NULL);
+        sess_abort(s, s->flen ? cmd_stage[s->fifo[s->fhead].kind] : ENG_STAGE_CONNECT, VL_ENETWORK,
+                   uv_strerror(status), NULL);
         return;
     }
     /* Progress on a large body restarts the data-block clock. */
-    if (s->state == SESS_TXN)
-        arm_for_wait(s);
+    if (s->state == SESS_TXN) arm_for_wait(s);
 }
 
 static int plain_write(eng__sess_t *s, const struct iovec *iov, size_t n, char *owned_text)
@@ -519,8 +495,7 @@ static int plain_write(eng__sess_t *s, const struct iovec *iov, size_t n, char *
         iov = rest;
     }
     int rc = queue_write(s, iov, n, owned_text);
-    if (rest != rest_small)
-        free(rest);
+    if (rest != rest_small) free(rest);
     return rc;
 }
 
@@ -539,8 +514,8 @@ static int queue_write(eng__sess_t *s, const struct iovec *iov, size_t n, char *
                        offsetof(uv_buf_t, base) == offsetof(struct iovec, iov_base) &&
                        offsetof(uv_buf_t, len) == offsetof(struct iovec, iov_len),
                    "uv_buf_t is not an iovec");
-    int rc = uv_write(&w->req, (uv_stream_t *)&s->tcp, (const uv_buf_t *)iov, (unsigned)n,
-                      on_write);
+    int rc =
+        uv_write(&w->req, (uv_stream_t *)&s->tcp, (const uv_buf_t *)iov, (unsigned)n, on_write);
     if (rc) {
         free(owned_text);
         free(w);
@@ -608,8 +583,7 @@ static void send_line(eng__sess_t *s, const char *text, const char *shown)
     s->t_wait = eng__now_us();
     struct iovec iov = {copy, len};
     int rc = s->tp->write(s, &iov, 1, copy);
-    if (rc)
-        sess_abort(s, ENG_STAGE_NONE, rc, NULL, NULL);
+    if (rc) sess_abort(s, ENG_STAGE_NONE, rc, NULL, NULL);
 }
 
 /* ---- the FIFO of expected replies ------------------------------------- */
@@ -619,8 +593,7 @@ static int fifo_push(eng__sess_t *s, cmd_kind_t kind, eng_msg_t *m, unsigned idx
     if (s->flen == s->fcap) {
         unsigned cap = s->fcap ? s->fcap * 2 : 16;
         cmd_t *f = malloc(cap * sizeof *f);
-        if (!f)
-            return VL_ENOMEM;
+        if (!f) return VL_ENOMEM;
         for (unsigned i = 0; i < s->flen; i++)
             f[i] = s->fifo[(s->fhead + i) % s->fcap];
         free(s->fifo);
@@ -681,29 +654,22 @@ static int emit(eng__sess_t *s, cmd_t *c, size_t *text_start)
         eng_msg_t *m = c->msg;
         /* Pieces rather than printf: this runs for every message. */
         rc = buf_puts(t, "MAIL FROM:<");
-        if (!rc)
-            rc = buf_puts(t, m->mail_from);
-        if (!rc)
-            rc = buf_putc(t, '>');
+        if (!rc) rc = buf_puts(t, m->mail_from);
+        if (!rc) rc = buf_putc(t, '>');
         if (!rc && (s->caps & CAP_SIZE)) {
             rc = buf_puts(t, " SIZE=");
-            if (!rc)
-                rc = buf_put_dec(t, (long long)msg_size(m));
+            if (!rc) rc = buf_put_dec(t, (long long)msg_size(m));
         }
         if (!rc && (m->flags & ENG_MSG_8BIT) && (s->caps & CAP_8BITMIME))
             rc = buf_puts(t, " BODY=8BITMIME");
-        if (!rc && (m->flags & ENG_MSG_SMTPUTF8))
-            rc = buf_puts(t, " SMTPUTF8");
-        if (!rc)
-            rc = buf_puts(t, "\r\n");
+        if (!rc && (m->flags & ENG_MSG_SMTPUTF8)) rc = buf_puts(t, " SMTPUTF8");
+        if (!rc) rc = buf_puts(t, "\r\n");
         break;
     }
     case CMD_RCPT:
         rc = buf_puts(t, "RCPT TO:<");
-        if (!rc)
-            rc = buf_puts(t, c->msg->rcpts[c->idx]);
-        if (!rc)
-            rc = buf_puts(t, ">\r\n");
+        if (!rc) rc = buf_puts(t, c->msg->rcpts[c->idx]);
+        if (!rc) rc = buf_puts(t, ">\r\n");
         break;
     case CMD_DATA:
         rc = buf_puts(t, "DATA\r\n");
@@ -715,8 +681,7 @@ static int emit(eng__sess_t *s, cmd_t *c, size_t *text_start)
     case CMD_BDAT:
         break;
     }
-    if (rc)
-        return rc;
+    if (rc) return rc;
     c->text_off = off;
     c->text_len = t->len - off;
     if (c->kind == CMD_BODY || c->kind == CMD_BDAT) {
@@ -739,19 +704,15 @@ static int emit(eng__sess_t *s, cmd_t *c, size_t *text_start)
         } else {
             eng__iovv_reset(&s->scratch);
             n = eng__stuff(&s->scratch, m->iov, m->iovcnt, (m->flags & ENG_MSG_CRLF) != 0, dot);
-            if (n < 0)
-                return (int)n;
+            if (n < 0) return (int)n;
             src = s->scratch.v;
             nsrc = s->scratch.n;
         }
         if (!dot) {
             rc = buf_puts(t, "BDAT ");
-            if (!rc)
-                rc = buf_put_dec(t, n);
-            if (!rc)
-                rc = buf_puts(t, " LAST\r\n");
-            if (rc)
-                return rc;
+            if (!rc) rc = buf_put_dec(t, n);
+            if (!rc) rc = buf_puts(t, " LAST\r\n");
+            if (rc) return rc;
             c->text_off = off;
             c->text_len = t->len - off;
             if (eng__iovv_push(&s->out, t->data + *text_start, t->len - *text_start))
@@ -759,12 +720,10 @@ static int emit(eng__sess_t *s, cmd_t *c, size_t *text_start)
             *text_start = t->len;
         }
         for (size_t i = 0; i < nsrc; i++)
-            if (eng__iovv_push(&s->out, src[i].iov_base, src[i].iov_len))
-                return VL_ENOMEM;
+            if (eng__iovv_push(&s->out, src[i].iov_base, src[i].iov_len)) return VL_ENOMEM;
         if (dot) {
             rc = buf_puts(t, ".\r\n");
-            if (rc)
-                return rc;
+            if (rc) return rc;
         }
         s->pool->stats.bytes_out += (uint64_t)n;
         m->content_sent = 1;
@@ -777,11 +736,9 @@ static int emit(eng__sess_t *s, cmd_t *c, size_t *text_start)
  * without it. */
 static void sess_flush(eng__sess_t *s)
 {
-    if (s->state == SESS_CLOSING || s->fsent == s->flen)
-        return;
+    if (s->state == SESS_CLOSING || s->fsent == s->flen) return;
     int pipelining = (s->caps & CAP_PIPELINING) && !s->pool->route.no_pipelining;
-    if (!pipelining && s->fsent)
-        return; /* lock-step: wait for the outstanding reply */
+    if (!pipelining && s->fsent) return; /* lock-step: wait for the outstanding reply */
 
     /* One reservation so the text never moves while segments point into it. */
     size_t need = 0;
@@ -789,8 +746,7 @@ static void sess_flush(eng__sess_t *s)
     while (end < s->flen) {
         cmd_t *c = fifo_at(s, end++);
         need += cmd_text_max(c);
-        if (!pipelining || c->kind == CMD_DATA)
-            break;
+        if (!pipelining || c->kind == CMD_DATA) break;
     }
     buf_reset(&s->text);
     eng__iovv_reset(&s->out);
@@ -821,8 +777,7 @@ static void sess_flush(eng__sess_t *s)
     if (s->pool->route.trace)
         for (unsigned i = s->fsent; i < end; i++) {
             cmd_t *c = fifo_at(s, i);
-            if (c->text_len)
-                trace_out(s, s->text.data + c->text_off, c->text_len);
+            if (c->text_len) trace_out(s, s->text.data + c->text_off, c->text_len);
         }
     s->fsent = end;
     /* The write takes the text; the buffer starts afresh next time. */
@@ -831,8 +786,7 @@ static void sess_flush(eng__sess_t *s)
         sess_abort(s, ENG_STAGE_NONE, rc, NULL, NULL);
         return;
     }
-    if (s->state != SESS_TXN)
-        set_state(s, SESS_TXN);
+    if (s->state != SESS_TXN) set_state(s, SESS_TXN);
     arm_for_wait(s);
 }
 
@@ -875,12 +829,10 @@ static void start_txn(eng__sess_t *s, eng_msg_t *m)
         rc = fifo_push(s, CMD_RSET, NULL, 0);
         s->need_rset = 0;
     }
-    if (!rc)
-        rc = fifo_push(s, CMD_MAIL, m, 0);
+    if (!rc) rc = fifo_push(s, CMD_MAIL, m, 0);
     for (unsigned i = 0; !rc && i < m->nrcpts; i++)
         rc = fifo_push(s, CMD_RCPT, m, i);
-    if (!rc)
-        rc = fifo_push(s, chunking ? CMD_BDAT : CMD_DATA, m, 0);
+    if (!rc) rc = fifo_push(s, chunking ? CMD_BDAT : CMD_DATA, m, 0);
     if (rc) {
         complete(s, m, ENG_FAILED, ENG_STAGE_MAIL, rc, NULL, NULL);
         return;
@@ -895,8 +847,7 @@ static void sess_next_txn(eng__sess_t *s)
     while (!s->txn && s->state != SESS_CLOSING) {
         if (s->quit_wanted || conn_full(s) || s->pool->closing || eng__pool_over_ceiling(s->pool)) {
             s->quit_wanted = 1;
-            if (!s->flen)
-                sess_quit(s);
+            if (!s->flen) sess_quit(s);
             break;
         }
         eng_msg_t *m = eng__pool_take(s->pool, s->msgs, s->rcpts);
@@ -907,15 +858,13 @@ static void sess_next_txn(eng__sess_t *s)
             if (s->pool->nqueued ||
                 (b && b->wanted && b->used >= b->max && b->wanted(b, s->pool))) {
                 s->quit_wanted = 1;
-                if (!s->flen)
-                    sess_quit(s);
+                if (!s->flen) sess_quit(s);
             }
             break;
         }
         start_txn(s, m); /* may complete m at once (SMTPUTF8, SIZE): loop */
     }
-    if (s->state == SESS_CLOSING || s->state == SESS_QUIT)
-        return;
+    if (s->state == SESS_CLOSING || s->state == SESS_QUIT) return;
     if (s->flen) {
         sess_flush(s);
     } else if (s->state != SESS_READY) {
@@ -930,10 +879,9 @@ static void finish_msg(eng__sess_t *s, eng_msg_t *m, const smtp_reply_t *r, eng_
 {
     if (m->fail_stage == ENG_STAGE_MAIL || m->naccepted == 0) {
         eng_reply_t fr = m->fail_reply;
-        if (!fr.code)
-            fr = *rr;
-        complete(s, m, ENG_REJECTED, m->fail_stage != ENG_STAGE_NONE ? m->fail_stage : ENG_STAGE_BODY,
-                 0, NULL, &fr);
+        if (!fr.code) fr = *rr;
+        complete(s, m, ENG_REJECTED,
+                 m->fail_stage != ENG_STAGE_NONE ? m->fail_stage : ENG_STAGE_BODY, 0, NULL, &fr);
     } else if (r->code >= 200 && r->code < 300) {
         complete(s, m, ENG_DELIVERED, ENG_STAGE_BODY, 0, NULL, rr);
     } else {
@@ -974,8 +922,7 @@ static void on_txn_reply(eng__sess_t *s, const smtp_reply_t *r)
         }
         break;
     case CMD_RCPT:
-        if (!m)
-            break;
+        if (!m) break;
         m->rcpt_status[c.idx].reply = rr;
         m->rcpt_status[c.idx].accepted = ok;
         if (ok)
@@ -986,8 +933,7 @@ static void on_txn_reply(eng__sess_t *s, const smtp_reply_t *r)
         }
         break;
     case CMD_DATA:
-        if (!m)
-            break;
+        if (!m) break;
         if (r->code == 354) {
             if (m->fail_stage == ENG_STAGE_MAIL || m->naccepted == 0) {
                 /* RFC 2920 §3.1: a 354 with no valid recipient still needs a
@@ -1014,35 +960,29 @@ static void on_txn_reply(eng__sess_t *s, const smtp_reply_t *r)
         }
         break;
     case CMD_BODY:
-        if (m)
-            finish_msg(s, m, r, &rr);
+        if (m) finish_msg(s, m, r, &rr);
         break;
     case CMD_BODY_EMPTY:
         break; /* the end of DATA resets the transaction, whatever its reply */
     case CMD_BDAT:
         s->txn = NULL;
-        if (!ok)
-            s->need_rset = 1;
-        if (m)
-            finish_msg(s, m, r, &rr);
+        if (!ok) s->need_rset = 1;
+        if (m) finish_msg(s, m, r, &rr);
         break;
     }
     if (r->code == 421) {
         /* The message whose command drew the 421 has its answer; the others
          * in flight fail with it (see on_421). */
-        if (m && m->active)
-            complete(s, m, ENG_REJECTED, cmd_stage[c.kind], 0, NULL, &rr);
+        if (m && m->active) complete(s, m, ENG_REJECTED, cmd_stage[c.kind], 0, NULL, &rr);
         on_421(s, cmd_stage[c.kind], r);
         return;
     }
-    if (s->state == SESS_CLOSING)
-        return;
+    if (s->state == SESS_CLOSING) return;
     if (!s->txn)
         sess_next_txn(s);
     else
         sess_flush(s); /* lock-step: the next command of this transaction */
-    if (s->state == SESS_TXN)
-        arm_for_wait(s);
+    if (s->state == SESS_TXN) arm_for_wait(s);
 }
 
 /* ---- set-up ----------------------------------------------------------- */
@@ -1053,8 +993,7 @@ static void ready(eng__sess_t *s)
     set_state(s, SESS_READY);
     eng_event_t ev = {.kind = ENG_EV_READY, .conn_id = s->id};
     eng__pool_setup_done(s->pool, s, &ev);
-    if (s->state == SESS_READY)
-        sess_next_txn(s);
+    if (s->state == SESS_READY) sess_next_txn(s);
 }
 
 static void send_ehlo(eng__sess_t *s)
@@ -1171,8 +1110,7 @@ static void parse_caps(eng__sess_t *s, const smtp_reply_t *r)
                 s->caps |= CAP_PIPELINING;
             else if (!strcasecmp(kw, "SIZE")) {
                 s->caps |= CAP_SIZE;
-                if (alen > 1)
-                    s->size_limit = strtoull(args + 1, NULL, 10);
+                if (alen > 1) s->size_limit = strtoull(args + 1, NULL, 10);
             } else if (!strcasecmp(kw, "8BITMIME"))
                 s->caps |= CAP_8BITMIME;
             else if (!strcasecmp(kw, "SMTPUTF8"))
@@ -1233,8 +1171,7 @@ static void tls_pump(eng__sess_t *s)
             sess_abort(s, ENG_STAGE_TLS, wrc, NULL, NULL);
             return;
         }
-        if (rc == 0)
-            return;
+        if (rc == 0) return;
         hist_record(&s->pool->stats.verb[ENG_STAGE_TLS], eng__now_us() - s->t_wait);
         VL_DEBUG("smtp conn %u: %s %s", s->id, tls_conn_version(s->tls), tls_conn_cipher(s->tls));
         if (s->after_starttls) {
@@ -1249,8 +1186,7 @@ static void tls_pump(eng__sess_t *s)
     char buf[READ_BUF_SIZE];
     for (;;) {
         ssize_t n = tls_conn_read(s->tls, buf, sizeof buf);
-        if (n == 0)
-            break;
+        if (n == 0) break;
         if (n < 0) {
             sess_abort(s, s->state == SESS_QUIT ? ENG_STAGE_QUIT : ENG_STAGE_TLS, (int)n,
                        n == VL_ECONNRESET ? "the server closed the TLS session"
@@ -1413,8 +1349,7 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 {
     eng__sess_t *s = st->data;
-    if (n == 0 || s->state == SESS_CLOSING)
-        return;
+    if (n == 0 || s->state == SESS_CLOSING) return;
     if (n < 0) {
         eng_stage_t stage = ENG_STAGE_NONE;
         if (s->state == SESS_TXN && s->flen)
@@ -1455,14 +1390,12 @@ static int next_address(eng__sess_t *s)
 {
     eng_pool_t *p = s->pool;
     if (p->targets) {
-        if (s->tgt_tries >= p->ntargets)
-            return 0;
+        if (s->tgt_tries >= p->ntargets) return 0;
         s->tgt = (s->tgt + 1) % p->ntargets;
         s->tgt_tries++;
         return 1;
     }
-    if (!s->ai_cur || !s->ai_cur->ai_next)
-        return 0;
+    if (!s->ai_cur || !s->ai_cur->ai_next) return 0;
     s->ai_cur = s->ai_cur->ai_next;
     return 1;
 }
@@ -1470,8 +1403,7 @@ static int next_address(eng__sess_t *s)
 static void on_connect(uv_connect_t *req, int status)
 {
     eng__sess_t *s = req->data;
-    if (s->state == SESS_CLOSING)
-        return;
+    if (s->state == SESS_CLOSING) return;
     if (status < 0) {
         /* Try the next address (IPv6 then IPv4, as the resolver ordered them)
          * on a fresh handle; the old one must be closed first. */
@@ -1510,8 +1442,7 @@ static void on_connect(uv_connect_t *req, int status)
                 snprintf(s->remote, sizeof s->remote, "%s:%d", ip, port);
         }
     }
-    if (s->pool->targets)
-        s->pool->tgt_good = s->tgt; /* the next connections start here */
+    if (s->pool->targets) s->pool->tgt_good = s->tgt; /* the next connections start here */
     hist_record(&s->pool->stats.verb[ENG_STAGE_CONNECT], eng__now_us() - s->t_wait);
     uv_tcp_nodelay(&s->tcp, 1);
     int rc = uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read);
@@ -1552,8 +1483,8 @@ static void try_connect(eng__sess_t *s)
         return;
     }
     if (rc)
-        sess_abort(s, ENG_STAGE_CONNECT,
-                   rc == UV_ECONNREFUSED ? VL_ECONNREFUSED : VL_ENETWORK, uv_strerror(rc), NULL);
+        sess_abort(s, ENG_STAGE_CONNECT, rc == UV_ECONNREFUSED ? VL_ECONNREFUSED : VL_ENETWORK,
+                   uv_strerror(rc), NULL);
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -1561,8 +1492,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     eng__sess_t *s = req->data;
     s->gai_pending = 0;
     if (s->state == SESS_CLOSING) {
-        if (res)
-            uv_freeaddrinfo(res);
+        if (res) uv_freeaddrinfo(res);
         maybe_free(s); /* the handles may have closed while it was pending */
         return;
     }
@@ -1579,8 +1509,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 int eng__sess_open(eng_pool_t *p)
 {
     eng__sess_t *s = calloc(1, sizeof *s);
-    if (!s)
-        return VL_ENOMEM;
+    if (!s) return VL_ENOMEM;
     s->pool = p;
     s->id = ++p->next_id;
     s->tp = &plain_transport;
@@ -1598,8 +1527,7 @@ int eng__sess_open(eng_pool_t *p)
     s->handles = 1;
     /* Link before anything can fail, so the pool sees every session. */
     s->next = p->sessions;
-    if (p->sessions)
-        p->sessions->prev = s;
+    if (p->sessions) p->sessions->prev = s;
     p->sessions = s;
     p->nsess++;
     p->nsetup++;
@@ -1628,8 +1556,7 @@ int eng__sess_open(eng_pool_t *p)
 
 void eng__sess_kick(eng__sess_t *s)
 {
-    if (eng__sess_idle(s))
-        sess_next_txn(s);
+    if (eng__sess_idle(s)) sess_next_txn(s);
 }
 
 int eng__sess_idle(const eng__sess_t *s)
@@ -1649,8 +1576,7 @@ eng__sess_t *eng__sess_next(const eng__sess_t *s)
 
 static void sess_quit(eng__sess_t *s)
 {
-    if (s->state == SESS_CLOSING || s->state == SESS_QUIT)
-        return;
+    if (s->state == SESS_CLOSING || s->state == SESS_QUIT) return;
     s->quitting = 1;
     s->pool->nquitting++;
     set_state(s, SESS_QUIT);
@@ -1664,15 +1590,13 @@ static void sess_quit(eng__sess_t *s)
 
 void eng__sess_finish(eng__sess_t *s, int now)
 {
-    if (s->state == SESS_CLOSING)
-        return;
+    if (s->state == SESS_CLOSING) return;
     s->quit_wanted = 1;
     if (now || s->in_setup) {
         sess_abort(s, ENG_STAGE_NONE, VL_ECANCELED, "the pool was closed", NULL);
         return;
     }
-    if (s->state == SESS_READY && !s->flen && !s->txn)
-        sess_quit(s);
+    if (s->state == SESS_READY && !s->flen && !s->txn) sess_quit(s);
 }
 
 void eng__sess_unlink(eng_pool_t *p, eng__sess_t *s)
@@ -1681,10 +1605,8 @@ void eng__sess_unlink(eng_pool_t *p, eng__sess_t *s)
         s->prev->next = s->next;
     else
         p->sessions = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
+    if (s->next) s->next->prev = s->prev;
     p->nsess--;
-    if (s->quitting)
-        p->nquitting--;
+    if (s->quitting) p->nquitting--;
     leave_setup(s);
 }

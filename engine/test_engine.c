@@ -22,7 +22,19 @@
 
 /* ---- a scripted server ------------------------------------------------ */
 
-enum step { S_GREETING, S_EHLO, S_HELO, S_MAIL, S_RCPT, S_DATA, S_DOT, S_RSET, S_QUIT, S_AUTH, S_N };
+enum step {
+    S_GREETING,
+    S_EHLO,
+    S_HELO,
+    S_MAIL,
+    S_RCPT,
+    S_DATA,
+    S_DOT,
+    S_RSET,
+    S_QUIT,
+    S_AUTH,
+    S_N
+};
 static const char *const step_names[S_N] = {"greeting", "EHLO", "HELO", "MAIL", "RCPT",
                                             "DATA",     "DOT",  "RSET", "QUIT", "AUTH"};
 
@@ -50,7 +62,7 @@ typedef struct sconn {
     int in_data;
     int dead;
     int sent_421;
-    int silent; /* hung: answers nothing more */
+    int silent;     /* hung: answers nothing more */
     int login_step; /* AUTH LOGIN: 1 = user expected, 2 = password expected */
 } sconn_t;
 
@@ -95,8 +107,7 @@ static void on_sconn_closed(uv_handle_t *h)
 
 static void sconn_close(sconn_t *c)
 {
-    if (c->dead)
-        return;
+    if (c->dead) return;
     c->dead = 1;
     uv_close((uv_handle_t *)&c->tcp, on_sconn_closed);
 }
@@ -129,8 +140,7 @@ static int answer(sconn_t *c, enum step st)
     server_t *s = c->srv;
     const char *r = s->reply[st] && s->seen[st] >= s->fail_after ? s->reply[st] : NULL;
     s->seen[st]++;
-    if (!r)
-        r = default_reply(s, st);
+    if (!r) r = default_reply(s, st);
     if (!strcmp(r, DROP)) {
         sconn_close(c);
         return -1;
@@ -142,20 +152,17 @@ static int answer(sconn_t *c, enum step st)
     swrite(c, r);
     if (!strncmp(r, "421", 3)) {
         c->sent_421 = 1;
-        if (!s->keep_open_after_421)
-            sconn_close(c);
+        if (!s->keep_open_after_421) sconn_close(c);
         return -1;
     }
-    if (st == S_QUIT)
-        sconn_close(c);
+    if (st == S_QUIT) sconn_close(c);
     return 0;
 }
 
 static void handle_line(sconn_t *c, const char *line, size_t len)
 {
     server_t *s = c->srv;
-    if (buf_append(&s->transcript, line, len) || buf_putc(&s->transcript, '\n'))
-        fail();
+    if (buf_append(&s->transcript, line, len) || buf_putc(&s->transcript, '\n')) fail();
     enum step st;
     if (c->login_step == 1) {
         c->login_step = 2;
@@ -202,10 +209,9 @@ static void handle_line(sconn_t *c, const char *line, size_t len)
     }
     int was354 = st == S_DATA;
     if (answer(c, st) == 0 && was354 && !c->dead) {
-        const char *r = s->reply[S_DATA] && s->seen[S_DATA] - 1 >= s->fail_after ? s->reply[S_DATA]
-                                                                                : "354";
-        if (!strncmp(r, "354", 3))
-            c->in_data = 1;
+        const char *r =
+            s->reply[S_DATA] && s->seen[S_DATA] - 1 >= s->fail_after ? s->reply[S_DATA] : "354";
+        if (!strncmp(r, "354", 3)) c->in_data = 1;
     }
 }
 
@@ -222,19 +228,15 @@ static void on_sread(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
         sconn_close(c);
         return;
     }
-    if (c->dead)
-        return;
+    if (c->dead) return;
     if (c->sent_421) {
         c->srv->bytes_after_421 += (size_t)n;
         return;
     }
-    if (c->silent)
-        return;
-    if (buf_append(&c->in, b->base, (size_t)n) || buf_putc(&c->srv->transcript, '|'))
-        fail();
+    if (c->silent) return;
+    if (buf_append(&c->in, b->base, (size_t)n) || buf_putc(&c->srv->transcript, '|')) fail();
     for (;;) {
-        if (c->dead || c->sent_421 || c->silent)
-            return;
+        if (c->dead || c->sent_421 || c->silent) return;
         if (c->in_data == 1) {
             char *end = memmem(c->in.data, c->in.len, "\r\n.\r\n", 5);
             size_t skip = 5;
@@ -242,38 +244,31 @@ static void on_sread(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
                 end = c->in.data;
                 skip = 3;
             }
-            if (!end)
-                return;
+            if (!end) return;
             buf_reset(&c->srv->content);
-            if (skip == 5 && buf_append(&c->srv->content, c->in.data,
-                                        (size_t)(end - c->in.data) + 2))
+            if (skip == 5 &&
+                buf_append(&c->srv->content, c->in.data, (size_t)(end - c->in.data) + 2))
                 fail();
             buf_consume(&c->in, (size_t)(end - c->in.data) + skip);
             c->in_data = 0;
-            if (buf_puts(&c->srv->transcript, "<content>\n"))
-                fail();
-            if (answer(c, S_DOT))
-                return;
+            if (buf_puts(&c->srv->transcript, "<content>\n")) fail();
+            if (answer(c, S_DOT)) return;
             continue;
         }
         if (c->in_data == 2) {
             /* BDAT n LAST: the chunk follows; take it all (small tests). */
             buf_reset(&c->in);
             c->in_data = 0;
-            if (buf_puts(&c->srv->transcript, "<chunk>\n"))
-                fail();
+            if (buf_puts(&c->srv->transcript, "<chunk>\n")) fail();
             answer(c, S_DOT);
             return;
         }
         char *nl = memchr(c->in.data, '\n', c->in.len);
-        if (!nl)
-            return;
+        if (!nl) return;
         size_t len = (size_t)(nl - c->in.data);
-        if (len && c->in.data[len - 1] == '\r')
-            len--;
+        if (len && c->in.data[len - 1] == '\r') len--;
         char line[1024];
-        if (len >= sizeof line)
-            len = sizeof line - 1;
+        if (len >= sizeof line) len = sizeof line - 1;
         memcpy(line, c->in.data, len);
         line[len] = '\0';
         buf_consume(&c->in, (size_t)(nl - c->in.data) + 1);
@@ -427,8 +422,7 @@ static void on_msg_done_close(eng_msg_t *m, const eng_result_t *res)
     on_done(m, res);
     outcome_t *o = m->ud;
     harness_t *h = *(harness_t **)&o->st[3];
-    if (eng_pool_pending(h->pool) == 0)
-        eng_pool_close(h->pool, 0, on_pool_closed, h);
+    if (eng_pool_pending(h->pool) == 0) eng_pool_close(h->pool, 0, on_pool_closed, h);
 }
 
 /* Send one message with the server scripted to answer `reply` at step `st`;
@@ -439,8 +433,7 @@ static void run_one(enum step st, const char *reply, int pipelining, eng_status_
     harness_t h;
     harness_init(&h, pipelining);
     h.srv.reply[st] = reply;
-    if (st == S_EHLO && reply[0] == '5')
-        h.srv.reply[S_HELO] = "550 no HELO either";
+    if (st == S_EHLO && reply[0] == '5') h.srv.reply[S_HELO] = "550 no HELO either";
     harness_pool(&h, 1, 0);
     eng_msg_t m;
     outcome_t o;
@@ -491,13 +484,12 @@ static void test_every_stage(void **state)
         run_one(S_RCPT, SILENT, pl, ENG_FAILED, ENG_STAGE_RCPT, 0, VL_ETIMEOUT);
         /* DATA */
         run_one(S_DATA, "451 4.3.0 local error", pl, ENG_REJECTED, ENG_STAGE_DATA, 451, 0);
-        run_one(S_DATA, "554 5.5.1 no valid recipients", pl, ENG_REJECTED, ENG_STAGE_DATA, 554,
-                0);
+        run_one(S_DATA, "554 5.5.1 no valid recipients", pl, ENG_REJECTED, ENG_STAGE_DATA, 554, 0);
         run_one(S_DATA, DROP, pl, ENG_FAILED, ENG_STAGE_DATA, 0, VL_ECONNRESET);
         run_one(S_DATA, SILENT, pl, ENG_FAILED, ENG_STAGE_DATA, 0, VL_ETIMEOUT);
         /* end of data: after the content went out, a lost reply is UNKNOWN */
-        run_one(S_DOT, "451 4.7.1 DT:SPM please try again", pl, ENG_REJECTED, ENG_STAGE_BODY,
-                451, 0);
+        run_one(S_DOT, "451 4.7.1 DT:SPM please try again", pl, ENG_REJECTED, ENG_STAGE_BODY, 451,
+                0);
         run_one(S_DOT, "552 5.3.4 Illegal Attachment", pl, ENG_REJECTED, ENG_STAGE_BODY, 552, 0);
         run_one(S_DOT, DROP, pl, ENG_UNKNOWN, ENG_STAGE_BODY, 0, VL_ECONNRESET);
         run_one(S_DOT, SILENT, pl, ENG_UNKNOWN, ENG_STAGE_BODY, 0, VL_ETIMEOUT);
@@ -707,8 +699,8 @@ static void test_targets_and_budget(void **state)
         uv_run(&h.loop, UV_RUN_ONCE);
         /* One connection at a time over both pools, whatever each allows. */
         assert_true(b.used <= 1);
-        assert_true(eng_pool_connections(budget_pools[0]) +
-                        eng_pool_connections(budget_pools[1]) <= 1);
+        assert_true(eng_pool_connections(budget_pools[0]) + eng_pool_connections(budget_pools[1]) <=
+                    1);
     }
     for (int i = 0; i < 2 * N; i++)
         assert_int_equal(o[i].res.status, ENG_DELIVERED);
@@ -866,8 +858,7 @@ static void test_auth_plain_refused_without_tls(void **state)
 static void trace_cb(void *ud, unsigned conn, char dir, const char *line, size_t len)
 {
     buf_t *b = ud;
-    if (buf_printf(b, "%c %.*s\n", dir, (int)len, line))
-        fail();
+    if (buf_printf(b, "%c %.*s\n", dir, (int)len, line)) fail();
 }
 
 static void test_auth_and_trace(void **state)
@@ -877,8 +868,7 @@ static void test_auth_and_trace(void **state)
         for (int bad = 0; bad <= 1; bad++) {
             harness_t h;
             harness_init(&h, !login); /* without PIPELINING the script offers only LOGIN */
-            if (bad)
-                h.srv.reply[S_AUTH] = "535 5.7.8 Authentication credentials invalid";
+            if (bad) h.srv.reply[S_AUTH] = "535 5.7.8 Authentication credentials invalid";
             buf_t trace;
             buf_init(&trace, 1 << 20);
             eng_route_t r;

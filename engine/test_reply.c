@@ -237,9 +237,9 @@ static void test_reset(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_whole),     cmocka_unit_test(test_byte_by_byte),
+        cmocka_unit_test(test_whole),         cmocka_unit_test(test_byte_by_byte),
         cmocka_unit_test(test_random_splits), cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_overlong),  cmocka_unit_test(test_enhanced),
+        cmocka_unit_test(test_overlong),      cmocka_unit_test(test_enhanced),
         cmocka_unit_test(test_reset),
     };
     return cmocka_run_group_tests_name("reply", tests, NULL, NULL);

@@ -22,8 +22,7 @@ static size_t reference(const char *in, size_t n, int dot, char *out)
         if (c == '\r') {
             out[o++] = '\r';
             out[o++] = '\n';
-            if (i + 1 < n && in[i + 1] == '\n')
-                i++;
+            if (i + 1 < n && in[i + 1] == '\n') i++;
             line_start = 1;
             continue;
         }
@@ -33,8 +32,7 @@ static size_t reference(const char *in, size_t n, int dot, char *out)
             line_start = 1;
             continue;
         }
-        if (line_start && c == '.' && dot)
-            out[o++] = '.';
+        if (line_start && c == '.' && dot) out[o++] = '.';
         out[o++] = c;
         line_start = 0;
     }
@@ -76,8 +74,8 @@ static void check(const char *in, size_t n, const struct iovec *iov, size_t niov
 static void test_examples(void **state)
 {
     (void)state;
-    const char *cases[] = {"", "a", ".", "..\r\n", "a\r\n.b\r\n", ".x\n.y\r.z", "\r", "\n",
-                           "a\r\r\nb", "end with cr\r", ".\r\n.\r\n"};
+    const char *cases[] = {"",   "a",  ".",        "..\r\n",        "a\r\n.b\r\n", ".x\n.y\r.z",
+                           "\r", "\n", "a\r\r\nb", "end with cr\r", ".\r\n.\r\n"};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t n = strlen(cases[i]);
         struct iovec iov = {(void *)cases[i], n};
@@ -127,10 +125,10 @@ static void test_clean_path(void **state)
             buf[n++] = '\r';
             buf[n++] = '\n';
         }
-        if (rand() % 3 == 0)
-            buf[n++] = '.'; /* no final CRLF */
+        if (rand() % 3 == 0) buf[n++] = '.'; /* no final CRLF */
         struct iovec iov[3];
-        size_t a = n ? (size_t)rand() % (n + 1) : 0, b = a + (n - a ? (size_t)rand() % (n - a + 1) : 0);
+        size_t a = n ? (size_t)rand() % (n + 1) : 0,
+               b = a + (n - a ? (size_t)rand() % (n - a + 1) : 0);
         iov[0] = (struct iovec){buf, a};
         iov[1] = (struct iovec){buf + a, b - a};
         iov[2] = (struct iovec){buf + b, n - b};

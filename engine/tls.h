@@ -31,8 +31,8 @@ int tls_ctx_client_new(tls_ctx_t **out, const char *ca_file, int insecure, char 
 
 /* A server context from PEM certificate (chain) and key files (borrowed, read
  * now). */
-int tls_ctx_server_new(tls_ctx_t **out, const char *cert_file, const char *key_file,
-                       char *errbuf, size_t errlen);
+int tls_ctx_server_new(tls_ctx_t **out, const char *cert_file, const char *key_file, char *errbuf,
+                       size_t errlen);
 
 /* Another owner of ctx: each tls_ctx_ref() needs its own tls_ctx_free().
  * The MX router's per-domain pools share one client context: each context

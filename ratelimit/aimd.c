@@ -78,8 +78,7 @@ uint64_t rl_route_failure(rl_route_t *r, uint64_t now_ms, const char *reason, ui
      * connections refused by a server started a second late reached the
      * suspension (5 minutes) at once. */
     if (r->failures && now_ms < r->next_try_ms) {
-        if (!r->suspended)
-            snprintf(r->reason, sizeof r->reason, "%s", reason ? reason : "unknown");
+        if (!r->suspended) snprintf(r->reason, sizeof r->reason, "%s", reason ? reason : "unknown");
         return r->next_try_ms;
     }
     r->failures++;

@@ -414,8 +414,7 @@ static int parse_provider(pctx_t *c, const json_t *o, rl_provider_t *p)
     if (json_object_get(o, "mx_port")) {
         if (p->route != RL_ROUTE_MX)
             return perr(c, "mx_port", NULL, "only with route \"mx\" (give the port in the URL)");
-        if (mx_port < 1 || mx_port > 65535)
-            return perr(c, "mx_port", NULL, "must be 1 to 65535");
+        if (mx_port < 1 || mx_port > 65535) return perr(c, "mx_port", NULL, "must be 1 to 65535");
         p->port = (uint16_t)mx_port;
     } else if (p->route == RL_ROUTE_MX) {
         p->port = 25;

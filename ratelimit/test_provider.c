@@ -238,7 +238,8 @@ static void test_password_never_printed(void **state)
     char path[64], json[256];
     snprintf(path, sizeof path, "%s/pw", dir);
     snprintf(json, sizeof json,
-             "[{\"name\": \"f\", \"domains\": [\"*\"], \"route\": \"smtp://h:25\", \"auth\": {\"user\": \"u\", "
+             "[{\"name\": \"f\", \"domains\": [\"*\"], \"route\": \"smtp://h:25\", \"auth\": "
+             "{\"user\": \"u\", "
              "\"password_file\": \"%s\"}}]",
              path);
     ps = parse_ok(json);

@@ -13,7 +13,6 @@
 #include "scheduler/lua.h"
 #include "scheduler/result.h"
 
-
 int sched_parse_time(const char *s, size_t len, int64_t *ms)
 {
     char buf[64];
@@ -21,8 +20,7 @@ int sched_parse_time(const char *s, size_t len, int64_t *ms)
         s++, len--;
     while (len && isspace((unsigned char)s[len - 1]))
         len--;
-    if (!len || len >= sizeof buf)
-        return -1;
+    if (!len || len >= sizeof buf) return -1;
     memcpy(buf, s, len);
     buf[len] = '\0';
     size_t i = 0;
@@ -33,18 +31,15 @@ int sched_parse_time(const char *s, size_t len, int64_t *ms)
         return 0;
     }
     int y, mo, d, h = 0, mi = 0, sec = 0, n = 0;
-    if (sscanf(buf, "%4d-%2d-%2d%n", &y, &mo, &d, &n) != 3 || n != 10)
-        return -1;
+    if (sscanf(buf, "%4d-%2d-%2d%n", &y, &mo, &d, &n) != 3 || n != 10) return -1;
     const char *p = buf + 10;
     double frac = 0;
     if (*p == 'T' || *p == 't' || *p == ' ') {
         int m = 0;
-        if (sscanf(p + 1, "%2d:%2d%n", &h, &mi, &m) != 2 || m != 5)
-            return -1;
+        if (sscanf(p + 1, "%2d:%2d%n", &h, &mi, &m) != 2 || m != 5) return -1;
         p += 1 + m;
         if (*p == ':') {
-            if (sscanf(p + 1, "%2d%n", &sec, &m) != 1 || m != 2)
-                return -1;
+            if (sscanf(p + 1, "%2d%n", &sec, &m) != 1 || m != 2) return -1;
             p += 1 + m;
             if (*p == '.') {
                 char *e;
@@ -58,15 +53,17 @@ int sched_parse_time(const char *s, size_t len, int64_t *ms)
         p++;
     } else if (*p == '+' || *p == '-') {
         int oh, om, m = 0;
-        if (sscanf(p + 1, "%2d:%2d%n", &oh, &om, &m) != 2 || m != 5)
-            return -1;
+        if (sscanf(p + 1, "%2d:%2d%n", &oh, &om, &m) != 2 || m != 5) return -1;
         off = (oh * 60L + om) * 60L * (*p == '-' ? -1 : 1);
         p += 1 + m;
     }
-    if (*p || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
-        return -1;
-    struct tm tm = {.tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d,
-                    .tm_hour = h, .tm_min = mi, .tm_sec = sec};
+    if (*p || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60) return -1;
+    struct tm tm = {.tm_year = y - 1900,
+                    .tm_mon = mo - 1,
+                    .tm_mday = d,
+                    .tm_hour = h,
+                    .tm_min = mi,
+                    .tm_sec = sec};
     time_t t = timegm(&tm);
     *ms = ((int64_t)t - off) * 1000 + (int64_t)(frac * 1000);
     return 0;
@@ -86,12 +83,12 @@ typedef struct part {
 typedef struct ibatch {
     unsigned long first, last;
     int64_t due;
-    int has_due;     /* a good row set the due time */
-    unsigned nrows;  /* good and rejected */
+    int has_due;    /* a good row set the due time */
+    unsigned nrows; /* good and rejected */
     buf_t blob;
     part_t parts[MAX_CALL_PROVIDERS];
     size_t nparts;
-    buf_t rej;       /* rejected rows: "row\0json\0" pairs */
+    buf_t rej; /* rejected rows: "row\0json\0" pairs */
     size_t nrej;
 } ibatch_t;
 
@@ -99,7 +96,7 @@ typedef struct call {
     const char *pnames[MAX_CALL_PROVIDERS];
     size_t nprov;
     ibatch_t b[CALL_BATCHES];
-    size_t nb;       /* closed batches; b[nb] is the open one */
+    size_t nb; /* closed batches; b[nb] is the open one */
 } call_t;
 
 static void call_reset(call_t *c)
@@ -120,10 +117,8 @@ static void call_reset(call_t *c)
 static int provider_index(call_t *c, const char *name)
 {
     for (size_t i = 0; i < c->nprov; i++)
-        if (!strcmp(c->pnames[i], name))
-            return (int)i + 1;
-    if (c->nprov == MAX_CALL_PROVIDERS)
-        return -1;
+        if (!strcmp(c->pnames[i], name)) return (int)i + 1;
+    if (c->nprov == MAX_CALL_PROVIDERS) return -1;
     c->pnames[c->nprov++] = name;
     return (int)c->nprov;
 }
@@ -132,10 +127,8 @@ static int flush(redisContext *rc_, const char *id, call_t *c, const char *sha,
                  sched_ingest_stats_t *st, char *err, size_t errlen)
 {
     size_t nb = c->nb; /* the closed batches, and the open one if it has rows */
-    if (nb < CALL_BATCHES && c->b[nb].nrows)
-        nb++;
-    if (!nb)
-        return 0;
+    if (nb < CALL_BATCHES && c->b[nb].nrows) nb++;
+    if (!nb) return 0;
     /* The results hashes of the call's rows (rows rejected, or cancelled on
      * arrival): its batches are consecutive, so k0..k1. */
     unsigned long k0 = c->b[0].first / SCHED_RES_ROWS, k1 = c->b[nb - 1].last / SCHED_RES_ROWS;
@@ -234,20 +227,18 @@ static int flush(redisContext *rc_, const char *id, call_t *c, const char *sha,
 }
 
 /* Close the open batch; flush the call when it is full. */
-static int close_batch(redisContext *rc_, const sched_ingest_opts_t *o, call_t *c,
-                       const char *sha, sched_ingest_stats_t *st, char *err, size_t errlen)
+static int close_batch(redisContext *rc_, const sched_ingest_opts_t *o, call_t *c, const char *sha,
+                       sched_ingest_stats_t *st, char *err, size_t errlen)
 {
-    if (!c->b[c->nb].nrows)
-        return 0;
-    if (++c->nb == CALL_BATCHES)
-        return flush(rc_, o->id, c, sha, st, err, errlen);
+    if (!c->b[c->nb].nrows) return 0;
+    if (++c->nb == CALL_BATCHES) return flush(rc_, o->id, c, sha, st, err, errlen);
     return 0;
 }
 
 /* Add one row to the open batch (a new one when the row cannot join it). */
 static int add_row(redisContext *rc_, const sched_ingest_opts_t *o, call_t *c, const char *sha,
-                   sched_ingest_stats_t *st, const tpl_csv_row_t *row, const char *why,
-                   int64_t due, const char *pname, char *err, size_t errlen)
+                   sched_ingest_stats_t *st, const tpl_csv_row_t *row, const char *why, int64_t due,
+                   const char *pname, char *err, size_t errlen)
 {
     ibatch_t *b = &c->b[c->nb];
     int rc = 0;
@@ -261,12 +252,10 @@ static int add_row(redisContext *rc_, const sched_ingest_opts_t *o, call_t *c, c
                 rc = flush(rc_, o->id, c, sha, st, err, errlen);
             pidx = provider_index(c, pname);
         }
-        if (rc)
-            return rc;
+        if (rc) return rc;
         b = &c->b[c->nb];
     }
-    if (!b->nrows)
-        b->first = row->row;
+    if (!b->nrows) b->first = row->row;
     b->last = row->row;
     b->nrows++;
     if (why[0]) {
@@ -285,22 +274,18 @@ static int add_row(redisContext *rc_, const sched_ingest_opts_t *o, call_t *c, c
         size_t i = 0;
         while (i < b->nparts && b->parts[i].pidx != pidx)
             i++;
-        if (i == b->nparts)
-            b->parts[b->nparts++] = (part_t){pidx, 0};
+        if (i == b->nparts) b->parts[b->nparts++] = (part_t){pidx, 0};
         b->parts[i].n++;
         if ((rc = buf_put_dec(&b->blob, (long long)row->row)) || (rc = buf_putc(&b->blob, '\t')) ||
             (rc = buf_puts(&b->blob, pname)) || (rc = buf_puts(&b->blob, "\t[")))
             goto oom;
         for (size_t f = 0; f < row->nfields && !rc; f++) {
-            if (f && (rc = buf_putc(&b->blob, ',')))
-                break;
+            if (f && (rc = buf_putc(&b->blob, ','))) break;
             rc = sched_json_string(&b->blob, row->fields[f].ptr, row->fields[f].len);
         }
-        if (rc || (rc = buf_puts(&b->blob, "]\n")))
-            goto oom;
+        if (rc || (rc = buf_puts(&b->blob, "]\n"))) goto oom;
     }
-    if (b->nrows == SCHED_BATCH_ROWS)
-        return close_batch(rc_, o, c, sha, st, err, errlen);
+    if (b->nrows == SCHED_BATCH_ROWS) return close_batch(rc_, o, c, sha, st, err, errlen);
     return 0;
 oom:
     snprintf(err, errlen, rc == VL_ETOOBIG ? "a row is too large" : "out of memory");
@@ -322,8 +307,8 @@ static int simple(redisContext *c, char *err, size_t errlen, const char *fmt, ..
     return 0;
 }
 
-int sched_ingest(redisContext *c, const sched_ingest_opts_t *o, sched_ingest_stats_t *st,
-                 char *err, size_t errlen)
+int sched_ingest(redisContext *c, const sched_ingest_opts_t *o, sched_ingest_stats_t *st, char *err,
+                 size_t errlen)
 {
     memset(st, 0, sizeof *st);
     char meta[300];
@@ -341,8 +326,7 @@ int sched_ingest(redisContext *c, const sched_ingest_opts_t *o, sched_ingest_sta
     unsigned long rows_in = r->element[3]->str ? strtoul(r->element[3]->str, NULL, 10) : 0;
     /* A campaign begun by a volley that stored rows one by one (before
      * batches) cannot be resumed by this one: say so rather than misread it. */
-    if (r->element[1]->str && !(r->element[2]->str && !strcmp(r->element[2]->str,
-                                                              SCHED_SCHEMA))) {
+    if (r->element[1]->str && !(r->element[2]->str && !strcmp(r->element[2]->str, SCHED_SCHEMA))) {
         snprintf(err, errlen,
                  "campaign %s was started by an older volley whose Redis layout this one "
                  "cannot read; finish it with that version, or remove its state (the "
@@ -364,17 +348,13 @@ int sched_ingest(redisContext *c, const sched_ingest_opts_t *o, sched_ingest_sta
     char now[32], email_col[16];
     snprintf(now, sizeof now, "%lld", (long long)o->now_ms);
     snprintf(email_col, sizeof email_col, "%d", o->email_col);
-    int rc = simple(c, err, errlen, "HSET %s id %s path %s columns %s email_col %s schema %s",
-                    meta, o->id, o->path, cols_json ? cols_json : "[]", email_col, SCHED_SCHEMA);
+    int rc = simple(c, err, errlen, "HSET %s id %s path %s columns %s email_col %s schema %s", meta,
+                    o->id, o->path, cols_json ? cols_json : "[]", email_col, SCHED_SCHEMA);
     free(cols_json);
-    if (!rc)
-        rc = simple(c, err, errlen, "HSETNX %s state running", meta);
-    if (!rc)
-        rc = simple(c, err, errlen, "HSETNX %s created_ms %s", meta, now);
-    if (!rc)
-        rc = simple(c, err, errlen, "SADD %s %s", SCHED_KEY_CAMPAIGNS, o->id);
-    if (rc)
-        return rc;
+    if (!rc) rc = simple(c, err, errlen, "HSETNX %s state running", meta);
+    if (!rc) rc = simple(c, err, errlen, "HSETNX %s created_ms %s", meta, now);
+    if (!rc) rc = simple(c, err, errlen, "SADD %s %s", SCHED_KEY_CAMPAIGNS, o->id);
+    if (rc) return rc;
     r = redisCommand(c, "SCRIPT LOAD %s", sched_lua_ingest);
     if (!r || r->type != REDIS_REPLY_STRING) {
         snprintf(err, errlen, "Redis: SCRIPT LOAD: %s", r ? r->str : c->errstr);
@@ -398,32 +378,29 @@ int sched_ingest(redisContext *c, const sched_ingest_opts_t *o, sched_ingest_sta
     int more;
     while (!rc && (more = o->next(o->ud, &row)) == 1) {
         st->rows++;
-        if (row->row <= rows_in)
-            continue;
+        if (row->row <= rows_in) continue;
         char why[512] = "";
-        if (row->nerrors)
-            tpl_csv_format_error(&row->errors[0], why, sizeof why);
+        if (row->nerrors) tpl_csv_format_error(&row->errors[0], why, sizeof why);
         int64_t due = o->start_at_ms;
         if (!why[0] && o->send_at_col >= 0 && (size_t)o->send_at_col < row->nfields &&
             row->fields[o->send_at_col].len &&
             sched_parse_time(row->fields[o->send_at_col].ptr, row->fields[o->send_at_col].len,
                              &due))
-            snprintf(why, sizeof why, "%s:%lu: column send_at: '%.*s' is not a time",
-                     o->path, row->line, (int)row->fields[o->send_at_col].len,
+            snprintf(why, sizeof why, "%s:%lu: column send_at: '%.*s' is not a time", o->path,
+                     row->line, (int)row->fields[o->send_at_col].len,
                      row->fields[o->send_at_col].ptr);
         const char *pname = "";
         if (!why[0]) {
             char dom[256];
-            size_t dl = row->ascii_domain_len < sizeof dom - 1 ? row->ascii_domain_len
-                                                              : sizeof dom - 1;
+            size_t dl =
+                row->ascii_domain_len < sizeof dom - 1 ? row->ascii_domain_len : sizeof dom - 1;
             memcpy(dom, row->ascii_domain, dl);
             dom[dl] = '\0';
             pname = rl_providers_match(o->providers, dom)->name;
         }
         if (why[0]) {
             st->rejected++;
-            if (o->on_reject)
-                o->on_reject(o->ud, row, why);
+            if (o->on_reject) o->on_reject(o->ud, row, why);
         }
         rc = add_row(c, o, call, sha, st, row, why, due, pname, err, errlen);
     }
@@ -431,14 +408,12 @@ int sched_ingest(redisContext *c, const sched_ingest_opts_t *o, sched_ingest_sta
         snprintf(err, errlen, "reading the recipients failed");
         rc = VL_EPARSE;
     }
-    if (!rc)
-        rc = flush(c, o->id, call, sha, st, err, errlen);
+    if (!rc) rc = flush(c, o->id, call, sha, st, err, errlen);
     for (size_t i = 0; i < CALL_BATCHES; i++) {
         buf_free(&call->b[i].blob);
         buf_free(&call->b[i].rej);
     }
     free(call);
-    if (!rc && !o->partial)
-        rc = simple(c, err, errlen, "HSET %s ingested 1", meta);
+    if (!rc && !o->partial) rc = simple(c, err, errlen, "HSET %s ingested 1", meta);
     return rc;
 }

@@ -21,13 +21,13 @@
 typedef int (*sched_row_fn)(void *ud, tpl_csv_row_t **row);
 
 typedef struct sched_ingest_opts {
-    const char *id;            /* campaign id */
-    const char *path;          /* absolute path of the campaign file (workers open it) */
+    const char *id;             /* campaign id */
+    const char *path;           /* absolute path of the campaign file (workers open it) */
     const char *const *columns; /* the CSV header */
     size_t ncolumns;
-    int email_col;             /* index of `email` */
-    int send_at_col;           /* index of `send_at`, or -1 */
-    int64_t start_at_ms;       /* due time of rows without send_at */
+    int email_col;                   /* index of `email` */
+    int send_at_col;                 /* index of `send_at`, or -1 */
+    int64_t start_at_ms;             /* due time of rows without send_at */
     const rl_providers_t *providers; /* borrowed */
     sched_row_fn next;
     void *ud;
@@ -47,8 +47,8 @@ typedef struct sched_ingest_stats {
 /* Ingest every row of o->next into campaign o->id on c (borrowed, sync). Sets
  * the campaign's meta (state running on first ingest) and registers it in
  * volley:campaigns. 0, or a VL_E* code with err filled. */
-int sched_ingest(redisContext *c, const sched_ingest_opts_t *o, sched_ingest_stats_t *st,
-                 char *err, size_t errlen);
+int sched_ingest(redisContext *c, const sched_ingest_opts_t *o, sched_ingest_stats_t *st, char *err,
+                 size_t errlen);
 
 /* Parse "2026-11-23T10:00:00Z", "...+08:00", "2026-11-23 10:00[:00]" (UTC when no
  * offset) or seconds since the epoch into ms. 0, or -1 when s is not a time. */

@@ -52,7 +52,7 @@ struct op {
     const char *script;
     int nkeys, nargs;
     int eval_sent;
-    char *cmd;      /* the EVALSHA command as sent (RESP), owned */
+    char *cmd; /* the EVALSHA command as sent (RESP), owned */
     size_t cmd_len;
     size_t hdr_len; /* "*N $7 EVALSHA $40 sha": what EVAL replaces; the arguments follow */
     int argc;       /* N */
@@ -976,7 +976,7 @@ redisContext *sched_redis_connect_sync(const char *url, int timeout_ms, char *er
             continue;
         if (!rep) {
             vl_set_err(err, errlen, "redis %s: %s: %s", where, what[step],
-                    c->errstr[0] ? c->errstr : "no reply");
+                       c->errstr[0] ? c->errstr : "no reply");
             goto fail;
         }
         if (rep->type == REDIS_REPLY_ERROR) {

@@ -185,9 +185,9 @@ int sched_rproc_start(sched_rproc_t **out, const char *dir, char *err, size_t er
     }
     if (!locked) {
         vl_set_err(err, errlen,
-                "a redis-server already runs for state directory %s (another volley send of "
-                "this campaign?)",
-                p->dir);
+                   "a redis-server already runs for state directory %s (another volley send of "
+                   "this campaign?)",
+                   p->dir);
         close(p->lockfd);
         free(p);
         return VL_ESTATE;
@@ -265,9 +265,9 @@ int sched_rproc_start(sched_rproc_t **out, const char *dir, char *err, size_t er
             char tail[400];
             log_tail(p->dir, tail, sizeof tail);
             vl_set_err(err, errlen, "redis-server exited at start (%s %d)%s%s",
-                    WIFEXITED(status) ? "status" : "signal",
-                    WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status), tail[0] ? ": " : "",
-                    tail);
+                       WIFEXITED(status) ? "status" : "signal",
+                       WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status),
+                       tail[0] ? ": " : "", tail);
             close(p->lockfd);
             free(p);
             return VL_EIO;
@@ -275,7 +275,7 @@ int sched_rproc_start(sched_rproc_t **out, const char *dir, char *err, size_t er
         sleep_ms(50);
     }
     vl_set_err(err, errlen, "redis-server did not answer on %s within 10 s (see %s)", p->sock,
-            logfile);
+               logfile);
     kill(pid, SIGKILL);
     reap(pid, 0);
     unlink(p->sock);

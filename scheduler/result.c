@@ -11,8 +11,7 @@ size_t sched_utf8_len(const unsigned char *s, size_t n)
     unsigned c = s[0];
     size_t len;
     unsigned min;
-    if (c < 0x80)
-        return 1;
+    if (c < 0x80) return 1;
     if (c >= 0xC2 && c <= 0xDF)
         len = 2, min = 0x80;
     else if (c >= 0xE0 && c <= 0xEF)
@@ -21,16 +20,13 @@ size_t sched_utf8_len(const unsigned char *s, size_t n)
         len = 4, min = 0x10000;
     else
         return 0;
-    if (n < len)
-        return 0;
+    if (n < len) return 0;
     unsigned cp = c & (0x3F >> (len - 1));
     for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
+        if ((s[i] & 0xC0) != 0x80) return 0;
         cp = (cp << 6) | (s[i] & 0x3F);
     }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
     return len;
 }
 
@@ -48,15 +44,14 @@ int sched_json_string(buf_t *out, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
     int rc = buf_reserve(out, n + 2);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     rc = buf_putc(out, '"');
     size_t i = 0;
     while (!rc && i < n) {
         /* Copy the run of bytes that need no escaping in one go. */
         size_t j = i;
-        while (j < n && (unsigned char)s[j] >= 0x20 && (unsigned char)s[j] < 0x80 &&
-               s[j] != '"' && s[j] != '\\')
+        while (j < n && (unsigned char)s[j] >= 0x20 && (unsigned char)s[j] < 0x80 && s[j] != '"' &&
+               s[j] != '\\')
             j++;
         if (j > i) {
             rc = buf_append(out, s + i, j - i);
@@ -70,11 +65,21 @@ int sched_json_string(buf_t *out, const char *s, size_t n)
         }
         char esc[7] = {'\\', 0};
         switch (c) {
-        case '"': esc[1] = '"'; break;
-        case '\\': esc[1] = '\\'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
+        case '"':
+            esc[1] = '"';
+            break;
+        case '\\':
+            esc[1] = '\\';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
         default:
             memcpy(esc + 1, "u00", 3);
             esc[4] = hex[c >> 4];
@@ -91,7 +96,10 @@ int sched_json_string(buf_t *out, const char *s, size_t n)
  * the loop thread, and nearly every byte is plain. */
 static const unsigned char text_plain[256] = {
     /* all of 0x00..0x7F but '\t' (9), '\n' (10), '\r' (13) and '\\' (92) */
-    [0x00 ... 0x08] = 1, [0x0B ... 0x0C] = 1, [0x0E ... 0x5B] = 1, [0x5D ... 0x7F] = 1,
+    [0x00 ... 0x08] = 1,
+    [0x0B ... 0x0C] = 1,
+    [0x0E ... 0x5B] = 1,
+    [0x5D ... 0x7F] = 1,
 };
 
 /* Append s (n bytes) as a text field of a result line: backslash, tab, CR
@@ -145,8 +153,8 @@ int sched_result_encode(buf_t *out, const sched_result_t *r)
     if (!rc) rc = text_col(out, r->host);
     if (!rc) rc = text_col(out, r->provider);
     if (!rc) rc = text_col(out, r->email);
-    if (!rc) rc = text_field(out, r->response ? r->response : "",
-                             r->response ? strlen(r->response) : 0);
+    if (!rc)
+        rc = text_field(out, r->response ? r->response : "", r->response ? strlen(r->response) : 0);
     return rc;
 }
 
@@ -155,11 +163,9 @@ static int parse_int(const char *s, size_t n, long long *v)
 {
     int neg = n && s[0] == '-';
     long long x = 0;
-    if (n == (size_t)neg || n - (size_t)neg > 18)
-        return -1;
+    if (n == (size_t)neg || n - (size_t)neg > 18) return -1;
     for (size_t i = (size_t)neg; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return -1;
+        if (s[i] < '0' || s[i] > '9') return -1;
         x = x * 10 + (s[i] - '0');
     }
     *v = neg ? -x : x;
@@ -174,8 +180,7 @@ int sched_result_parse(const char *s, size_t len, sched_result_view_t *v)
     /* Ten columns: nine tabs, the response (last) may hold none. */
     while (n < 9) {
         const char *t = memchr(p, '\t', (size_t)(end - p));
-        if (!t)
-            return -1;
+        if (!t) return -1;
         col[n] = p;
         cl[n++] = (size_t)(t - p);
         p = t + 1;
@@ -202,10 +207,8 @@ int sched_text_unescape(buf_t *out, sched_text_t t)
     while (!rc && i < t.len) {
         const char *bs = memchr(t.p + i, '\\', t.len - i);
         size_t j = bs ? (size_t)(bs - t.p) : t.len;
-        if (j > i)
-            rc = buf_append(out, t.p + i, j - i);
-        if (rc || j >= t.len)
-            break;
+        if (j > i) rc = buf_append(out, t.p + i, j - i);
+        if (rc || j >= t.len) break;
         char e = j + 1 < t.len ? t.p[j + 1] : '\\';
         rc = buf_putc(out, e == 't' ? '\t' : e == 'r' ? '\r' : e == 'n' ? '\n' : e);
         i = j + 2;
@@ -217,11 +220,9 @@ static int read_num(const char *s, size_t len, size_t *pos, unsigned long *v)
 {
     size_t i = *pos;
     unsigned long n = 0;
-    if (i >= len || s[i] < '0' || s[i] > '9')
-        return -1;
+    if (i >= len || s[i] < '0' || s[i] > '9') return -1;
     while (i < len && s[i] >= '0' && s[i] <= '9') {
-        if (n > (~0UL - 9) / 10)
-            return -1;
+        if (n > (~0UL - 9) / 10) return -1;
         n = n * 10 + (unsigned long)(s[i++] - '0');
     }
     *v = n;
@@ -232,20 +233,16 @@ static int read_num(const char *s, size_t len, size_t *pos, unsigned long *v)
 int sched_blob_next(const char *blob, size_t len, size_t *pos, sched_line_t *line)
 {
     size_t i = *pos;
-    if (i >= len)
-        return 0;
-    if (read_num(blob, len, &i, &line->row) || i >= len || blob[i] != '\t')
-        return -1;
+    if (i >= len) return 0;
+    if (read_num(blob, len, &i, &line->row) || i >= len || blob[i] != '\t') return -1;
     const char *p = blob + ++i;
     const char *tab = memchr(p, '\t', len - i);
-    if (!tab)
-        return -1;
+    if (!tab) return -1;
     line->provider = p;
     line->provider_len = (size_t)(tab - p);
     i += line->provider_len + 1;
     const char *nl = memchr(blob + i, '\n', len - i);
-    if (!nl)
-        return -1;
+    if (!nl) return -1;
     line->fields = blob + i;
     line->fields_len = (size_t)(nl - (blob + i));
     *pos = (size_t)(nl - blob) + 1;
@@ -261,8 +258,7 @@ int sched_member_parse(const char *m, size_t len, sched_member_t *out)
         return -1;
     char kind = m[i++];
     unsigned long v;
-    if (read_num(m, len, &i, &v) || i != len)
-        return -1;
+    if (read_num(m, len, &i, &v) || i != len) return -1;
     if (kind == '/') {
         out->rows = v;
     } else if (kind == ':' && v >= out->first && v <= out->last) {
@@ -276,11 +272,9 @@ int sched_member_parse(const char *m, size_t len, sched_member_t *out)
 
 int sched_row_state(const char *bits, size_t len, unsigned long first, unsigned long row)
 {
-    if (row < first)
-        return 0;
+    if (row < first) return 0;
     size_t byte = (size_t)(2 * row / 8 - 2 * first / 8);
-    if (byte >= len)
-        return 0;
+    if (byte >= len) return 0;
     return ((unsigned char)bits[byte] >> (6 - (2 * row) % 8)) & 3;
 }
 
@@ -289,8 +283,7 @@ static int hex4(const char *s, unsigned *v)
     unsigned n = 0;
     for (int i = 0; i < 4; i++) {
         int d = vl_hexval((unsigned char)s[i]);
-        if (d < 0)
-            return -1;
+        if (d < 0) return -1;
         n = n << 4 | (unsigned)d;
     }
     *v = n;
@@ -320,45 +313,53 @@ int sched_fields_decode(const char *json, size_t len, buf_t *out, size_t *offs, 
 {
     size_t i = 0, nf = 0;
     buf_reset(out);
-    if (len < 2 || json[0] != '[' || json[len - 1] != ']')
-        return VL_EPARSE;
+    if (len < 2 || json[0] != '[' || json[len - 1] != ']') return VL_EPARSE;
     i = 1;
-    if (i == len - 1)
-        return 0;
+    if (i == len - 1) return 0;
     for (;;) {
-        if (i >= len || json[i] != '"')
-            return VL_EPARSE;
+        if (i >= len || json[i] != '"') return VL_EPARSE;
         i++;
         size_t start = out->len;
         for (;;) {
             size_t j = i;
             while (j < len && json[j] != '"' && json[j] != '\\')
                 j++;
-            if (j >= len)
-                return VL_EPARSE;
+            if (j >= len) return VL_EPARSE;
             int rc = buf_append(out, json + i, j - i);
-            if (rc)
-                return rc;
+            if (rc) return rc;
             i = j;
-            if (json[i] == '"')
-                break;
-            if (i + 1 >= len)
-                return VL_EPARSE;
+            if (json[i] == '"') break;
+            if (i + 1 >= len) return VL_EPARSE;
             char e = json[i + 1], c;
             i += 2;
             switch (e) {
-            case '"': c = '"'; break;
-            case '\\': c = '\\'; break;
-            case '/': c = '/'; break;
-            case 'b': c = '\b'; break;
-            case 'f': c = '\f'; break;
-            case 'n': c = '\n'; break;
-            case 'r': c = '\r'; break;
-            case 't': c = '\t'; break;
+            case '"':
+                c = '"';
+                break;
+            case '\\':
+                c = '\\';
+                break;
+            case '/':
+                c = '/';
+                break;
+            case 'b':
+                c = '\b';
+                break;
+            case 'f':
+                c = '\f';
+                break;
+            case 'n':
+                c = '\n';
+                break;
+            case 'r':
+                c = '\r';
+                break;
+            case 't':
+                c = '\t';
+                break;
             case 'u': {
                 unsigned cp, lo;
-                if (i + 4 > len || hex4(json + i, &cp))
-                    return VL_EPARSE;
+                if (i + 4 > len || hex4(json + i, &cp)) return VL_EPARSE;
                 i += 4;
                 if (cp >= 0xD800 && cp <= 0xDBFF && i + 6 <= len && json[i] == '\\' &&
                     json[i + 1] == 'u' && !hex4(json + i + 2, &lo) && lo >= 0xDC00 &&
@@ -368,15 +369,13 @@ int sched_fields_decode(const char *json, size_t len, buf_t *out, size_t *offs, 
                 } else if (cp >= 0xD800 && cp <= 0xDFFF) {
                     cp = 0xFFFD;
                 }
-                if ((rc = put_utf8(out, cp)))
-                    return rc;
+                if ((rc = put_utf8(out, cp))) return rc;
                 continue;
             }
             default:
                 return VL_EPARSE;
             }
-            if ((rc = buf_putc(out, c)))
-                return rc;
+            if ((rc = buf_putc(out, c))) return rc;
         }
         i++; /* the closing quote */
         if (nf < max) {
@@ -385,12 +384,9 @@ int sched_fields_decode(const char *json, size_t len, buf_t *out, size_t *offs, 
         }
         nf++;
         int rc = buf_putc(out, '\0');
-        if (rc)
-            return rc;
-        if (json[i] == ']' && i == len - 1)
-            break;
-        if (json[i] != ',')
-            return VL_EPARSE;
+        if (rc) return rc;
+        if (json[i] == ']' && i == len - 1) break;
+        if (json[i] != ',') return VL_EPARSE;
         i++;
     }
     return (int)(nf < max ? nf : max);
@@ -404,8 +400,7 @@ size_t sched_res_hashes_add(unsigned long *ks, size_t *n, unsigned long f, unsig
         k++;
     if (k == *n) {
         ks[(*n)++] = kf;
-        if (kl != kf)
-            ks[(*n)++] = kl;
+        if (kl != kf) ks[(*n)++] = kl;
     }
     return k;
 }

@@ -63,7 +63,7 @@ typedef struct sched_line {
     unsigned long row;
     const char *provider; /* into the blob; not NUL-terminated */
     size_t provider_len;
-    const char *fields;   /* the JSON array, into the blob */
+    const char *fields; /* the JSON array, into the blob */
     size_t fields_len;
 } sched_line_t;
 
@@ -84,7 +84,7 @@ int sched_fields_decode(const char *json, size_t len, buf_t *out, size_t *offs, 
  * single row). 0, or -1 when m is not one. */
 typedef struct sched_member {
     unsigned long first, last;
-    unsigned long row; /* the single row, 0 for a batch part */
+    unsigned long row;  /* the single row, 0 for a batch part */
     unsigned long rows; /* n of a batch part, 1 for a single row */
 } sched_member_t;
 int sched_member_parse(const char *m, size_t len, sched_member_t *out);

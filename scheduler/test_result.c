@@ -51,10 +51,16 @@ static void result_round_trip(void **state)
     (void)state;
     buf_t b;
     buf_init(&b, 4096);
-    sched_result_t r = {.email = "a\tb@c.d", .provider = "netease", .status = "deferred",
-                        .attempts = 2, .code = 451, .enhanced = "4.7.1",
-                        .response = "MI:SFQ \\slow\\\r\n\tnext \xFF line", .host = NULL,
-                        .first_ms = 1795256130123LL, .last_ms = 1795256130999LL};
+    sched_result_t r = {.email = "a\tb@c.d",
+                        .provider = "netease",
+                        .status = "deferred",
+                        .attempts = 2,
+                        .code = 451,
+                        .enhanced = "4.7.1",
+                        .response = "MI:SFQ \\slow\\\r\n\tnext \xFF line",
+                        .host = NULL,
+                        .first_ms = 1795256130123LL,
+                        .last_ms = 1795256130999LL};
     assert_int_equal(sched_result_encode(&b, &r), 0);
     /* One line; record.lua and cancel replace the status as the text up to
      * the first tab. */
@@ -86,7 +92,7 @@ static void result_round_trip(void **state)
 
     /* What is not a result is refused, never read past its end. */
     const char *bad[] = {"",
-                         "delivered\t1\t250\t2.0.0\t1\t2\th\tp\te",        /* nine columns */
+                         "delivered\t1\t250\t2.0.0\t1\t2\th\tp\te",       /* nine columns */
                          "delivered\t1\t250\t2.0.0\t1\t2\th\tp\te\tr\tx", /* eleven */
                          "\t1\t250\t2.0.0\t1\t2\th\tp\te\tr",             /* no status */
                          "delivered\tx\t250\t2.0.0\t1\t2\th\tp\te\tr",    /* attempts */
@@ -168,8 +174,7 @@ static void fields_round_trip(void **state)
     buf_init(&dec, 4096);
     assert_int_equal(buf_putc(&enc, '['), 0);
     for (size_t i = 0; i < 5; i++) {
-        if (i)
-            assert_int_equal(buf_putc(&enc, ','), 0);
+        if (i) assert_int_equal(buf_putc(&enc, ','), 0);
         assert_int_equal(sched_json_string(&enc, f[i], fl[i]), 0);
     }
     assert_int_equal(buf_putc(&enc, ']'), 0);
@@ -186,8 +191,8 @@ static void fields_round_trip(void **state)
     assert_int_equal(sched_fields_decode(other, strlen(other), &dec, offs, lens, 8), 1);
     assert_string_equal(dec.data, "\xC3\xA9\xF0\x9F\x98\x80\xEF\xBF\xBDx/");
     assert_int_equal(sched_fields_decode("[]", 2, &dec, offs, lens, 8), 0);
-    const char *bad[] = {"", "[", "[\"a\"", "[\"a\",]", "[a]", "[\"a\"x]", "[\"\\q\"]",
-                         "[\"\\u12\"]", "{\"a\"}"};
+    const char *bad[] = {"",         "[",         "[\"a\"",      "[\"a\",]", "[a]",
+                         "[\"a\"x]", "[\"\\q\"]", "[\"\\u12\"]", "{\"a\"}"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
         assert_true(sched_fields_decode(bad[i], strlen(bad[i]), &dec, offs, lens, 8) < 0);
     buf_free(&enc);

@@ -25,11 +25,12 @@
 #define TICK_MS 10
 #define PROGRESS_MS 500
 #define REAP_MS 5000
-#define WINDOW_PER_CONN 8 /* messages per connection submitted ahead: one being answered,
-                           * one pipelined behind it, two waiting in the pool's queue */
+#define WINDOW_PER_CONN                                                                            \
+    8 /* messages per connection submitted ahead: one being answered,                              \
+       * one pipelined behind it, two waiting in the pool's queue */
 #define KEYLEN 300
 #define LEASELEN 384
-#define MAX_SLOTS 256     /* connection slots one worker may hold per provider */
+#define MAX_SLOTS 256 /* connection slots one worker may hold per provider */
 #define SLOT_LEASE_MS 10000
 #define SLOT_RENEW_MS 1000
 #define MAX_PROVS_PROGRESS 64
@@ -39,8 +40,8 @@
 #define MAX_FIELDS 256    /* CSV columns a message can use */
 /* record.lua's list gives a row's offset in its batch as one character. */
 _Static_assert(SCHED_BATCH_ROWS <= 64, "a row's offset in its batch must fit '0'..'o'");
-#define RENDER_CHUNK 128  /* rows per render work item */
-#define RENDER_PAR_MAX 4  /* render work items running at once, at most */
+#define RENDER_CHUNK 128   /* rows per render work item */
+#define RENDER_PAR_MAX 4   /* render work items running at once, at most */
 #define RENDER_MIN_ITEM 32 /* grants of fewer rows render on the loop */
 
 typedef struct prov prov_t;
@@ -52,8 +53,8 @@ typedef struct job job_t;
 typedef struct held {
     struct held *next, *prev;
     prov_t *p;
-    unsigned left;  /* rows not yet recorded or given up */
-    int giving_up;  /* the worker stopped: return it rather than release it */
+    unsigned left;        /* rows not yet recorded or given up */
+    int giving_up;        /* the worker stopped: return it rather than release it */
     char lease[LEASELEN]; /* "member|NAME" */
 } held_t;
 
@@ -69,27 +70,27 @@ typedef struct pend {
 
 typedef struct lease_op {
     prov_t *p;
-    int ret;        /* 1: back to due now; 0: release */
+    int ret; /* 1: back to due now; 0: release */
     char lease[LEASELEN];
 } lease_op_t;
 
 struct prov {
     sched_worker_t *w;
     const rl_provider_t *cfg;
-    eng_pool_t *pool;    /* smtp:// and smtps:// routes: one pool */
-    eng_mx_t *mx;        /* route "mx": a pool per recipient domain */
+    eng_pool_t *pool; /* smtp:// and smtps:// routes: one pool */
+    eng_mx_t *mx;     /* route "mx": a pool per recipient domain */
     const rl_rules_t *chain[3];
     size_t nchain;
     rl_aimd_t aimd;
     rl_route_t route;
-    unsigned inflight;   /* submitted to the engine, not yet recorded */
+    unsigned inflight;       /* submitted to the engine, not yet recorded */
     job_t *back, *back_tail; /* claimed rows waiting for tokens */
     unsigned nback;
-    int claiming;        /* a claim round trip is under way */
-    int taking;          /* a rate/quota round trip is under way */
+    int claiming; /* a claim round trip is under way */
+    int taking;   /* a rate/quota round trip is under way */
     uint64_t next_claim_ms, next_take_ms;
     uint64_t suspended_until_ms;
-    int stopped;         /* a configuration problem: a person must act */
+    int stopped; /* a configuration problem: a person must act */
     char reason[512];
     char key_due[KEYLEN];
     char key_slots[KEYLEN];
@@ -113,19 +114,19 @@ struct job {
     job_t *next;
     sched_worker_t *w;
     prov_t *p;
-    held_t *h;           /* the lease it came with */
-    int submitted;       /* handed to the engine */
+    held_t *h;     /* the lease it came with */
+    int submitted; /* handed to the engine */
     eng_msg_t msg;
     eng_rcpt_status_t st[1];
     const char *rcpts[1];
     msg_out_t *out;
-    buf_t fields;        /* the row's CSV fields, decoded (sched_fields_decode) */
-    int nf;              /* fields, or < 0 when the stored row is unreadable */
+    buf_t fields; /* the row's CSV fields, decoded (sched_fields_decode) */
+    int nf;       /* fields, or < 0 when the stored row is unreadable */
     size_t foff[MAX_FIELDS], flen[MAX_FIELDS];
     char row[24], batch[48];
-    unsigned long rown;  /* row as a number */
-    char email[512];     /* as in the CSV (results, suppression check) */
-    unsigned attempts;   /* before this one */
+    unsigned long rown; /* row as a number */
+    char email[512];    /* as in the CSV (results, suppression check) */
+    unsigned attempts;  /* before this one */
     uint64_t first_ms, last_ms;
     /* What render_job() left: why the row cannot be sent (NULL when j->out
      * holds its message; static or in j->out), and the recipient's domain
@@ -163,28 +164,28 @@ struct sched_worker {
     int tick_open;
     uint64_t last_progress, last_reap, last_renew;
     job_t *free_jobs;
-    unsigned inflight;   /* jobs alive: waiting for tokens or submitted */
-    held_t *helds;       /* leases held */
+    unsigned inflight; /* jobs alive: waiting for tokens or submitted */
+    held_t *helds;     /* leases held */
     int stopping, finished, progress_busy;
     int paused;          /* the campaign's state is paused (seen at the last progress poll) */
     int orphan_check;    /* rows for unknown providers: 0 to ask, 1 asked, 2 answered */
     int progress_soon;   /* idle with every result recorded: ask now if done */
     int reclaim_pending; /* take back every lease once connected */
     struct rec *retry, *retry_tail; /* records waiting for Redis to come back, in order */
-    unsigned records;    /* records sent and not yet answered */
-    uint64_t stop_ms;    /* when stopping began */
+    unsigned records;               /* records sent and not yet answered */
+    uint64_t stop_ms;               /* when stopping began */
     pend_t pend[REC_BATCH];
     unsigned npend;
     lease_op_t ops[MAX_LEASE_OPS];
     unsigned nops;
-    buf_t pres;          /* the pending results (result.h), one after another */
-    char wid[96];        /* this worker's name in slot holders */
+    buf_t pres;   /* the pending results (result.h), one after another */
+    char wid[96]; /* this worker's name in slot holders */
     int closing_pools;
     int rc;
     char why[1024];
     render_work_t *rq, *rq_tail; /* render work, oldest first: running, done or waiting */
-    unsigned rq_running;          /* items handed to the thread pool */
-    unsigned render_par;          /* items that may run at once */
+    unsigned rq_running;         /* items handed to the thread pool */
+    unsigned render_par;         /* items that may run at once */
     char k_meta[KEYLEN], k_batch[KEYLEN], k_state[KEYLEN], k_retry[KEYLEN], k_count[KEYLEN],
         k_lease[KEYLEN];
     /* recent delivery rate */
@@ -270,8 +271,7 @@ static void keep_for_retry(sched_worker_t *w, rec_t *rc, int front)
     if (front) {
         rc->next = w->retry;
         w->retry = rc;
-        if (!w->retry_tail)
-            w->retry_tail = rc;
+        if (!w->retry_tail) w->retry_tail = rc;
     } else {
         rc->next = NULL;
         if (w->retry_tail)
@@ -311,8 +311,8 @@ static void rec_send(rec_t *rc, int queued)
 {
     sched_worker_t *w = rc->w;
     if ((!w->retry || queued) &&
-        sched_redis_eval(w->r, on_recorded, rc, sched_lua_record, rc->nkeys,
-                         rc->argc - rc->nkeys, (const char **)rc->argv, rc->lens) == 0) {
+        sched_redis_eval(w->r, on_recorded, rc, sched_lua_record, rc->nkeys, rc->argc - rc->nkeys,
+                         (const char **)rc->argv, rc->lens) == 0) {
         w->records++;
         return;
     }
@@ -325,8 +325,7 @@ static void retry_records(sched_worker_t *w)
     while (w->retry && sched_redis_connected(w->r)) {
         rec_t *rc = w->retry;
         w->retry = rc->next;
-        if (!w->retry)
-            w->retry_tail = NULL;
+        if (!w->retry) w->retry_tail = NULL;
         if (sched_redis_eval(w->r, on_recorded, rc, sched_lua_record, rc->nkeys,
                              rc->argc - rc->nkeys, (const char **)rc->argv, rc->lens) == 0) {
             w->records++;
@@ -348,16 +347,14 @@ static char status_letter(const char *status, int attempted)
                {"rejected", 'r'},  {"cancelled", 'c'}, {"deferred", 'q'}};
     char c = 'f';
     for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
-        if (!strcmp(status, map[i].name))
-            c = map[i].letter;
+        if (!strcmp(status, map[i].name)) c = map[i].letter;
     return attempted ? (char)(c - 'a' + 'A') : c;
 }
 
 /* Turn the pending results and lease operations into one batch and send it. */
 static void flush_records(sched_worker_t *w)
 {
-    if (!w->npend && !w->nops)
-        return;
+    if (!w->npend && !w->nops) return;
     prov_t *provs[REC_BATCH + MAX_LEASE_OPS];
     unsigned np = 0;
 #define PIDX(prov, out)                                                                            \
@@ -365,8 +362,7 @@ static void flush_records(sched_worker_t *w)
         unsigned k_ = 0;                                                                           \
         while (k_ < np && provs[k_] != (prov))                                                     \
             k_++;                                                                                  \
-        if (k_ == np)                                                                              \
-            provs[np++] = (prov);                                                                  \
+        if (k_ == np) provs[np++] = (prov);                                                        \
         (out) = k_ + 1;                                                                            \
     } while (0)
     unsigned idx[REC_BATCH], ridx[MAX_LEASE_OPS];
@@ -392,11 +388,9 @@ static void flush_records(sched_worker_t *w)
         unsigned g = 0;
         while (g < ng && !SAME_GROUP(&w->pend[gof[g]], &w->pend[i]))
             g++;
-        if (g == ng)
-            gof[ng++] = i;
+        if (g == ng) gof[ng++] = i;
         gcount[g]++;
-        if (w->pend[i].letter == 'q' || w->pend[i].letter == 'Q')
-            ndef++;
+        if (w->pend[i].letter == 'q' || w->pend[i].letter == 'Q') ndef++;
     }
     gstart[0] = 0;
     for (unsigned g = 0; g < ng; g++)
@@ -427,8 +421,7 @@ static void flush_records(sched_worker_t *w)
     int nkeys = 5 + (int)np + (int)nchunk;
 #undef SAME_GROUP
     int argc = nkeys + 4 + 5 * (int)ng + 2 * (int)ndef + (int)nrel + 2 * (int)nret;
-    if (rc)
-        rc->argv = calloc((size_t)argc, sizeof *rc->argv);
+    if (rc) rc->argv = calloc((size_t)argc, sizeof *rc->argv);
     if (!rc || !rc->argv) {
         VL_WARN("campaign %s: out of memory recording results; their leases bring the rows back",
                 w->id);
@@ -447,7 +440,8 @@ static void flush_records(sched_worker_t *w)
     size_t *off = calloc((size_t)argc, sizeof *off);
     int a = 0, err = !off;
 #define ARG(str) (err = err || buf_puts(&ar, (str)) || buf_putc(&ar, '\0'), off[a++] = ar.len)
-#define NUM(fmt, v) (err = err || buf_put_dec(&ar, (long long)(v)) || buf_putc(&ar, '\0'), off[a++] = ar.len)
+#define NUM(fmt, v)                                                                                \
+    (err = err || buf_put_dec(&ar, (long long)(v)) || buf_putc(&ar, '\0'), off[a++] = ar.len)
     if (!err) {
         ARG(w->k_lease);
         ARG(w->k_retry);
@@ -505,21 +499,18 @@ static void flush_records(sched_worker_t *w)
             err = err || buf_putc(&ar, '\0');
             off[a++] = ar.len;
             for (unsigned c = 'A'; run && c <= 'z'; c++)
-                if (tally[c])
-                    err = err || buf_putc(&ar, (char)c) || buf_put_dec(&ar, tally[c]);
+                if (tally[c]) err = err || buf_putc(&ar, (char)c) || buf_put_dec(&ar, tally[c]);
             err = err || buf_putc(&ar, '\0');
             off[a++] = ar.len;
             for (unsigned k = 0; k < gcount[g]; k++) {
                 const pend_t *pd = &w->pend[o[k]];
-                if (pd->letter != 'q' && pd->letter != 'Q')
-                    continue;
+                if (pd->letter != 'q' && pd->letter != 'Q') continue;
                 NUM("%llu", pd->retry_at);
                 NUM("%u", idx[o[k]]);
             }
         }
         for (unsigned i = 0; i < w->nops; i++)
-            if (!w->ops[i].ret)
-                ARG(w->ops[i].lease);
+            if (!w->ops[i].ret) ARG(w->ops[i].lease);
         for (unsigned i = 0; i < w->nops; i++)
             if (w->ops[i].ret) {
                 ARG(w->ops[i].lease);
@@ -556,10 +547,8 @@ static void flush_records(sched_worker_t *w)
  * gave up on some of them. */
 static void held_done(sched_worker_t *w, held_t *h)
 {
-    if (--h->left)
-        return;
-    if (w->nops == MAX_LEASE_OPS)
-        flush_records(w);
+    if (--h->left) return;
+    if (w->nops == MAX_LEASE_OPS) flush_records(w);
     lease_op_t *op = &w->ops[w->nops++];
     op->p = h->p;
     op->ret = h->giving_up;
@@ -568,16 +557,14 @@ static void held_done(sched_worker_t *w, held_t *h)
         h->prev->next = h->next;
     else
         w->helds = h->next;
-    if (h->next)
-        h->next->prev = h->prev;
+    if (h->next) h->next->prev = h->prev;
     free(h);
 }
 
 /* Record j's outcome: a final status, or "deferred" with a retry time. The
  * result is composed here (keys.h); record.lua only stores it. */
-static void record(sched_worker_t *w, job_t *j, const char *status, int code,
-                   const char *enhanced, const char *response, const char *host, int attempted,
-                   uint64_t retry_at)
+static void record(sched_worker_t *w, job_t *j, const char *status, int code, const char *enhanced,
+                   const char *response, const char *host, int attempted, uint64_t retry_at)
 {
     uint64_t now = now_ms();
     sched_result_t res = {.email = j->email,
@@ -588,13 +575,16 @@ static void record(sched_worker_t *w, job_t *j, const char *status, int code,
                           .enhanced = enhanced,
                           .response = response,
                           .host = host,
-                          .first_ms = (long long)(j->first_ms ? j->first_ms : attempted ? now : 0),
+                          .first_ms = (long long)(j->first_ms ? j->first_ms
+                                                  : attempted ? now
+                                                              : 0),
                           .last_ms = (long long)(attempted ? now : j->last_ms)};
     size_t at = w->pres.len;
     if (sched_result_encode(&w->pres, &res)) {
         w->pres.len = at; /* drop the partial result */
         VL_WARN("campaign %s: row %s: out of memory recording its result; it will be tried "
-                "again", w->id, j->row);
+                "again",
+                w->id, j->row);
         j->h->giving_up = 1;
         held_done(w, j->h);
         j->h = NULL;
@@ -609,14 +599,11 @@ static void record(sched_worker_t *w, job_t *j, const char *status, int code,
     memcpy(pd->batch, j->batch, sizeof pd->batch);
     pd->retry_at = retry_at;
     pd->letter = status_letter(status, attempted);
-    if (!strcmp(status, "delivered"))
-        w->delivered++;
-    if (w->o.on_result)
-        w->o.on_result(j->p->cfg->name, status, w->o.ud);
+    if (!strcmp(status, "delivered")) w->delivered++;
+    if (w->o.on_result) w->o.on_result(j->p->cfg->name, status, w->o.ud);
     held_done(w, j->h);
     j->h = NULL;
-    if (w->npend == REC_BATCH)
-        flush_records(w);
+    if (w->npend == REC_BATCH) flush_records(w);
 }
 
 /* ---- jobs ------------------------------------------------------------------ */
@@ -629,8 +616,7 @@ static job_t *job_get(sched_worker_t *w)
         return j;
     }
     j = calloc(1, sizeof *j);
-    if (!j)
-        return NULL;
+    if (!j) return NULL;
     j->w = w;
     buf_init(&j->fields, (size_t)16 << 20);
     if (msg_out_new(&j->out, w->o.factory)) {
@@ -644,8 +630,7 @@ static job_t *job_get(sched_worker_t *w)
 static void job_put(sched_worker_t *w, job_t *j)
 {
     prov_t *p = j->p;
-    if (j->submitted)
-        p->inflight--;
+    if (j->submitted) p->inflight--;
     w->inflight--;
     if (j->h) { /* not recorded: its lease goes back to the due set */
         j->h->giving_up = 1;
@@ -669,8 +654,7 @@ static void job_free(sched_worker_t *w, job_t *j)
 
 static void suspend_provider(prov_t *p, uint64_t until, const char *why)
 {
-    if (until > p->suspended_until_ms)
-        p->suspended_until_ms = until;
+    if (until > p->suspended_until_ms) p->suspended_until_ms = until;
     snprintf(p->reason, sizeof p->reason, "%s", why);
     char key[KEYLEN], now_s[24], until_s[24];
     snprintf(key, sizeof key, SCHED_KEY_P_SUSPEND, p->cfg->name);
@@ -731,8 +715,7 @@ static void publish_learned(prov_t *p, size_t i)
     sched_redis_eval(p->w->r, NULL, NULL, learned_set_lua, 2, 3, argv, NULL);
 }
 
-static void on_learned(sched_redis_t *r, redisReply *reply, void *priv, int err,
-                       const char *errstr)
+static void on_learned(sched_redis_t *r, redisReply *reply, void *priv, int err, const char *errstr)
 {
     (void)r;
     (void)errstr;
@@ -760,20 +743,17 @@ static void on_learned(sched_redis_t *r, redisReply *reply, void *priv, int err,
             publish_learned(p, i);
         }
     }
-    if (changed)
-        apply_learned(p, now);
+    if (changed) apply_learned(p, now);
 }
 
 static void learned_tick(prov_t *p, uint64_t now)
 {
-    if (p->learned_busy || now < p->next_learned_ms)
-        return;
+    if (p->learned_busy || now < p->next_learned_ms) return;
     p->next_learned_ms = now + LEARNED_SYNC_MS;
     const char *argv[2 + NSHARED] = {p->key_learned, p->key_learned_ms};
     for (size_t i = 0; i < NSHARED; i++)
         argv[2 + i] = shared_limits[i].field;
-    if (sched_redis_eval(p->w->r, on_learned, p, learned_get_lua, 2, (int)NSHARED, argv, NULL) ==
-        0)
+    if (sched_redis_eval(p->w->r, on_learned, p, learned_get_lua, 2, (int)NSHARED, argv, NULL) == 0)
         p->learned_busy = 1;
 }
 
@@ -796,8 +776,7 @@ static void act_on_provider(prov_t *p, const rl_action_t *a, const rl_reply_t *r
         rl_aimd_decrease(&p->aimd, lim, now, rl_aimd_get(&p->aimd, lim, now));
         apply_learned(p, now);
         for (size_t i = 0; i < NSHARED; i++)
-            if (shared_limits[i].lim == lim)
-                publish_learned(p, i);
+            if (shared_limits[i].lim == lim) publish_learned(p, i);
         break;
     }
     case RL_PAUSE:
@@ -837,8 +816,8 @@ static void on_msg_done(eng_msg_t *m, const eng_result_t *res)
         job_free(w, j);
         return;
     }
-    const eng_reply_t *er = res->status == ENG_REJECTED ? &res->reply
-                            : (res->reply.code ? &res->reply : NULL);
+    const eng_reply_t *er =
+        res->status == ENG_REJECTED ? &res->reply : (res->reply.code ? &res->reply : NULL);
     if (!er && (res->err == VL_ENOTSUP || res->err == VL_ETOOBIG)) {
         /* The server cannot take this message at all (SMTPUTF8, SIZE). */
         record(w, j, "failed", 0, "", res->errstr, res->remote, 1, 0);
@@ -886,22 +865,19 @@ static void on_msg_done(eng_msg_t *m, const eng_result_t *res)
         status = a.final ? "failed" : NULL;
         break;
     }
-    if (!status && attempts >= w->o.max_attempts)
-        status = "failed";
+    if (!status && attempts >= w->o.max_attempts) status = "failed";
     if (status) {
         record(w, j, status, er->code, er->enhanced, er->text, res->remote, 1, 0);
         if (a.suppress) {
             char lc[sizeof j->email];
             snprintf(lc, sizeof lc, "%s", j->email);
             for (char *q = lc; *q; q++)
-                if (*q >= 'A' && *q <= 'Z')
-                    *q = (char)(*q - 'A' + 'a');
+                if (*q >= 'A' && *q <= 'Z') *q = (char)(*q - 'A' + 'a');
             sched_redis_cmd(w->r, NULL, NULL, "SADD %s %s", SCHED_KEY_SUPPRESS, lc);
         }
     } else {
         uint64_t at = now + a.delay_ms;
-        if (a.cls == RL_PAUSE && a.pause_until_ms > (int64_t)at)
-            at = (uint64_t)a.pause_until_ms;
+        if (a.cls == RL_PAUSE && a.pause_until_ms > (int64_t)at) at = (uint64_t)a.pause_until_ms;
         record(w, j, "deferred", er->code, er->enhanced, er->text, res->remote, 1, at);
     }
     job_free(w, j);
@@ -1003,8 +979,7 @@ static void render_after(uv_work_t *req, int status);
 static void render_dispatch(sched_worker_t *w)
 {
     for (render_work_t *rw = w->rq; rw && w->rq_running < w->render_par; rw = rw->next) {
-        if (rw->done || rw->req.data)
-            continue;
+        if (rw->done || rw->req.data) continue;
         rw->req.data = rw;
         if (uv_queue_work(w->loop, &rw->req, render_run, render_after) == 0) {
             w->rq_running++;
@@ -1022,8 +997,7 @@ static void render_drain(sched_worker_t *w)
     while (w->rq && w->rq->done) {
         render_work_t *rw = w->rq;
         w->rq = rw->next;
-        if (!w->rq)
-            w->rq_tail = NULL;
+        if (!w->rq) w->rq_tail = NULL;
         for (unsigned i = 0; i < rw->n; i++) {
             job_t *j = rw->jobs[i];
             if (w->stopping || w->paused)
@@ -1055,8 +1029,7 @@ static job_t *backlog_take(prov_t *p)
 {
     job_t *j = p->back;
     p->back = j->next;
-    if (!p->back)
-        p->back_tail = NULL;
+    if (!p->back) p->back_tail = NULL;
     p->nback--;
     j->next = NULL;
     p->inflight++;
@@ -1124,8 +1097,8 @@ static void on_suppress_checked(sched_redis_t *r, redisReply *reply, void *priv,
     for (size_t i = 0; j; i++) {
         job_t *next = j->next;
         j->next = NULL;
-        int suppressed = !err && reply && reply->type == REDIS_REPLY_ARRAY &&
-                         i < reply->elements && reply->element[i]->integer == 1;
+        int suppressed = !err && reply && reply->type == REDIS_REPLY_ARRAY && i < reply->elements &&
+                         reply->element[i]->integer == 1;
         if (suppressed) {
             record(w, j, "suppressed", 0, "", "the address is on the suppression list", "", 0, 0);
             job_put(w, j);
@@ -1152,8 +1125,7 @@ static job_t *claim_row(sched_worker_t *w, prov_t *p, held_t *h, const sched_mem
                         const sched_line_t *line, const redisReply *res)
 {
     job_t *j = job_get(w);
-    if (!j)
-        return NULL;
+    if (!j) return NULL;
     j->next = NULL;
     j->p = p;
     j->h = h;
@@ -1171,8 +1143,7 @@ static job_t *claim_row(sched_worker_t *w, prov_t *p, held_t *h, const sched_mem
                                 MAX_FIELDS);
     if (j->nf > w->o.email_col) {
         size_t el = j->flen[w->o.email_col];
-        if (el >= sizeof j->email)
-            el = sizeof j->email - 1;
+        if (el >= sizeof j->email) el = sizeof j->email - 1;
         memcpy(j->email, j->fields.data + j->foff[w->o.email_col], el);
         j->email[el] = '\0';
     }
@@ -1193,8 +1164,7 @@ static job_t *claim_row(sched_worker_t *w, prov_t *p, held_t *h, const sched_mem
 }
 
 /* Turn one claimed member into jobs appended at *tail. */
-static void claim_member(sched_worker_t *w, prov_t *p, redisReply **e, job_t ***tail,
-                         unsigned *n)
+static void claim_member(sched_worker_t *w, prov_t *p, redisReply **e, job_t ***tail, unsigned *n)
 {
     const redisReply *mem = e[0], *blob = e[1], *bits = e[2], *res = e[3];
     held_t *h = calloc(1, sizeof *h);
@@ -1211,8 +1181,7 @@ static void claim_member(sched_worker_t *w, prov_t *p, redisReply **e, job_t ***
     h->p = p;
     snprintf(h->lease, sizeof h->lease, "%.*s|%s", (int)mem->len, mem->str, p->cfg->name);
     h->next = w->helds;
-    if (h->next)
-        h->next->prev = h;
+    if (h->next) h->next->prev = h;
     w->helds = h;
     h->left = 1; /* held until every row below is made a job */
     size_t pos = 0, plen = strlen(p->cfg->name);
@@ -1232,8 +1201,7 @@ static void claim_member(sched_worker_t *w, prov_t *p, redisReply **e, job_t ***
         **tail = j;
         *tail = &j->next;
         (*n)++;
-        if (m.row)
-            break;
+        if (m.row) break;
     }
     if (got < 0)
         VL_WARN("campaign %s: batch %lu-%lu is malformed after row %lu", w->id, m.first, m.last,
@@ -1241,8 +1209,7 @@ static void claim_member(sched_worker_t *w, prov_t *p, redisReply **e, job_t ***
     held_done(w, h);
 }
 
-static void on_claimed(sched_redis_t *r, redisReply *reply, void *priv, int err,
-                       const char *errstr)
+static void on_claimed(sched_redis_t *r, redisReply *reply, void *priv, int err, const char *errstr)
 {
     (void)r;
     prov_t *p = priv;
@@ -1280,7 +1247,7 @@ static void on_claimed(sched_redis_t *r, redisReply *reply, void *priv, int err,
             size_t q = 0;
             for (; j->email[q]; q++)
                 d[q] = j->email[q] >= 'A' && j->email[q] <= 'Z' ? (char)(j->email[q] - 'A' + 'a')
-                                                              : j->email[q];
+                                                                : j->email[q];
             d[q] = '\0';
             argv[k + 2] = d;
         }
@@ -1288,8 +1255,7 @@ static void on_claimed(sched_redis_t *r, redisReply *reply, void *priv, int err,
     }
     free(argv);
     free(lc);
-    if (rc)
-        on_suppress_checked(w->r, NULL, cc, rc, "Redis unavailable");
+    if (rc) on_suppress_checked(w->r, NULL, cc, rc, "Redis unavailable");
 }
 
 static void claim(prov_t *p, unsigned m)
@@ -1299,8 +1265,8 @@ static void claim(prov_t *p, unsigned m)
     snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now_ms());
     snprintf(m_s, sizeof m_s, "%u", m);
     snprintf(lease_s, sizeof lease_s, "%u", w->o.lease_ms);
-    const char *argv[] = {p->key_due, w->k_lease, w->k_batch, w->k_state, w->k_retry, w->k_meta,
-                          now_s,      m_s,        lease_s,    p->cfg->name};
+    const char *argv[] = {p->key_due, w->k_lease, w->k_batch, w->k_state, w->k_retry,
+                          w->k_meta,  now_s,      m_s,        lease_s,    p->cfg->name};
     p->claiming = 1;
     if (sched_redis_eval(w->r, on_claimed, p, sched_lua_claim, 6, 4, argv, NULL)) {
         p->claiming = 0;
@@ -1383,8 +1349,7 @@ static void take_quota(prov_t *p, unsigned n)
     }
     tc->p = p;
     tc->n = n;
-    if (sched_redis_eval(p->w->r, on_quota, tc, rl_lua_quota, (int)k, (int)(2 + 2 * k), argv,
-                         NULL))
+    if (sched_redis_eval(p->w->r, on_quota, tc, rl_lua_quota, (int)k, (int)(2 + 2 * k), argv, NULL))
         take_failed(p, tc, 500);
 }
 
@@ -1420,8 +1385,7 @@ static void take_rate(prov_t *p, unsigned n)
     }
     /* As many tokens as are available, at most the burst. */
     uint32_t burst = rate->burst ? rate->burst : 1;
-    if (n > burst)
-        n = burst;
+    if (n > burst) n = burst;
     char key[KEYLEN], now_s[24], iv[24], b[16], n_s[16];
     snprintf(key, sizeof key, SCHED_KEY_P_GCRA, p->cfg->name);
     snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now_ms());
@@ -1444,8 +1408,7 @@ static void take_rate(prov_t *p, unsigned n)
 
 static void recount_slots(prov_t *p)
 {
-    if (!prov_ready(p))
-        return;
+    if (!prov_ready(p)) return;
     unsigned held = 0;
     for (unsigned i = 0; i < MAX_SLOTS; i++)
         held += p->slot_ok[i];
@@ -1471,28 +1434,23 @@ static void slot_op(prov_t *p, const char *op, unsigned i)
     char holder[128], now_s[24], ceil_s[16], lease_s[16];
     snprintf(holder, sizeof holder, "%s:%u", w->wid, i);
     snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now_ms());
-    snprintf(ceil_s, sizeof ceil_s, "%u",
-             p->cfg->max_connections ? p->cfg->max_connections : 1);
+    snprintf(ceil_s, sizeof ceil_s, "%u", p->cfg->max_connections ? p->cfg->max_connections : 1);
     snprintf(lease_s, sizeof lease_s, "%u", SLOT_LEASE_MS);
     const char *argv[] = {p->key_slots, op, now_s, holder, ceil_s, lease_s};
     slot_ctx_t *sc = malloc(sizeof *sc);
-    if (!sc)
-        return;
+    if (!sc) return;
     sc->p = p;
     sc->i = i;
-    if (sched_redis_eval(w->r, on_slot, sc, rl_lua_slots, 1, 5, argv, NULL))
-        free(sc);
+    if (sched_redis_eval(w->r, on_slot, sc, rl_lua_slots, 1, 5, argv, NULL)) free(sc);
 }
 
 /* Hold as many slots as the learnt connection ceiling allows (acquire also
  * renews), give back the ones above it. */
 static void slots_tick(prov_t *p, uint64_t now, unsigned want)
 {
-    if (now < p->next_slot_ms)
-        return;
+    if (now < p->next_slot_ms) return;
     p->next_slot_ms = now + SLOT_RENEW_MS;
-    if (want > MAX_SLOTS)
-        want = MAX_SLOTS;
+    if (want > MAX_SLOTS) want = MAX_SLOTS;
     for (unsigned i = 0; i < MAX_SLOTS; i++) {
         if (i < want)
             slot_op(p, "acquire", i);
@@ -1528,8 +1486,7 @@ static void try_provider(prov_t *p, uint64_t now)
         return;
     unsigned conns = rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now);
     unsigned cap = (p->held < conns ? p->held : conns) * WINDOW_PER_CONN;
-    if (!cap)
-        cap = 1;
+    if (!cap) cap = 1;
     /* Claimed rows wait here for tokens. Keep two to three windows of them:
      * with one, the backlog ran dry whenever a claim's reply was late (Redis
      * shares the cores), and the connections idled. */
@@ -1544,10 +1501,8 @@ static void try_provider(prov_t *p, uint64_t now)
         (p->inflight && cap - p->inflight < cap / 4))
         return;
     unsigned n = cap - p->inflight;
-    if (n > p->nback)
-        n = p->nback;
-    if (n > w->o.batch)
-        n = w->o.batch;
+    if (n > p->nback) n = p->nback;
+    if (n > w->o.batch) n = w->o.batch;
     take_rate(p, n);
 }
 
@@ -1557,8 +1512,7 @@ static void try_provider(prov_t *p, uint64_t now)
 static void reap(sched_worker_t *w, int all)
 {
     const char **argv = calloc(3 + 2 * w->nprovs, sizeof *argv);
-    if (!argv)
-        return;
+    if (!argv) return;
     char now_s[24], cut_s[24];
     snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now_ms());
     snprintf(cut_s, sizeof cut_s, "%s", all ? "+inf" : now_s);
@@ -1570,8 +1524,8 @@ static void reap(sched_worker_t *w, int all)
     argv[k++] = cut_s;
     for (size_t i = 0; i < w->nprovs; i++)
         argv[k++] = w->provs[i].cfg->name;
-    sched_redis_eval(w->r, NULL, NULL, sched_lua_reap, (int)(1 + w->nprovs),
-                     (int)(2 + w->nprovs), argv, NULL);
+    sched_redis_eval(w->r, NULL, NULL, sched_lua_reap, (int)(1 + w->nprovs), (int)(2 + w->nprovs),
+                     argv, NULL);
     free(argv);
 }
 
@@ -1618,8 +1572,7 @@ static void drop_backlog(sched_worker_t *w, int cancelled)
             p->back = j->next;
             p->nback--;
             j->next = NULL;
-            if (cancelled)
-                record(w, j, "cancelled", 0, "", "the campaign was cancelled", "", 0, 0);
+            if (cancelled) record(w, j, "cancelled", 0, "", "the campaign was cancelled", "", 0, 0);
             job_put(w, j);
         }
         p->back_tail = NULL;
@@ -1643,8 +1596,7 @@ static void cancel_backlog(sched_worker_t *w)
  * resume, claiming starts again. */
 static void pause_or_resume(sched_worker_t *w, int paused)
 {
-    if (paused == w->paused)
-        return;
+    if (paused == w->paused) return;
     w->paused = paused;
     if (paused) {
         VL_INFO("campaign %s: paused; %u claimed rows go back to the due set", w->id,
@@ -1692,12 +1644,11 @@ static void on_orphan_counts(sched_redis_t *r, redisReply *reply, void *priv, in
     sched_worker_t *w = o->w;
     char list[1024] = "";
     size_t len = 0, found = 0;
-    for (size_t i = 0; !err && reply && reply->type == REDIS_REPLY_ARRAY && i < o->n &&
-                       i < reply->elements;
+    for (size_t i = 0;
+         !err && reply && reply->type == REDIS_REPLY_ARRAY && i < o->n && i < reply->elements;
          i++) {
         long long c = reply->element[i]->integer;
-        if (c <= 0)
-            continue;
+        if (c <= 0) continue;
         if (len < sizeof list)
             len += (size_t)snprintf(list + len, sizeof list - len, "%s\"%s\"", found ? ", " : "",
                                     o->names[i]);
@@ -1735,8 +1686,7 @@ static void on_campaign_providers(sched_redis_t *r, redisReply *reply, void *pri
         int known = e->type != REDIS_REPLY_STRING || e->len >= sizeof o->names[0];
         for (size_t k = 0; k < w->nprovs && !known; k++)
             known = !strcmp(w->provs[k].cfg->name, e->str);
-        if (!known)
-            snprintf(o->names[o->n++], sizeof o->names[0], "%s", e->str);
+        if (!known) snprintf(o->names[o->n++], sizeof o->names[0], "%s", e->str);
     }
     if (!o->n) {
         free(o);
@@ -1775,15 +1725,13 @@ static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, i
 {
     sched_worker_t *w = priv;
     w->progress_busy = 0;
-    if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 13)
-        return;
+    if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 13) return;
     long long v[12];
     for (int i = 0; i < 12; i++)
         v[i] = reply->element[i]->str ? atoll(reply->element[i]->str) : 0;
     const char *state = reply->element[12]->str ? reply->element[12]->str : "running";
-    const char *ingested = reply->elements > 13 && reply->element[13]->str
-                               ? reply->element[13]->str
-                               : "0";
+    const char *ingested =
+        reply->elements > 13 && reply->element[13]->str ? reply->element[13]->str : "0";
     long long waiting = reply->elements > 14 ? reply->element[14]->integer : 0;
     sched_progress_t pr = {.total = v[0],
                            .final = v[1],
@@ -1798,18 +1746,14 @@ static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, i
                            .inflight = w->inflight,
                            .rate = w->rate,
                            .state = state};
-    if (w->o.on_progress)
-        w->o.on_progress(&pr, w->o.ud);
-    if (!strcmp(state, "cancelled"))
-        cancel_backlog(w);
+    if (w->o.on_progress) w->o.on_progress(&pr, w->o.ud);
+    if (!strcmp(state, "cancelled")) cancel_backlog(w);
     pause_or_resume(w, !strcmp(state, "paused"));
-    if (!w->o.until_done || w->stopping)
-        return;
+    if (!w->o.until_done || w->stopping) return;
     /* send ingests before its worker starts, so final >= total is the end
      * (with --limit the campaign is deliberately not fully ingested). */
     int all_final = pr.final >= pr.total && (!w->o.require_ingested || !strcmp(ingested, "1"));
-    if (all_final || !strcmp(state, "done") ||
-        (!strcmp(state, "cancelled") && w->inflight == 0)) {
+    if (all_final || !strcmp(state, "done") || (!strcmp(state, "cancelled") && w->inflight == 0)) {
         sched_worker_stop(w);
         return;
     }
@@ -1820,18 +1764,16 @@ static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, i
         for (size_t i = 0; i < w->nprovs; i++)
             if (w->provs[i].stopped) {
                 w->rc = VL_ECONFIG;
-                snprintf(w->why, sizeof w->why, "provider %s stopped: %s",
-                         w->provs[i].cfg->name, w->provs[i].reason);
+                snprintf(w->why, sizeof w->why, "provider %s stopped: %s", w->provs[i].cfg->name,
+                         w->provs[i].reason);
             }
-        if (w->rc)
-            sched_worker_stop(w);
+        if (w->rc) sched_worker_stop(w);
     }
 }
 
 static void progress(sched_worker_t *w, uint64_t now)
 {
-    if (w->progress_busy)
-        return;
+    if (w->progress_busy) return;
     if (now - w->rate_t0 >= 2000) {
         w->rate = (double)(w->delivered - w->rate_n0) * 1000.0 / (double)(now - w->rate_t0);
         w->rate_t0 = now;
@@ -1845,8 +1787,7 @@ static void progress(sched_worker_t *w, uint64_t now)
     argv[nk++] = w->k_meta;
     argv[nk++] = w->k_lease;
     for (size_t i = 0; i < w->nprovs && nk < 3 + MAX_PROVS_PROGRESS; i++)
-        if (!w->provs[i].stopped)
-            argv[nk++] = w->provs[i].key_due;
+        if (!w->provs[i].stopped) argv[nk++] = w->provs[i].key_due;
     if (sched_redis_eval(w->r, on_progress_reply, w,
                          "local c = redis.call('HMGET', KEYS[1], 'total', 'final', 'delivered', "
                          "'bounced', 'failed', 'suppressed', 'rejected', 'cancelled', "
@@ -1870,14 +1811,12 @@ static void on_tick(uv_timer_t *t)
         progress(w, now);
     }
     flush_records(w);
-    if (w->retry && sched_redis_connected(w->r))
-        retry_records(w);
+    if (w->retry && sched_redis_connected(w->r)) retry_records(w);
     if (w->stopping) {
         maybe_finish(w);
         return;
     }
-    if (!sched_redis_connected(w->r))
-        return;
+    if (!sched_redis_connected(w->r)) return;
     if (w->reclaim_pending) {
         /* Before the first claim: commands on one connection run in order. */
         w->reclaim_pending = 0;
@@ -1900,8 +1839,7 @@ static void on_tick(uv_timer_t *t)
     }
     for (size_t i = 0; i < w->nprovs; i++) {
         prov_t *p = &w->provs[i];
-        if (p->stopped || !prov_ready(p))
-            continue;
+        if (p->stopped || !prov_ready(p)) continue;
         learned_tick(p, now);
         slots_tick(p, now, rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now));
         try_provider(p, now);
@@ -1918,12 +1856,14 @@ static void on_eng_event(eng_pool_t *pool, const eng_event_t *ev, void *ud)
         rl_route_success(&p->route);
         return;
     }
-    if (ev->kind != ENG_EV_SETUP_FAILED)
-        return;
+    if (ev->kind != ENG_EV_SETUP_FAILED) return;
     if (ev->reply.code) {
-        rl_reply_t rr = {.code = ev->reply.code, .enhanced = ev->reply.enhanced,
-                         .text = ev->reply.text};
-        rl_decide_ctx_t ctx = {.now_ms = now, .attempt = 1, .tz = p->cfg->tz, .rand = rnd,
+        rl_reply_t rr = {
+            .code = ev->reply.code, .enhanced = ev->reply.enhanced, .text = ev->reply.text};
+        rl_decide_ctx_t ctx = {.now_ms = now,
+                               .attempt = 1,
+                               .tz = p->cfg->tz,
+                               .rand = rnd,
                                .backoff_base_ms = p->w->o.retry_base_ms};
         rl_action_t a;
         if (rl_decide(p->chain, p->nchain, &rr, &ctx, &a) == 0) {
@@ -1931,21 +1871,18 @@ static void on_eng_event(eng_pool_t *pool, const eng_event_t *ev, void *ud)
             /* A server that answers "too many connections" (421 HL:ICC) is
              * alive: the rules already lowered the ceiling, and counting it
              * as a failing route would suspend a healthy provider. */
-            if (a.cls == RL_LOWER_CONCURRENCY || a.cls == RL_PAUSE || a.cls == RL_STOP)
-                return;
+            if (a.cls == RL_LOWER_CONCURRENCY || a.cls == RL_PAUSE || a.cls == RL_STOP) return;
         }
     }
     /* Direct delivery: one domain's unreachable MX hosts say nothing about
      * the others; that domain's pool backs off, and its messages are retried. */
-    if (p->mx)
-        return;
+    if (p->mx) return;
     char reason[300];
     snprintf(reason, sizeof reason, "%s at %s: %s%s%s", vl_err_name(ev->err),
-             eng_stage_name(ev->stage), ev->errstr ? ev->errstr : "",
-             ev->reply.code ? " " : "", ev->reply.code ? ev->reply.text : "");
+             eng_stage_name(ev->stage), ev->errstr ? ev->errstr : "", ev->reply.code ? " " : "",
+             ev->reply.code ? ev->reply.text : "");
     uint64_t until = rl_route_failure(&p->route, now, reason, rnd(NULL));
-    if (p->route.suspended)
-        suspend_provider(p, until, p->route.reason);
+    if (p->route.suspended) suspend_provider(p, until, p->route.reason);
 }
 
 /* ---- life cycle ------------------------------------------------------------ */
@@ -1974,45 +1911,39 @@ static void on_tick_closed(uv_handle_t *h)
     free(w->provs);
     free(w->id);
     free(w);
-    if (cb)
-        cb(rc, why, ud);
+    if (cb) cb(rc, why, ud);
 }
 
 static void on_pool_closed(void *ud)
 {
     sched_worker_t *w = ud;
-    if (--w->closing_pools == 0)
-        uv_close((uv_handle_t *)&w->tick, on_tick_closed);
+    if (--w->closing_pools == 0) uv_close((uv_handle_t *)&w->tick, on_tick_closed);
 }
 
 /* Every message is recorded: close the pools, then finish. */
 static void maybe_finish(sched_worker_t *w)
 {
-    if (!w->stopping || w->finished)
-        return;
+    if (!w->stopping || w->finished) return;
     /* Rows claimed but not submitted go back to the due set now rather than
      * when their lease expires. */
     drop_backlog(w, 0);
-    if (w->inflight)
-        return;
+    if (w->inflight) return;
     /* A claim under way would hand us rows; a record under way must reach
      * Redis before the caller closes it. */
     for (size_t i = 0; i < w->nprovs; i++)
-        if (w->provs[i].claiming)
-            return;
+        if (w->provs[i].claiming) return;
     /* Records still to be made: wait for Redis, but not forever (their
      * leases bring the rows back to another run). */
     flush_records(w);
-    if ((w->records || w->retry) && now_ms() - w->stop_ms < 30000)
-        return;
-    if (sched_redis_connected(w->r) && sched_redis_pending(w->r))
-        return;
+    if ((w->records || w->retry) && now_ms() - w->stop_ms < 30000) return;
+    if (sched_redis_connected(w->r) && sched_redis_pending(w->r)) return;
     while (w->retry) {
         rec_t *rc = w->retry;
         w->retry = rc->next;
         w->retry_tail = NULL;
         VL_WARN("campaign %s: results of %s rows could not be recorded; their rows will be "
-                "tried again", w->id, rc->argv[rc->nkeys + 1]);
+                "tried again",
+                w->id, rc->argv[rc->nkeys + 1]);
         rec_free(rc);
     }
     w->finished = 1;
@@ -2050,8 +1981,7 @@ void sched_worker_ingest_ended(sched_worker_t *w)
 
 void sched_worker_stop(sched_worker_t *w)
 {
-    if (w->stopping)
-        return;
+    if (w->stopping) return;
     w->stopping = 1;
     w->stop_ms = now_ms();
     release_slots(w);
@@ -2072,19 +2002,14 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
     w->o = *o;
     w->id = strdup(o->id);
     w->o.id = w->id;
-    if (!w->o.batch)
-        w->o.batch = 500;
-    if (!w->o.lease_ms)
-        w->o.lease_ms = 120000;
-    if (!w->o.max_attempts)
-        w->o.max_attempts = 10;
-    if (!w->o.retry_base_ms)
-        w->o.retry_base_ms = 60000;
+    if (!w->o.batch) w->o.batch = 500;
+    if (!w->o.lease_ms) w->o.lease_ms = 120000;
+    if (!w->o.max_attempts) w->o.max_attempts = 10;
+    if (!w->o.retry_base_ms) w->o.retry_base_ms = 60000;
     /* One core is the loop's; renders may use the others. */
     unsigned cores = uv_available_parallelism();
     w->render_par = cores > 1 ? cores - 1 : 1;
-    if (w->render_par > RENDER_PAR_MAX)
-        w->render_par = RENDER_PAR_MAX;
+    if (w->render_par > RENDER_PAR_MAX) w->render_par = RENDER_PAR_MAX;
     snprintf(w->k_meta, KEYLEN, SCHED_KEY_META, w->id);
     snprintf(w->k_batch, KEYLEN, SCHED_KEY_BATCH, w->id);
     snprintf(w->k_state, KEYLEN, SCHED_KEY_STATE, w->id);
@@ -2098,8 +2023,7 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
     const rl_provider_t *fallback = rl_providers_fallback(o->providers);
     int fallback_listed = 0;
     for (size_t i = 0; i < nlisted; i++)
-        if (rl_providers_at(o->providers, i) == fallback)
-            fallback_listed = 1;
+        if (rl_providers_at(o->providers, i) == fallback) fallback_listed = 1;
     w->nprovs = nlisted + !fallback_listed;
     w->provs = calloc(w->nprovs, sizeof *w->provs);
     int rc = 0;
@@ -2123,7 +2047,7 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
         eng_route_init(&er);
         er.host = p->cfg->host;
         er.port = p->cfg->port;
-        er.tls = p->cfg->route == RL_ROUTE_SMTPS         ? ENG_TLS_IMPLICIT
+        er.tls = p->cfg->route == RL_ROUTE_SMTPS        ? ENG_TLS_IMPLICIT
                  : p->cfg->tls_policy == RL_TLS_REQUIRE ? ENG_TLS_STARTTLS
                                                         : ENG_TLS_OPPORTUNISTIC;
         er.ca_file = o->ca_file ? o->ca_file : p->cfg->tls_ca_file;

@@ -30,9 +30,9 @@ typedef struct sched_worker sched_worker_t;
 typedef struct sched_progress {
     long long total, final, delivered, bounced, failed, suppressed, rejected, cancelled;
     long long deferred, attempts;
-    unsigned inflight;   /* this worker's messages on the wire */
-    double rate;         /* this worker's deliveries per second, recent */
-    const char *state;   /* campaign state: running, paused, cancelled, done */
+    unsigned inflight; /* this worker's messages on the wire */
+    double rate;       /* this worker's deliveries per second, recent */
+    const char *state; /* campaign state: running, paused, cancelled, done */
 } sched_progress_t;
 
 typedef struct sched_worker_opts {
@@ -73,10 +73,10 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
 
 /* What one provider of a worker is doing now, for metrics. */
 typedef struct sched_prov_stats {
-    const char *provider; /* borrowed from the providers file */
-    unsigned inflight;    /* messages handed to the connections */
-    unsigned backlog;     /* claimed rows waiting for tokens */
-    unsigned connections; /* open */
+    const char *provider;     /* borrowed from the providers file */
+    unsigned inflight;        /* messages handed to the connections */
+    unsigned backlog;         /* claimed rows waiting for tokens */
+    unsigned connections;     /* open */
     unsigned max_connections; /* the ceiling in force (learned or configured) */
 } sched_prov_stats_t;
 

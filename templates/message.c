@@ -657,7 +657,8 @@ int msg_out_new(msg_out_t **out, const msg_factory_t *f)
     o->spans = calloc(o->cap, sizeof *o->spans);
     o->iov = calloc(o->cap + 2, sizeof *o->iov);
     o->slots = calloc(f->ncolumns + 1, sizeof *o->slots);
-    if (!o->spans || !o->iov || !o->slots || getrandom(&o->rng, sizeof o->rng, 0) != sizeof o->rng) {
+    if (!o->spans || !o->iov || !o->slots ||
+        getrandom(&o->rng, sizeof o->rng, 0) != sizeof o->rng) {
         msg_out_free(o);
         return VL_ENOMEM;
     }
@@ -717,18 +718,13 @@ static int iov_wire_ready(const struct iovec *v, size_t n)
     char prev = '\n';
     for (size_t i = 0; i < n; i++) {
         const char *p = v[i].iov_base, *end = p + v[i].iov_len;
-        if (p == end)
-            continue;
-        if (line_start && *p == '.')
-            return 0;
+        if (p == end) continue;
+        if (line_start && *p == '.') return 0;
         for (;;) {
             const char *nl = memchr(p, '\n', (size_t)(end - p));
-            if (!nl)
-                break;
-            if ((nl > (const char *)v[i].iov_base ? nl[-1] : prev) != '\r')
-                return 0;
-            if (nl + 1 < end && nl[1] == '.')
-                return 0;
+            if (!nl) break;
+            if ((nl > (const char *)v[i].iov_base ? nl[-1] : prev) != '\r') return 0;
+            if (nl + 1 < end && nl[1] == '.') return 0;
             p = nl + 1;
         }
         prev = end[-1];

@@ -112,10 +112,10 @@ const msg_error_t *msg_out_error(const msg_out_t *o);
  * bytes). */
 const struct iovec *msg_out_iov(const msg_out_t *o, size_t *n); /* the message bytes */
 size_t msg_out_size(const msg_out_t *o);                        /* their total */
-int msg_out_wire_ready(const msg_out_t *o); /* 1: CRLF line ends, a final CRLF, no line starting
-                                              with '.': SMTP can send it as it is */
-const char *msg_out_sender(const msg_out_t *o);                 /* envelope from: the From address,
-                                                                   domain in ASCII; NUL-terminated */
+int msg_out_wire_ready(const msg_out_t *o);     /* 1: CRLF line ends, a final CRLF, no line starting
+                                                  with '.': SMTP can send it as it is */
+const char *msg_out_sender(const msg_out_t *o); /* envelope from: the From address,
+                                                   domain in ASCII; NUL-terminated */
 const char *msg_out_recipient(const msg_out_t *o);  /* the row's address, domain in ASCII */
 int msg_out_needs_smtputf8(const msg_out_t *o);     /* a UTF-8 local part in either address */
 const char *msg_out_message_id(const msg_out_t *o); /* without <>; NUL-terminated */

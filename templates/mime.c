@@ -236,8 +236,7 @@ static bool plain_text(const unsigned char *s, size_t n, bool *bare)
             else
                 *bare = true;
         }
-        if (len > MIME_HARD_LINE_MAX || (len >= 4 && !memcmp(s + start, "--=_", 4)))
-            return false;
+        if (len > MIME_HARD_LINE_MAX || (len >= 4 && !memcmp(s + start, "--=_", 4))) return false;
         const unsigned char *p = s + start;
         size_t i = 0;
         for (; i + 8 <= len; i += 8) {
@@ -247,10 +246,8 @@ static bool plain_text(const unsigned char *s, size_t n, bool *bare)
                 return false;
         }
         for (; i < len; i++)
-            if (p[i] < 0x20 || p[i] >= 0x7f)
-                return false;
-        if (!nl)
-            return true;
+            if (p[i] < 0x20 || p[i] >= 0x7f) return false;
+        if (!nl) return true;
         start = end + 1;
     }
 }

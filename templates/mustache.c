@@ -45,7 +45,7 @@ typedef struct node {
     uint32_t seg;      /* first of nseg entries in t->segs */
     uint32_t link;     /* N_SECTION/N_INVERTED: index of the N_CLOSE; N_PARTIAL: body or NONE */
     uint32_t line, col;
-    uint32_t slot1;    /* N_VAR: 1 + the slot tpl_bind_slots() found, 0 when unbound */
+    uint32_t slot1; /* N_VAR: 1 + the slot tpl_bind_slots() found, 0 when unbound */
 } node_t;
 
 typedef struct seg {
@@ -647,8 +647,7 @@ int tpl_ctx_push_slots(tpl_ctx_t *c, tpl_lookup_fn fn, void *ud, const tpl_slot_
                        size_t nslots)
 {
     if (c->n >= TPL_CTX_MAX) return VL_ETOOBIG;
-    c->frames[c->n++] =
-        (tpl_frame_t){.lookup = fn, .ud = ud, .slots = slots, .nslots = nslots};
+    c->frames[c->n++] = (tpl_frame_t){.lookup = fn, .ud = ud, .slots = slots, .nslots = nslots};
     return 0;
 }
 
@@ -657,9 +656,8 @@ void tpl_bind_slots(tpl_template_t *t, tpl_slot_fn fn, void *ud)
     for (size_t i = 0; i < t->nnodes; i++) {
         node_t *n = &t->nodes[i];
         if (n->type != N_VAR) continue;
-        long slot = n->nseg == 1 ? fn(ud, t->arena.data + t->segs[n->seg].off,
-                                      t->segs[n->seg].len)
-                                 : -1;
+        long slot =
+            n->nseg == 1 ? fn(ud, t->arena.data + t->segs[n->seg].off, t->segs[n->seg].len) : -1;
         n->slot1 = slot >= 0 && slot < (long)UINT32_MAX ? (uint32_t)slot + 1 : 0;
     }
 }
@@ -694,7 +692,7 @@ typedef struct render {
     int sp;
     int section_depth; /* sections we are inside: strictness stops there */
     int call_depth;
-    uint32_t body; /* the body being rendered, for error messages */
+    uint32_t body;           /* the body being rendered, for error messages */
     const tpl_slot_t *slots; /* the top frame's slots (tpl_ctx_push_slots), or NULL */
     size_t nslots;
     rframe_t stack[TPL_CTX_MAX + 2 * MAX_DEPTH];

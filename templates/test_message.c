@@ -65,8 +65,7 @@ static char *flatten(const msg_out_t *o, size_t *len)
      * unread on its word. */
     int wire = k >= 2 && p[0] != '.' && p[k - 1] == '\n';
     for (size_t i = 0; i < k; i++)
-        if (p[i] == '\n')
-            wire &= i > 0 && p[i - 1] == '\r' && (i + 1 == k || p[i + 1] != '.');
+        if (p[i] == '\n') wire &= i > 0 && p[i - 1] == '\r' && (i + 1 == k || p[i + 1] != '.');
     assert_int_equal(msg_out_wire_ready(o), wire);
     return p;
 }

@@ -251,7 +251,7 @@ static enum mime_cte ref_cte(const unsigned char *s, size_t n, bool *clean)
 static void test_text_cte_random(void **state)
 {
     (void)state;
-    static const unsigned char alpha[] = {'a', 'b', ' ', '.', '\r', '\n', '=', '\t',
+    static const unsigned char alpha[] = {'a', 'b', ' ',  '.',  '\r', '\n', '=', '\t',
                                           '-', '_', 0x7f, 0x80, 0xe4, 0x01, 'z', 'Q'};
     unsigned char buf[2100];
     uint64_t seed = 12345;
@@ -263,15 +263,16 @@ static void test_text_cte_random(void **state)
         for (size_t i = 0; i < n; i++) {
             seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
             unsigned r = (unsigned)(seed >> 40);
-            buf[i] = r % (unsigned)rare == 0 ? alpha[(r >> 8) % sizeof alpha] : (unsigned char)('a' + r % 26);
+            buf[i] = r % (unsigned)rare == 0 ? alpha[(r >> 8) % sizeof alpha]
+                                             : (unsigned char)('a' + r % 26);
         }
         if (round % 7 == 0 && n >= 6) memcpy(buf + n / 2, "\r\n--=_", 6);
         bool c1 = false, c2 = false;
         enum mime_cte want = ref_cte(buf, n, &c2);
         enum mime_cte got = mime_text_cte(buf, n, &c1);
         if (got != want || c1 != c2)
-            fail_msg("round %d (n %zu): got %d clean %d, want %d clean %d", round, n, got, c1,
-                     want, c2);
+            fail_msg("round %d (n %zu): got %d clean %d, want %d clean %d", round, n, got, c1, want,
+                     c2);
     }
 }
 
@@ -505,13 +506,12 @@ static void test_file_part_and_date(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_b64_vectors),        cmocka_unit_test(test_b64_lines_exact),
-        cmocka_unit_test(test_qp_exact),           cmocka_unit_test(test_qp_lines_roundtrip),
-        cmocka_unit_test(test_text_cte),
-        cmocka_unit_test(test_text_cte_random),           cmocka_unit_test(test_2047_folding),
-        cmocka_unit_test(test_header_ascii),       cmocka_unit_test(test_header_injection),
-        cmocka_unit_test(test_addresses),          cmocka_unit_test(test_2231_params),
-        cmocka_unit_test(test_file_part_and_date),
+        cmocka_unit_test(test_b64_vectors),      cmocka_unit_test(test_b64_lines_exact),
+        cmocka_unit_test(test_qp_exact),         cmocka_unit_test(test_qp_lines_roundtrip),
+        cmocka_unit_test(test_text_cte),         cmocka_unit_test(test_text_cte_random),
+        cmocka_unit_test(test_2047_folding),     cmocka_unit_test(test_header_ascii),
+        cmocka_unit_test(test_header_injection), cmocka_unit_test(test_addresses),
+        cmocka_unit_test(test_2231_params),      cmocka_unit_test(test_file_part_and_date),
     };
     return cmocka_run_group_tests_name("mime", tests, NULL, NULL);
 }

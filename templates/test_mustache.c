@@ -1,9 +1,9 @@
 /* Unit tests for templates/mustache: the whole official Mustache spec suite
  * (every test of every JSON file in tests/conformance/mustache-spec, a copy
  * of the project's ../shared/conformance/mustache-spec kept in the repository
- * so that a clone anywhere runs it; or $VOLLEY_MUSTACHE_SPEC_DIR), then volley's own needs: compile errors with
- * positions, strictness, escaping per render, callback frames, static
- * templates and variable listing. */
+ * so that a clone anywhere runs it; or $VOLLEY_MUSTACHE_SPEC_DIR), then volley's own needs: compile
+ * errors with positions, strictness, escaping per render, callback frames, static templates and
+ * variable listing. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -329,7 +329,8 @@ static void test_bound_slots(void **state)
 
     tpl_bind_slots(t, slot_of, &row);
     tpl_slot_t slots[3];
-    for (int i = 0; i < 3; i++) slots[i] = (tpl_slot_t){values[i], strlen(values[i])};
+    for (int i = 0; i < 3; i++)
+        slots[i] = (tpl_slot_t){values[i], strlen(values[i])};
     tpl_ctx_init(&ctx);
     assert_int_equal(tpl_ctx_push_json(&ctx, vars), 0);
     assert_int_equal(tpl_ctx_push_slots(&ctx, row_lookup, &row, slots, 3), 0);

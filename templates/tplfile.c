@@ -252,8 +252,7 @@ __attribute__((format(printf, 4, 5))) static void report(struct loader *ld, enum
     if (kind == TPLF_NOINPUT) ld->missing = true;
     va_list ap;
     va_start(ap, fmt);
-    tplf_vreport(ld->diag, ld->ud, kind, ld->t->path, ld->t->text, ld->t->text_len, where, fmt,
-                 ap);
+    tplf_vreport(ld->diag, ld->ud, kind, ld->t->path, ld->t->text, ld->t->text_len, where, fmt, ap);
     va_end(ap);
 }
 
