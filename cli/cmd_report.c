@@ -113,7 +113,7 @@ int cmd_report(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "f:o:h", opts, NULL)) != -1) {
         switch (c) {
         case 'R':
-            url = optarg;
+            url = cli_redis_url_arg(optarg);
             break;
         case 'f':
             format = optarg;

@@ -16,6 +16,7 @@
 #include "cli/campaign.h"
 #include "cli/cmds.h"
 #include "cli/exitcodes.h"
+#include "cli/redisconn.h"
 #include "cli/send_run.h"
 #include "common/err.h"
 
@@ -147,7 +148,7 @@ int cmd_send(int argc, char **argv)
             so.progress = 0;
             break;
         case OPT_REDIS:
-            so.redis_url = optarg;
+            so.redis_url = cli_redis_url_arg(optarg);
             break;
         case OPT_CA:
             so.ca_file = optarg;

@@ -63,7 +63,7 @@ static int run_campaign_cmd(int argc, char **argv, campaign_fn fn)
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (c == 'R') {
-            url = optarg;
+            url = cli_redis_url_arg(optarg);
         } else if (c == 'j' && !strcmp(name, "status")) {
             json = 1;
         } else if (c == 'h') {

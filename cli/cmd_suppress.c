@@ -294,7 +294,7 @@ int cmd_suppress(int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (c == 'R') {
-            url = optarg;
+            url = cli_redis_url_arg(optarg);
         } else if (c == 'h') {
             suppress_usage(stdout);
             return EX_OK;

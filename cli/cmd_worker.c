@@ -18,6 +18,7 @@
 #include "cli/cmds.h"
 #include "cli/exitcodes.h"
 #include "cli/metrics.h"
+#include "cli/redisconn.h"
 #include "cli/send_run.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -39,7 +40,7 @@ int cmd_enqueue(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'r':
-            url = optarg;
+            url = cli_redis_url_arg(optarg);
             break;
         case 'a':
             at = optarg;
@@ -421,7 +422,7 @@ int cmd_worker(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'r':
-            url = optarg;
+            url = cli_redis_url_arg(optarg);
             break;
         case 'c':
             wk.ca_file = optarg;

@@ -5,6 +5,7 @@
 
 #include "cli/cmds.h"
 #include "cli/exitcodes.h"
+#include "cli/redisconn.h"
 
 struct command {
     const char *name;
@@ -53,6 +54,13 @@ int main(int argc, char **argv)
     /* A peer that closes while we write must fail that write (EPIPE), not
      * kill the process: SMTP servers and Redis both do it. */
     signal(SIGPIPE, SIG_IGN);
+    /* A Redis password kept in a file reaches every command's connections. */
+    char err[512];
+    int rc = cli_redis_password_file(err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "volley: VOLLEY_REDIS_PASSWORD_FILE: %s\n", err);
+        return rc;
+    }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
     fprintf(stderr, "volley: unknown command '%s'\n", argv[1]);

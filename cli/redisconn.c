@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "cli/exitcodes.h"
+#include "cli/url.h"
 #include "common/err.h"
 #include "scheduler/keys.h"
 #include "scheduler/redis.h"
@@ -24,24 +25,71 @@ struct cli_redis {
 
 enum { DEFAULT_TIMEOUT_MS = 5000 };
 
+/* Where the password of a redis://[user]:pass@host URL is: *start and its length, or 0 when
+ * there is none. The user info ends at the LAST '@', as scheduler/redis.c parses it, so a
+ * password may hold '@' or '/' and still be found whole. */
+static size_t password_span(const char *url, size_t *start)
+{
+    const char *scheme = strstr(url, "://");
+    if (!scheme) return 0;
+    const char *auth = scheme + 3;
+    const char *at = strrchr(auth, '@');
+    if (!at) return 0;
+    const char *colon = memchr(auth, ':', (size_t)(at - auth));
+    if (!colon) return 0;
+    *start = (size_t)(colon + 1 - url);
+    return (size_t)(at - colon - 1);
+}
+
 void cli_redis_redact(const char *url, char *dst, size_t n)
 {
     if (n == 0) return;
-    const char *scheme = strstr(url, "://");
-    const char *auth = scheme ? scheme + 3 : url;
-    const char *at = strchr(auth, '@');
-    const char *slash = strchr(auth, '/');
-    /* Only an '@' before the path separates credentials from the host. */
-    if (!scheme || !at || (slash && slash < at)) {
+    size_t start = 0, len = password_span(url, &start);
+    if (!len) {
         snprintf(dst, n, "%s", url);
         return;
     }
-    const char *colon = memchr(auth, ':', (size_t)(at - auth));
-    if (!colon) {
-        snprintf(dst, n, "%s", url);
-        return;
+    snprintf(dst, n, "%.*s***%s", (int)start, url, url + start + len);
+}
+
+const char *cli_redis_url_arg(char *arg)
+{
+    /* Reachable until exit (so not a leak) and replaced if a command is given --redis twice. */
+    static char *copy;
+    free(copy);
+    copy = strdup(arg);
+    if (!copy) {
+        /* Argument parsing has nothing to unwind yet. */
+        fprintf(stderr, "volley: out of memory\n");
+        exit(EX_OSERR);
     }
-    snprintf(dst, n, "%.*s:***%s", (int)(colon - url), url, at);
+    size_t start = 0, len = password_span(arg, &start);
+    if (len) {
+        fprintf(stderr,
+                "volley: warning: a password in the Redis URL is visible to other users "
+                "of this machine; use VOLLEY_REDIS_PASSWORD or VOLLEY_REDIS_PASSWORD_FILE\n");
+        memset(arg + start, '*', len);
+    }
+    return copy;
+}
+
+int cli_redis_password_file(char *err, size_t errlen)
+{
+    const char *file = getenv("VOLLEY_REDIS_PASSWORD_FILE");
+    const char *env = getenv("VOLLEY_REDIS_PASSWORD");
+    if (!file || !*file || (env && *env)) return EX_OK;
+    char *pw = NULL;
+    if (cli_read_secret(file, "VOLLEY_REDIS_PASSWORD", &pw, err, errlen)) return EX_CONFIG;
+    /* scheduler/redis.c reads it from the environment on every (re)connect; the
+     * environment, unlike the command line, is readable only by this user. */
+    int rc = setenv("VOLLEY_REDIS_PASSWORD", pw, 1);
+    explicit_bzero(pw, strlen(pw));
+    free(pw);
+    if (rc) {
+        snprintf(err, errlen, "out of memory");
+        return EX_OSERR;
+    }
+    return EX_OK;
 }
 
 int cli_redis_reply_error(redisContext *c, const redisReply *r, const char *what, char *err,

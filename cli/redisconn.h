@@ -82,6 +82,18 @@ void cli_redis_close(cli_redis_t *r);
  * URL replaced by "***", for printing. */
 void cli_redis_redact(const char *url, char *dst, size_t n);
 
+/* Take a --redis URL argument: returns a copy to use (borrowed, valid until exit or the
+ * next call; exits with EX_OSERR when out of memory) and overwrites any password in arg itself with
+ * '*', so that it does not stay readable in /proc/PID/cmdline for the process's life (with a
+ * warning on stderr). arg is the argv string, modified in place. */
+const char *cli_redis_url_arg(char *arg);
+
+/* When VOLLEY_REDIS_PASSWORD_FILE names a file and VOLLEY_REDIS_PASSWORD is not set, read
+ * the password from the file's first line into VOLLEY_REDIS_PASSWORD (where every Redis
+ * connection looks for it). EX_OK, or EX_CONFIG (unreadable or empty file) / EX_OSERR with
+ * a message in err. */
+int cli_redis_password_file(char *err, size_t errlen);
+
 /* The sysexits code for a failed reply: EX_UNAVAILABLE when the connection
  * is broken (r == NULL or c->err), EX_SOFTWARE for an error reply. Writes
  * a message naming what into err. */

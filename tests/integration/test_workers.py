@@ -17,7 +17,8 @@ import time
 import urllib.error
 import urllib.request
 
-from vtest import TSAN, VOLLEY, Sink, check, make_campaign, read_report, run_tests, scaled
+from vtest import (TSAN, VOLLEY, Sink, check, make_campaign, read_report, run_tests, scaled,
+                   wait_up)
 
 
 def dupes(log):
@@ -63,20 +64,17 @@ def test_kill9_and_resume(tmp):
 
 
 def redis_start(d, sock):
-    return subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", sock,
-                             "--unixsocketperm", "700", "--dir", d, "--appendonly", "yes",
-                             "--appendfsync", "always", "--save", "", "--daemonize", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """redis-server on sock, its log in d/redis-server.log (read by wait_up)."""
+    with open(os.path.join(d, "redis-server.log"), "a") as log:
+        return subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", sock,
+                                 "--unixsocketperm", "700", "--dir", d, "--appendonly", "yes",
+                                 "--appendfsync", "always", "--save", "", "--daemonize", "no"],
+                                stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_socket(sock, timeout=10):
-    t = time.time()
-    while time.time() - t < timeout:
-        r = subprocess.run(["redis-cli", "-s", sock, "ping"], capture_output=True, text=True)
-        if r.stdout.strip() == "PONG":
-            return True
-        time.sleep(0.05)
-    return False
+def redis_ping(sock):
+    r = subprocess.run(["redis-cli", "-s", sock, "ping"], capture_output=True, text=True)
+    return r.stdout.strip() == "PONG"
 
 
 def private_redis(tmp, name):
@@ -87,7 +85,9 @@ def private_redis(tmp, name):
     os.makedirs(rd)
     sock = os.path.join(rd, "redis.sock")
     redis = redis_start(rd, sock)
-    check("%s: a private redis-server is up" % name, wait_socket(sock))
+    up, why = wait_up(redis, lambda: redis_ping(sock), "redis-server",
+                      os.path.join(rd, "redis-server.log"))
+    check("%s: a private redis-server is up" % name, up, why)
     return d, sock, "unix://" + sock, redis
 
 
@@ -139,7 +139,9 @@ def test_redis_restart(tmp):
     redis.wait(timeout=20)
     time.sleep(1.0)
     redis = redis_start(rd, sock)
-    check("Redis restarted on the same socket with its data", wait_socket(sock))
+    up, why = wait_up(redis, lambda: redis_ping(sock), "redis-server",
+                      os.path.join(rd, "redis-server.log"))
+    check("Redis restarted on the same socket with its data", up, why)
     deadline = time.time() + 120
     state = ""
     while time.time() < deadline:
@@ -432,6 +434,64 @@ def test_helpers_yield_to_loop(tmp):
           seen["loop"] not in (None, SCHED_BATCH), json.dumps(seen))
 
 
+def test_redis_password_hidden(tmp):
+    """A password in --redis does not stay in /proc/PID/cmdline, and one kept in
+    VOLLEY_REDIS_PASSWORD_FILE works as well (issue 20)."""
+    rd = os.path.join(tmp, "redis-auth")
+    os.makedirs(rd)
+    sock = os.path.join(rd, "redis.sock")
+    with open(os.path.join(rd, "redis-server.log"), "a") as log:
+        redis = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", sock,
+                                  "--dir", rd, "--save", "", "--requirepass", "s3cr@t/pw"],
+                                 stdout=log, stderr=subprocess.STDOUT)
+
+    def clients():
+        r = subprocess.run(["redis-cli", "-s", sock, "--no-auth-warning", "-a", "s3cr@t/pw",
+                            "client", "list"], capture_output=True, text=True)
+        return len([l for l in r.stdout.splitlines() if "cmd=" in l])
+    up, why = wait_up(redis, lambda: clients() >= 1, "redis-server",
+                      os.path.join(rd, "redis-server.log"))
+    check("password: a redis-server with requirepass is up", up, why)
+
+    def run_worker(url, env, name):
+        e = dict(os.environ)
+        e.update(env)
+        w = subprocess.Popen([VOLLEY, "worker", "--redis", url], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, env=e)
+        deadline = time.time() + 10
+        while time.time() < deadline and w.poll() is None and clients() < 2:
+            time.sleep(0.05)
+        try:
+            with open("/proc/%d/cmdline" % w.pid, "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            cmdline = "(exited)"
+        connected = clients() >= 2 and w.poll() is None
+        w.send_signal(signal.SIGTERM)
+        err = w.communicate(timeout=30)[1]
+        check("password: %s: the worker authenticates" % name, connected, err)
+        return cmdline, err
+    # '/' is percent-encoded in a unix:// URL (it would start the path there).
+    cmdline, err = run_worker("unix://:s3cr@t%2Fpw@" + sock, {}, "in the URL")
+    check("password in the URL: not in /proc/PID/cmdline, starred there",
+          "s3cr" not in cmdline and ":***********@" in cmdline, cmdline)
+    check("password in the URL: a warning names the better ways, not the password",
+          "VOLLEY_REDIS_PASSWORD" in err and "s3cr" not in err, err)
+    pwfile = os.path.join(tmp, "redis-pw")
+    with open(pwfile, "w") as f:
+        f.write("s3cr@t/pw\n")
+    cmdline, err = run_worker("unix://" + sock, {"VOLLEY_REDIS_PASSWORD_FILE": pwfile},
+                              "VOLLEY_REDIS_PASSWORD_FILE")
+    check("password file: no warning", "warning" not in err, err)
+    r = subprocess.run([VOLLEY, "worker", "--redis", "unix://" + sock],
+                       capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, VOLLEY_REDIS_PASSWORD_FILE=pwfile + ".missing"))
+    check("password file missing: exit 78, the file named",
+          r.returncode == 78 and "redis-pw.missing" in r.stderr, "%d %s" % (r.returncode, r.stderr))
+    redis.terminate()
+    redis.wait(timeout=10)
+
+
 def test_metrics(tmp):
     """volley worker --metrics serves Prometheus text that counts what it did."""
     d, sock, url, redis = private_redis(tmp, "metrics")
@@ -491,7 +551,8 @@ def test_metrics(tmp):
 
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
-        run_tests([test_kill9_and_resume, test_redis_restart, test_shared_rate,
+        run_tests([test_redis_password_hidden, test_kill9_and_resume, test_redis_restart,
+                   test_shared_rate,
                    test_cancel_before_ingest_ends,
                    test_cancel_running, test_pause_running, test_older_layout, test_metrics,
                    test_helpers_yield_to_loop, test_worker_holds_off_stopped_campaign], tmp)
