@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 
-from vtest import SRCDIR, VOLLEY, Sink, check, run_tests
+from vtest import SRCDIR, VOLLEY, Sink, check, run_tests, wait_up
 
 
 def free_port():
@@ -92,13 +92,17 @@ def test_smtp_sink(tmp):
         cmd += ["-u", "nobody"]
     # -d: one file per mail transaction, so the count is exact.
     cmd += ["-d", os.path.join(dump, "%H%M%S."), "127.0.0.1:%d" % port, "100"]
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    errpath = os.path.join(tmp, "smtp-sink.stderr")
+    with open(errpath, "w") as err:
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    up, why = wait_up(p, lambda: socket.create_connection(("127.0.0.1", port),
+                                                          timeout=0.2).close() or True,
+                      "postfix's smtp-sink", errpath)
+    check("postfix's smtp-sink started", up, why)
+    if not up:
+        p.kill()
+        p.wait(timeout=10)
+        return
     n = 700
     rc, out, text = bench("smtp://127.0.0.1:%d" % port, "-c", "10", "-n", str(n), "-s", "1200")
     time.sleep(0.3)

@@ -17,7 +17,7 @@ import tempfile
 import time
 import traceback
 
-from vtest import decode_result, encode_result, stored_result
+from vtest import decode_result, encode_result, stored_result, wait_up
 
 SRCDIR = os.environ.get("SRCDIR", os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
@@ -90,18 +90,21 @@ class Server:
                 "--daemonize", "no", "--save", ""]
         if appendonly:
             args += ["--appendonly", "yes"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Its log goes to a file so that a server that cannot start says why.
+        errpath = os.path.join(dirpath, "redis-server.log")
+        with open(errpath, "a") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         PROCS.append(self.proc)
-        for _ in range(200):
+
+        def ping():
+            r = Redis(self.sock)
             try:
-                r = Redis(self.sock)
-                if r("PING") == "PONG":
-                    r.close()
-                    break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise AssertionError("redis-server did not start")
+                return r("PING") == "PONG"
+            finally:
+                r.close()
+        up, why = wait_up(self.proc, ping, "redis-server", errpath)
+        if not up:
+            raise AssertionError(why)
         self.url = "unix://" + self.sock
 
     def client(self):

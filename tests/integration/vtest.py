@@ -56,6 +56,37 @@ def run_tests(tests, tmp):
     sys.exit(0 if all(_results) else 1)
 
 
+def wait_up(proc, ready, what, errpath=None, timeout=10.0):
+    """Wait until ready() is true for a server a test started; (True, "") or
+    (False, why), why carrying the server's own words: its exit status and the
+    end of its stderr (read from errpath, where the caller sent it), so that a
+    server that cannot start (a missing shared library, a port in use) is
+    reported as such and not as a connection refused later on."""
+    t = time.monotonic()
+    while time.monotonic() - t < timeout:
+        try:
+            if ready():
+                return True, ""
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    if proc.poll() is None:
+        why = "%s did not come up within %.0f s" % (what, timeout)
+    else:
+        why = "%s exited with status %d before it came up" % (what, proc.returncode)
+    if errpath:
+        try:
+            with open(errpath, errors="replace") as f:
+                err = f.read().strip()
+        except OSError:
+            err = ""
+        if err:
+            why += "; its stderr:\n" + err[-4000:]
+    return False, why
+
+
 class Sink:
     """A volley-sink on 127.0.0.1 and a free port (or at listen); stats and log
     read at stop."""
@@ -71,7 +102,11 @@ class Sink:
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   env=e)
         line = self.p.stdout.readline()
-        assert line.startswith("listening "), line
+        if not line.startswith("listening "):
+            self.p.kill()
+            _, err = self.p.communicate(timeout=10)
+            raise AssertionError("volley-sink %s did not start (status %s): %s"
+                                 % (" ".join(args), self.p.returncode, (line + err).strip()))
         self.addr = line.split()[1]
         self.port = int(self.addr.rsplit(":", 1)[1])
 
