@@ -307,6 +307,40 @@ static int simple(redisContext *c, char *err, size_t errlen, const char *fmt, ..
     return 0;
 }
 
+/* A campaign without its meta but with other keys of its own: the meta was lost (a Redis
+ * restarted without part of its data, an eviction, a hand-made DEL) and what is left
+ * cannot be trusted. Ingesting again would send rows that were sent. Nonzero, with err
+ * naming the keys, when any is there (or Redis fails: then err says so). */
+static int rc_leftover(redisContext *c, const char *id, char *err, size_t errlen)
+{
+    static const char *const fmts[] = {SCHED_KEY_COUNT, SCHED_KEY_STATE, SCHED_KEY_BATCHES,
+                                       SCHED_KEY_LEASE, SCHED_KEY_RETRY};
+    enum { N = sizeof fmts / sizeof fmts[0] };
+    char keys[N][300];
+    const char *argv[1 + N];
+    argv[0] = "EXISTS";
+    for (size_t i = 0; i < N; i++) {
+        snprintf(keys[i], sizeof keys[i], fmts[i], id);
+        argv[1 + i] = keys[i];
+    }
+    redisReply *r = redisCommandArgv(c, 1 + N, argv, NULL);
+    if (!r || r->type != REDIS_REPLY_INTEGER) {
+        snprintf(err, errlen, "Redis: EXISTS: %s",
+                 r && r->type == REDIS_REPLY_ERROR ? r->str : c->errstr);
+        freeReplyObject(r);
+        return -1;
+    }
+    long long n = r->integer;
+    freeReplyObject(r);
+    if (n == 0) return 0;
+    snprintf(err, errlen,
+             "campaign %s has keys in Redis ({c:%s}:count, :state...) but not its meta "
+             "({c:%s}:meta): the Redis lost part of it, and sending it again could send rows "
+             "twice; remove its keys {c:%s}:* to start over",
+             id, id, id, id);
+    return -1;
+}
+
 int sched_ingest(redisContext *c, const sched_ingest_opts_t *o, sched_ingest_stats_t *st, char *err,
                  size_t errlen)
 {
@@ -335,11 +369,13 @@ int sched_ingest(redisContext *c, const sched_ingest_opts_t *o, sched_ingest_sta
         freeReplyObject(r);
         return VL_ESTATE;
     }
+    int fresh = !r->element[1]->str;
     freeReplyObject(r);
     if (done) {
         st->skipped = 1;
         return 0;
     }
+    if (fresh && rc_leftover(c, o->id, err, errlen)) return VL_ESTATE;
     json_t *cols = json_array();
     for (size_t i = 0; i < o->ncolumns; i++)
         json_array_append_new(cols, json_string(o->columns[i]));

@@ -167,10 +167,12 @@ struct sched_worker {
     unsigned inflight; /* jobs alive: waiting for tokens or submitted */
     held_t *helds;     /* leases held */
     int stopping, finished, progress_busy;
-    int paused;          /* the campaign's state is paused (seen at the last progress poll) */
-    int orphan_check;    /* rows for unknown providers: 0 to ask, 1 asked, 2 answered */
-    int progress_soon;   /* idle with every result recorded: ask now if done */
-    int reclaim_pending; /* take back every lease once connected */
+    int paused;        /* the campaign's state is paused (seen at the last progress poll) */
+    int orphan_check;  /* rows for unknown providers: 0 to ask, 1 asked, 2 answered */
+    int progress_soon; /* idle with every result recorded: ask now if done */
+    int existed; /* the campaign's meta was read, or a row of it got a result: its loss is an error
+                  */
+    int reclaim_pending;            /* take back every lease once connected */
     struct rec *retry, *retry_tail; /* records waiting for Redis to come back, in order */
     unsigned records;               /* records sent and not yet answered */
     uint64_t stop_ms;               /* when stopping began */
@@ -599,6 +601,7 @@ static void record(sched_worker_t *w, job_t *j, const char *status, int code, co
     memcpy(pd->batch, j->batch, sizeof pd->batch);
     pd->retry_at = retry_at;
     pd->letter = status_letter(status, attempted);
+    w->existed = 1;
     if (!strcmp(status, "delivered")) w->delivered++;
     if (w->o.on_result) w->o.on_result(j->p->cfg->name, status, w->o.ud);
     held_done(w, j->h);
@@ -1733,6 +1736,22 @@ static void on_progress_reply(sched_redis_t *r, redisReply *reply, void *priv, i
     const char *ingested =
         reply->elements > 13 && reply->element[13]->str ? reply->element[13]->str : "0";
     long long waiting = reply->elements > 14 ? reply->element[14]->integer : 0;
+    /* A campaign whose meta was there and is gone (a Redis restarted without
+     * its data, a FLUSHALL, an eviction) must not read as "0 of 0 rows left":
+     * that ended a 2,000-row send as done after 704 rows, exit 0. */
+    int meta_exists = reply->elements > 15 ? reply->element[15]->integer != 0 : 1;
+    if (meta_exists) {
+        w->existed = 1;
+    } else if (w->existed && !w->stopping) {
+        w->rc = VL_EREDIS;
+        snprintf(w->why, sizeof w->why,
+                 "campaign %s vanished from Redis mid-run (its key {c:%s}:meta is gone: was "
+                 "Redis restarted without its data?); nothing more is sent, and results from "
+                 "here on cannot be recorded",
+                 w->id, w->id);
+        sched_worker_stop(w);
+        return;
+    }
     sched_progress_t pr = {.total = v[0],
                            .final = v[1],
                            .delivered = v[2],
@@ -1796,7 +1815,7 @@ static void progress(sched_worker_t *w, uint64_t now)
                          "c[13] = m[1] or 'running' c[14] = m[2] or '0' "
                          "for i = 1, 12 do c[i] = c[i] or '0' end "
                          "local n = 0 for i = 3, #KEYS do n = n + redis.call('ZCARD', KEYS[i]) "
-                         "end c[15] = n return c",
+                         "end c[15] = n c[16] = redis.call('EXISTS', KEYS[2]) return c",
                          nk, 0, argv, NULL) == 0)
         w->progress_busy = 1;
 }
