@@ -25,6 +25,7 @@
 #include "cli/report.h"
 #include "cli/send_run.h"
 #include "common/err.h"
+#include "common/fs.h"
 #include "common/log.h"
 #include "common/prio.h"
 #include "ratelimit/provider.h"
@@ -361,17 +362,22 @@ int cli_send_run(const char *path, const cli_send_opts_t *o)
         snprintf(rpath, sizeof rpath, "%s%sreport.csv", j.c->state_dir,
                  j.c->state_dir[0] && j.c->state_dir[strlen(j.c->state_dir) - 1] == '/' ? "" : "/");
         snprintf(tmp, sizeof tmp, "%s.tmp", rpath);
-        mkdir(j.c->state_dir, 0700);
-        /* One pass writes both: for a million rows, reading them twice
-         * would cost seconds. */
-        FILE *f = fopen(tmp, "w");
+        /* With --redis the state directory may not exist yet, nor its parents. A report
+         * that cannot be written fails the send (EX_CANTCREAT) after printing the summary:
+         * the results are safe in Redis (`volley report` writes it again), but a script
+         * that reads report.csv after exit 0 must find it. */
+        int written = 0;
+        int mrc = vl_mkdirs(j.c->state_dir, 0700);
+        FILE *f = mrc ? NULL : fopen(tmp, "w");
         if (!f) {
-            fprintf(stderr, "volley: could not write %s: %s\n", tmp, strerror(errno));
+            fprintf(stderr, "volley: could not write %s: %s\n", mrc ? j.c->state_dir : tmp,
+                    strerror(mrc ? -mrc : errno));
             if (cli_report_write(c, j.c->id, "text", stdout, err, sizeof err))
                 fprintf(stderr, "volley: report: %s\n", err);
         } else if (cli_report_write_csv_and_text(c, j.c->id, f, stdout, err, sizeof err) == 0) {
             if (fclose(f) == 0 && rename(tmp, rpath) == 0) {
                 printf("report: %s\n", rpath);
+                written = 1;
             } else {
                 fprintf(stderr, "volley: could not write %s: %s\n", rpath, strerror(errno));
                 unlink(tmp);
@@ -381,6 +387,7 @@ int cli_send_run(const char *path, const cli_send_opts_t *o)
             unlink(tmp);
             fprintf(stderr, "volley: report: %s\n", err);
         }
+        if (!written && !code) code = EX_CANTCREAT;
     }
     redisFree(c);
     sched_rproc_stop(proc);

@@ -27,6 +27,7 @@
 #include <hiredis/hiredis.h>
 
 #include "err.h"
+#include "fs.h"
 #include "log.h"
 #include "prio.h"
 
@@ -57,21 +58,6 @@ static const char *find_server(char *buf, size_t n)
         env = colon ? colon + 1 : NULL;
     }
     return access("/usr/bin/redis-server", X_OK) == 0 ? "/usr/bin/redis-server" : NULL;
-}
-
-/* mkdir -p with mode 0700 for the directories it creates. */
-static int make_dirs(const char *dir)
-{
-    char tmp[PATH_MAX];
-    if (snprintf(tmp, sizeof tmp, "%s", dir) >= (int)sizeof tmp) return -ENAMETOOLONG;
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(tmp, 0700) < 0 && errno != EEXIST) return -errno;
-        *p = '/';
-    }
-    if (mkdir(tmp, 0700) < 0 && errno != EEXIST) return -errno;
-    return 0;
 }
 
 /* What the socket says to PING: 1 PONG, 2 any other answer (e.g. -LOADING while the
@@ -134,7 +120,7 @@ int sched_rproc_start(sched_rproc_t **out, const char *dir, char *err, size_t er
         vl_set_err(err, errlen, "redis-server not found on PATH or in /usr/bin");
         return VL_ENOENT;
     }
-    int rc = make_dirs(dir);
+    int rc = vl_mkdirs(dir, 0700);
     if (rc < 0) {
         vl_set_err(err, errlen, "cannot create state directory %s: %s", dir, strerror(-rc));
         return VL_EIO;

@@ -11,6 +11,7 @@ import os
 import random
 import re
 import signal
+import shutil
 import subprocess
 import tempfile
 import time
@@ -492,6 +493,91 @@ def test_redis_password_hidden(tmp):
     redis.wait(timeout=10)
 
 
+def test_redis_lost_its_data(tmp):
+    """A Redis that restarts empty mid-campaign: send stops with exit 69 and says
+    the campaign vanished (it ended as done, exit 0, after 704 of 2,000 rows);
+    and an ingest over a campaign's leftover keys without its meta refuses
+    rather than sending rows again (issue 20)."""
+    d, sock, url, redis = private_redis(tmp, "lost")
+    rd = os.path.dirname(sock)
+    sink = Sink(d)
+    n = 2000
+    camp = make_campaign(d, "lost", n, [{
+        "name": "p", "domains": ["*"], "route": "smtp://" + sink.addr,
+        "max_connections": 4, "rate": "400/s"}])
+    p = subprocess.Popen([VOLLEY, "send", camp, "--redis", url, "--no-progress"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline and int(status_counts(url, "lost").get("delivered", 0)) < 200:
+        time.sleep(0.05)
+    subprocess.run(["redis-cli", "-s", sock, "shutdown", "nosave"], capture_output=True)
+    redis.wait(timeout=20)
+    shutil.rmtree(os.path.join(rd, "appendonlydir"), ignore_errors=True)
+    redis = redis_start(rd, sock)
+    up, why = wait_up(redis, lambda: redis_ping(sock), "redis-server",
+                      os.path.join(rd, "redis-server.log"))
+    check("lost data: Redis restarted empty", up, why)
+    try:
+        out, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+    st = sink.stop()
+    check("lost data: send stops with exit 69, not done", p.returncode == 69,
+          "exit %s\n%s%s" % (p.returncode, out, err))
+    check("lost data: the message says the campaign vanished from Redis",
+          "vanished from Redis" in err and "{c:lost}:meta" in err, err)
+    check("lost data: it stopped sending (not all %d rows went out)" % n,
+          st.get("accepted", st.get("messages", 0)) < n, json.dumps(st)[:400])
+
+    # Leftover keys without their meta: an ingest must notice.
+    subprocess.run(["redis-cli", "-s", sock, "hset", "{c:lost}:count", "total", "5"],
+                   capture_output=True, check=True)
+    subprocess.run(["redis-cli", "-s", sock, "del", "{c:lost}:meta"], capture_output=True)
+    r = subprocess.run([VOLLEY, "send", camp, "--redis", url, "--no-progress"],
+                       capture_output=True, text=True, timeout=60)
+    check("leftover keys: send refuses (exit 65) and names the missing meta",
+          r.returncode == 65 and "{c:lost}:meta" in r.stderr and "twice" in r.stderr,
+          "exit %d\n%s" % (r.returncode, r.stderr))
+    redis.terminate()
+    redis.wait(timeout=10)
+
+
+def test_report_in_new_state_dir(tmp):
+    """send --redis writes report.csv into a state directory whose parents do not
+    exist yet, and a report it cannot write is not exit 0 (issue 20)."""
+    d, sock, url, redis = private_redis(tmp, "deep")
+    sink = Sink(d)
+    camp = make_campaign(d, "deep", 5, [{"name": "p", "domains": ["*"],
+                                         "route": "smtp://" + sink.addr}])
+    with open(camp) as f:
+        c = json.load(f)
+    c["state_dir"] = "state/a/b"
+    with open(camp, "w") as f:
+        json.dump(c, f)
+    r = subprocess.run([VOLLEY, "send", camp, "--redis", url, "--no-progress"],
+                       capture_output=True, text=True, timeout=60)
+    rows = read_report(os.path.join(d, "state", "a", "b", "report.csv")) \
+        if os.path.exists(os.path.join(d, "state", "a", "b", "report.csv")) else []
+    check("state dir with missing parents: exit 0 and a report of 5 rows",
+          r.returncode == 0 and len(rows) == 5, r.stdout + r.stderr)
+    # A state directory that cannot be made (a file is in the way).
+    with open(os.path.join(d, "blocked"), "w") as f:
+        f.write("x")
+    c["state_dir"] = "blocked/sub"
+    c["id"] = "deep2"
+    with open(camp, "w") as f:
+        json.dump(c, f)
+    r = subprocess.run([VOLLEY, "send", camp, "--redis", url, "--no-progress"],
+                       capture_output=True, text=True, timeout=60)
+    check("report cannot be written: exit 73, the directory named, the summary still printed",
+          r.returncode == 73 and "blocked/sub" in r.stderr and "delivered" in r.stdout,
+          "exit %d\n%s%s" % (r.returncode, r.stdout, r.stderr))
+    sink.stop()
+    redis.terminate()
+    redis.wait(timeout=10)
+
+
 def test_metrics(tmp):
     """volley worker --metrics serves Prometheus text that counts what it did."""
     d, sock, url, redis = private_redis(tmp, "metrics")
@@ -551,7 +637,8 @@ def test_metrics(tmp):
 
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
-        run_tests([test_redis_password_hidden, test_kill9_and_resume, test_redis_restart,
+        run_tests([test_redis_password_hidden, test_redis_lost_its_data,
+                   test_report_in_new_state_dir, test_kill9_and_resume, test_redis_restart,
                    test_shared_rate,
                    test_cancel_before_ingest_ends,
                    test_cancel_running, test_pause_running, test_older_layout, test_metrics,
