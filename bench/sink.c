@@ -35,14 +35,28 @@ static void sink_usage(FILE *f)
         "  --auth-user NAME          require AUTH PLAIN/LOGIN; the password comes from\n"
         "                            $VOLLEY_SINK_PASSWORD or --auth-password-file FILE\n"
         "  --log FILE                one JSON line per accepted message\n"
-        "  --stats FILE              statistics as JSON at exit (also printed on stdout)\n"
+        "  --stats FILE              statistics as JSON at exit (also printed on stdout);\n"
+        "                            SIGUSR1 writes them without exiting\n"
         "  --exit-after-messages N   exit once N messages were accepted\n"
         "  --max-seconds S           exit after S seconds in any case\n"
-        "faults (NetEase's replies):\n"
-        "  --max-conn N              421 HL:ICC past N concurrent connections\n"
-        "  --max-msgs-per-conn N     450 MI:DMC past N messages on a connection\n"
+        "faults (NetEase's replies unless told; counts are per process, all connections):\n"
+        "  --max-conn N              421 HL:ICC past N concurrent connections, then close\n"
+        "  --max-msgs-per-conn N     450 MI:DMC to MAIL after N accepted MAILs on a connection\n"
+        "                            (it stays open)\n"
         "  --max-rcpts-per-conn N    450 RP:DRC past N recipients on a connection\n"
-        "  --max-rate N              451 MI:SFQ past N messages per second (all connections)\n"
+        "  --max-rate N              451 MI:SFQ past N MAILs in any second (--rate-limit N/s)\n"
+        "  --rate-limit N/PERIOD     refuse MAIL past N accepted in any window of PERIOD\n"
+        "                            (sliding; 800/s, 50/100ms, 1000/min); default reply\n"
+        "                            451 4.7.1 Rate limited, try again later\n"
+        "  --quota N/PERIOD          refuse MAIL once N were accepted in the current fixed\n"
+        "                            window of PERIOD (100/5s, 500/15m); default reply\n"
+        "                            451 4.7.1 Sender quota exceeded, try again later\n"
+        "  --defer-all               refuse every MAIL (default 451 4.3.2 ...)\n"
+        "  --defer-all-for DURATION  ... for DURATION from the start (30s, 500ms, 1h), then "
+        "accept\n"
+        "  --max-conn-reply R --max-msgs-per-conn-reply R --rate-reply R --quota-reply R\n"
+        "  --defer-reply R           the reply R (\"CODE TEXT\", 4xx or 5xx) of that fault;\n"
+        "                            421 also closes the connection\n"
         "  --reject-rcpt REGEX       550 5.1.1 Invalid User for matching recipients (POSIX ERE)\n"
         "  --random-4xx P            451 4.3.0 to MAIL/RCPT/end of data with probability P\n"
         "  --drop-mid-data P         close the connection inside the content with probability P\n"
@@ -73,6 +87,15 @@ enum {
     OPT_MAX_MSGS,
     OPT_MAX_RCPTS,
     OPT_MAX_RATE,
+    OPT_RATE_LIMIT,
+    OPT_QUOTA,
+    OPT_DEFER_ALL,
+    OPT_DEFER_ALL_FOR,
+    OPT_MAX_CONN_REPLY,
+    OPT_MAX_MSGS_REPLY,
+    OPT_RATE_REPLY,
+    OPT_QUOTA_REPLY,
+    OPT_DEFER_REPLY,
     OPT_REJECT_RCPT,
     OPT_RANDOM_4XX,
     OPT_DROP_MID_DATA,
@@ -103,6 +126,15 @@ static const struct option sink_options[] = {
     {"max-msgs-per-conn", required_argument, NULL, OPT_MAX_MSGS},
     {"max-rcpts-per-conn", required_argument, NULL, OPT_MAX_RCPTS},
     {"max-rate", required_argument, NULL, OPT_MAX_RATE},
+    {"rate-limit", required_argument, NULL, OPT_RATE_LIMIT},
+    {"quota", required_argument, NULL, OPT_QUOTA},
+    {"defer-all", no_argument, NULL, OPT_DEFER_ALL},
+    {"defer-all-for", required_argument, NULL, OPT_DEFER_ALL_FOR},
+    {"max-conn-reply", required_argument, NULL, OPT_MAX_CONN_REPLY},
+    {"max-msgs-per-conn-reply", required_argument, NULL, OPT_MAX_MSGS_REPLY},
+    {"rate-reply", required_argument, NULL, OPT_RATE_REPLY},
+    {"quota-reply", required_argument, NULL, OPT_QUOTA_REPLY},
+    {"defer-reply", required_argument, NULL, OPT_DEFER_REPLY},
     {"reject-rcpt", required_argument, NULL, OPT_REJECT_RCPT},
     {"random-4xx", required_argument, NULL, OPT_RANDOM_4XX},
     {"drop-mid-data", required_argument, NULL, OPT_DROP_MID_DATA},
@@ -144,6 +176,31 @@ static int sink_arg_prob(const char *opt, const char *s, double *out)
         return -1;
     }
     *out = v;
+    return 0;
+}
+
+static int sink_arg_per(const char *opt, const char *s, uint64_t *n, uint64_t *per_ms)
+{
+    if (sink__parse_per(s, n, per_ms) != 0) {
+        fprintf(stderr,
+                "volley-sink: --%s wants COUNT/PERIOD (like 800/s, 50/100ms, 100/5s, 500/15m; "
+                "units ms, s, m, min, h, d), not '%s'\n",
+                opt, s);
+        return -1;
+    }
+    return 0;
+}
+
+static int sink_arg_reply(const char *opt, const char *s, const char **out)
+{
+    if (sink__parse_reply(s) < 0) {
+        fprintf(stderr,
+                "volley-sink: --%s wants \"CODE TEXT\" with a 4xx or 5xx code (like \"451 4.7.1 "
+                "Rate limited\"), not '%s'\n",
+                opt, s);
+        return -1;
+    }
+    *out = s;
     return 0;
 }
 
@@ -204,6 +261,12 @@ static int sink_parse_args(struct sink_cfg *cfg, int argc, char **argv)
     cfg->pipelining = cfg->chunking = cfg->eightbit = cfg->smtputf8 = 1;
     cfg->size_limit = SINK_DEFAULT_SIZE_LIMIT;
     cfg->seed = 0x9e3779b97f4a7c15ull;
+    cfg->max_conn_reply = "421 4.4.5 HL:ICC " SINK_NETEASE_INFO "volley-sink";
+    cfg->max_msgs_reply = "450 4.7.0 MI:DMC " SINK_NETEASE_INFO "volley-sink";
+    cfg->quota_reply = "451 4.7.1 Sender quota exceeded, try again later";
+    cfg->defer_reply = "451 4.3.2 Not accepting messages at this time, try again later";
+    const char *rate_reply = NULL;
+    int netease_rate = 0;
     int opt, rc = 0;
     while ((opt = getopt_long(argc, argv, "h", sink_options, NULL)) != -1) {
         const char *name = opt >= OPT_LISTEN ? sink_options[opt - OPT_LISTEN].name : "";
@@ -274,8 +337,48 @@ static int sink_parse_args(struct sink_cfg *cfg, int argc, char **argv)
         case OPT_MAX_RCPTS:
             rc = sink_arg_uint(name, optarg, &cfg->max_rcpts_per_conn);
             break;
-        case OPT_MAX_RATE:
-            rc = sink_arg_uint(name, optarg, &cfg->max_rate);
+        case OPT_MAX_RATE: {
+            unsigned n;
+            rc = sink_arg_uint(name, optarg, &n);
+            cfg->rate_n = n;
+            cfg->rate_per_ms = 1000;
+            netease_rate = 1;
+            break;
+        }
+        case OPT_RATE_LIMIT:
+            rc = sink_arg_per(name, optarg, &cfg->rate_n, &cfg->rate_per_ms);
+            netease_rate = 0;
+            break;
+        case OPT_QUOTA:
+            rc = sink_arg_per(name, optarg, &cfg->quota_n, &cfg->quota_per_ms);
+            break;
+        case OPT_DEFER_ALL:
+            cfg->defer_all = 1;
+            cfg->defer_ms = 0;
+            break;
+        case OPT_DEFER_ALL_FOR:
+            cfg->defer_all = 1;
+            if (sink__parse_duration(optarg, &cfg->defer_ms) != 0) {
+                fprintf(stderr,
+                        "volley-sink: --%s wants a duration (like 30s, 500ms, 2m, 1h), not '%s'\n",
+                        name, optarg);
+                rc = -1;
+            }
+            break;
+        case OPT_MAX_CONN_REPLY:
+            rc = sink_arg_reply(name, optarg, &cfg->max_conn_reply);
+            break;
+        case OPT_MAX_MSGS_REPLY:
+            rc = sink_arg_reply(name, optarg, &cfg->max_msgs_reply);
+            break;
+        case OPT_RATE_REPLY:
+            rc = sink_arg_reply(name, optarg, &rate_reply);
+            break;
+        case OPT_QUOTA_REPLY:
+            rc = sink_arg_reply(name, optarg, &cfg->quota_reply);
+            break;
+        case OPT_DEFER_REPLY:
+            rc = sink_arg_reply(name, optarg, &cfg->defer_reply);
             break;
         case OPT_REJECT_RCPT: {
             if (cfg->has_reject_rcpt) regfree(&cfg->reject_rcpt);
@@ -336,6 +439,10 @@ static int sink_parse_args(struct sink_cfg *cfg, int argc, char **argv)
         fprintf(stderr, "volley-sink: --auth-password-file needs --auth-user\n");
         return SINK_EX_USAGE;
     }
+    /* --max-rate keeps its NetEase reply; --rate-limit is the generic one. */
+    cfg->rate_reply = rate_reply     ? rate_reply
+                      : netease_rate ? "451 4.7.0 MI:SFQ " SINK_NETEASE_INFO "volley-sink"
+                                     : "451 4.7.1 Rate limited, try again later";
     if (cfg->seed == 0) cfg->seed = 1; /* xorshift's one forbidden state */
     return 0;
 }
@@ -353,16 +460,9 @@ double sink__rand(struct sink_server *srv)
     return (double)((x * 0x2545f4914f6cdd1dull) >> 11) / (double)(1ull << 53);
 }
 
-int sink__rate_allow(struct sink_server *srv)
+uint64_t sink__now_ms(struct sink_server *srv)
 {
-    /* A ring of the times of the last max_rate accepted MAILs: the oldest
-     * one must be at least a second old for another to pass. */
-    uint64_t now = uv_hrtime() / 1000000;
-    uint64_t *oldest = &srv->rate_ring[srv->rate_head];
-    if (*oldest && now - *oldest < 1000) return 0;
-    *oldest = now ? now : 1;
-    srv->rate_head = (srv->rate_head + 1) % srv->cfg.max_rate;
-    return 1;
+    return (uv_hrtime() - srv->start_ns) / 1000000;
 }
 
 static void sink_stop(struct sink_server *srv);
@@ -405,6 +505,7 @@ static void sink_stop(struct sink_server *srv)
     sink_close_handle((uv_handle_t *)&srv->listener);
     sink_close_handle((uv_handle_t *)&srv->sigterm);
     sink_close_handle((uv_handle_t *)&srv->sigint);
+    sink_close_handle((uv_handle_t *)&srv->sigusr1);
     sink_close_handle((uv_handle_t *)&srv->max_timer);
     sink_close_handle((uv_handle_t *)&srv->grace_timer);
 }
@@ -413,6 +514,15 @@ static void sink_signal_cb(uv_signal_t *s, int signum)
 {
     (void)signum;
     sink_stop(s->data);
+}
+
+static int sink_write_stats(struct sink_server *srv);
+
+/* SIGUSR1: the statistics so far, for tests that watch a running sink. */
+static void sink_usr1_cb(uv_signal_t *s, int signum)
+{
+    (void)signum;
+    (void)sink_write_stats(s->data);
 }
 
 static void sink_max_cb(uv_timer_t *t)
@@ -431,7 +541,7 @@ static int sink_write_stats(struct sink_server *srv)
 {
     const struct sink_stats *st = &srv->st;
     double secs = (double)(uv_hrtime() - srv->start_ns) / 1e9;
-    char line[1024];
+    char line[2048];
     snprintf(line, sizeof line,
              "{\"connections\":%" PRIu64 ",\"messages\":%" PRIu64 ",\"recipients\":%" PRIu64
              ",\"bytes\":%" PRIu64 ",\"max_concurrent\":%" PRIu64 ",\"seconds\":%.3f"
@@ -439,18 +549,27 @@ static int sink_write_stats(struct sink_server *srv)
              ",\"max_rcpts_per_conn\":%" PRIu64 ",\"max_rate\":%" PRIu64 ",\"reject_rcpt\":%" PRIu64
              ",\"random_4xx\":%" PRIu64 ",\"drop_mid_data\":%" PRIu64 ",\"size\":%" PRIu64
              ",\"auth\":%" PRIu64 ",\"auth_required\":%" PRIu64 ",\"tls_required\":%" PRIu64
-             ",\"syntax\":%" PRIu64 "}"
+             ",\"syntax\":%" PRIu64 ",\"quota\":%" PRIu64 ",\"defer_all\":%" PRIu64 "}"
+             ",\"duplicates\":{\"message_id\":%" PRIu64 ",\"row\":%" PRIu64 "}"
              ",\"tls_handshakes\":%" PRIu64 ",\"tls_failures\":%" PRIu64 "}",
              st->connections, st->messages, st->recipients, st->bytes, st->max_concurrent, secs,
              st->rej_max_conn, st->rej_msgs_per_conn, st->rej_rcpts_per_conn, st->rej_rate,
              st->rej_rcpt_pattern, st->rej_random, st->drops, st->rej_size, st->rej_auth,
-             st->rej_auth_required, st->rej_tls_required, st->syntax_errors, st->tls_handshakes,
+             st->rej_auth_required, st->rej_tls_required, st->syntax_errors, st->rej_quota,
+             st->rej_defer_all, st->dup_message_ids, st->dup_rows, st->tls_handshakes,
              st->tls_failures);
     printf("%s\n", line);
     fflush(stdout);
     if (!srv->cfg.stats_path) return 0;
-    FILE *f = fopen(srv->cfg.stats_path, "w");
-    if (!f || fprintf(f, "%s\n", line) < 0 || fclose(f) != 0) {
+    /* Written aside and renamed, so a reader never sees half of it (SIGUSR1
+     * can come while a test reads the file). */
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", srv->cfg.stats_path);
+    FILE *f = fopen(tmp, "w");
+    int ok = f != NULL;
+    if (f && (fprintf(f, "%s\n", line) < 0)) ok = 0;
+    if (f && fclose(f) != 0) ok = 0;
+    if (!ok || rename(tmp, srv->cfg.stats_path) != 0) {
         fprintf(stderr, "volley-sink: cannot write %s: %s\n", srv->cfg.stats_path, strerror(errno));
         return -1;
     }
@@ -527,19 +646,22 @@ int main(int argc, char **argv)
             return SINK_EX_CONFIG;
         }
     }
-    if (srv->cfg.max_rate) {
-        srv->rate_ring = calloc(srv->cfg.max_rate, sizeof *srv->rate_ring);
-        if (!srv->rate_ring) return SINK_EX_CONFIG;
+    if (srv->cfg.rate_n && sink__window_init(&srv->rate, srv->cfg.rate_n, srv->cfg.rate_per_ms)) {
+        fprintf(stderr, "volley-sink: out of memory for --rate-limit\n");
+        return SINK_EX_CONFIG;
     }
+    if (srv->cfg.quota_n) sink__quota_init(&srv->quota, srv->cfg.quota_n, srv->cfg.quota_per_ms, 0);
 
     srv->loop = uv_default_loop();
     rc = sink_listen(srv);
     if (rc) return rc;
     uv_signal_init(srv->loop, &srv->sigterm);
     uv_signal_init(srv->loop, &srv->sigint);
-    srv->sigterm.data = srv->sigint.data = srv;
+    uv_signal_init(srv->loop, &srv->sigusr1);
+    srv->sigterm.data = srv->sigint.data = srv->sigusr1.data = srv;
     uv_signal_start(&srv->sigterm, sink_signal_cb, SIGTERM);
     uv_signal_start(&srv->sigint, sink_signal_cb, SIGINT);
+    uv_signal_start(&srv->sigusr1, sink_usr1_cb, SIGUSR1);
     uv_timer_init(srv->loop, &srv->max_timer);
     uv_timer_init(srv->loop, &srv->grace_timer);
     srv->max_timer.data = srv->grace_timer.data = srv;
@@ -553,7 +675,9 @@ int main(int argc, char **argv)
     uv_loop_close(srv->loop);
     tls_ctx_free(srv->tls);
     buf_free(&srv->line);
-    free(srv->rate_ring);
+    sink__window_free(&srv->rate);
+    sink__strset_free(&srv->seen_mids);
+    sink__strset_free(&srv->seen_rows);
     if (srv->cfg.has_reject_rcpt) regfree(&srv->cfg.reject_rcpt);
     if (srv->cfg.auth_pass) {
         memset(srv->cfg.auth_pass, 0, strlen(srv->cfg.auth_pass));

@@ -42,9 +42,6 @@ static const char *const sink_state_names[SINK_STATE_LAST] = {
     "STOP", "HANDSHAKE", "CMD", "AUTH_PLAIN", "AUTH_LOGIN_USER", "AUTH_LOGIN_PASS", "DATA", "BDAT",
 };
 
-#define SINK_NETEASE_INFO                                                                          \
-    ".For more information, please visit https://feedback.qiye.163.com/bounce/"
-
 struct sink_conn {
     uv_tcp_t tcp; /* first: the handle's address is the connection's */
     uv_write_t wreq;
@@ -58,9 +55,11 @@ struct sink_conn {
     unsigned closing : 1, writing : 1, close_after_flush : 1, delaying : 1, paused : 1;
     unsigned rejected : 1, greet_pending : 1, helo : 1, ehlo : 1, authed : 1, discard_line : 1;
     unsigned in_txn : 1, oversize : 1, drop_data : 1, bdat_seen : 1, bdat_last : 1;
-    unsigned data_bol : 1, hdr_done : 1, hdr_bol : 1, hdr_match : 1, hdr_capture : 1;
-    unsigned hdr_have_mid : 1;
-    unsigned hdr_line_len; /* header line length so far (CR not counted) */
+    unsigned data_bol : 1, hdr_done : 1, hdr_bol : 1;
+    unsigned hdr_match : 2;   /* the wanted headers the line's name still matches */
+    unsigned hdr_capture : 2; /* the header whose value is being captured */
+    unsigned hdr_have : 2;    /* the wanted headers already seen */
+    unsigned hdr_line_len;    /* header line length so far (CR not counted) */
 
     tls_conn_t *tls;
     char *in;
@@ -79,6 +78,8 @@ struct sink_conn {
     uint64_t msg_seq;        /* for queue ids */
     buf_t env;               /* with --log: from NUL rcpt NUL rcpt NUL ... */
     buf_t mid;               /* with --log: the Message-ID header value */
+    buf_t row;               /* with --log: the X-Volley-Row header value */
+    uint64_t txn_mail_ms;    /* when MAIL was accepted (sink__now_ms) */
     char login_user[256];    /* AUTH LOGIN: the user name until the password comes */
     size_t login_user_len;
 };
@@ -130,6 +131,17 @@ static void sink_reply_and_close(struct sink_conn *c, const char *s, size_t n)
     sink_set_state(c, SINK_STOP);
 }
 
+/* A configured refusal ("CODE TEXT"); 421 closes the connection after it,
+ * as RFC 5321 section 3.8 says a 421 does. */
+static void sink_reply_cfg(struct sink_conn *c, const char *r)
+{
+    sink_reply_raw(c, r, strlen(r));
+    if (strncmp(r, "421", 3) == 0)
+        sink_reply_and_close(c, "\r\n", 2);
+    else
+        sink_reply_raw(c, "\r\n", 2);
+}
+
 static void sink_close_cb(uv_handle_t *h)
 {
     struct sink_conn *c = h->data;
@@ -141,6 +153,7 @@ static void sink_close_cb(uv_handle_t *h)
     buf_free(&c->inflight);
     buf_free(&c->env);
     buf_free(&c->mid);
+    buf_free(&c->row);
     OPENSSL_cleanse(c->login_user, sizeof c->login_user);
     free(c);
 }
@@ -311,10 +324,11 @@ static void sink_txn_reset(struct sink_conn *c)
     c->hdr_bol = 1;
     c->hdr_match = 0;
     c->hdr_capture = 0;
-    c->hdr_have_mid = 0;
+    c->hdr_have = 0;
     c->hdr_line_len = 0;
     buf_reset(&c->env);
     buf_reset(&c->mid);
+    buf_reset(&c->row);
 }
 
 /* A command of the transaction arrived: count the reads that carried them. */
@@ -326,12 +340,17 @@ static void sink_txn_cmd(struct sink_conn *c)
     }
 }
 
+/* The headers the scanner captures: Message-ID and volley's row header, the
+ * keys of the duplicate counts (a resent row gets a new Message-ID). Bit k of
+ * hdr_match/hdr_capture/hdr_have is sink_want[k - 1]. */
+static const char *const sink_want[2] = {"message-id:", "x-volley-row:"};
+#define SINK_WANT_ALL 3u
+
 /* Stream content bytes (dot-stuffing already undone) through the header
- * scanner that finds the Message-ID. Only runs with --log, and only until the
- * header section ends. */
+ * scanner that finds the Message-ID and X-Volley-Row. Only runs with --log,
+ * and only until the header section ends. */
 static void sink_scan_headers(struct sink_conn *c, const char *s, size_t n)
 {
-    static const char want[] = "message-id:";
     for (size_t i = 0; i < n && !c->hdr_done; i++) {
         char ch = s[i];
         if (ch == '\n') {
@@ -346,24 +365,29 @@ static void sink_scan_headers(struct sink_conn *c, const char *s, size_t n)
             if (ch == ' ' || ch == '\t') {
                 /* A folded continuation: stays captured if its header was. */
             } else {
-                if (c->hdr_capture) c->hdr_have_mid = 1;
+                c->hdr_have |= c->hdr_capture;
                 c->hdr_capture = 0;
-                c->hdr_match = !c->hdr_have_mid;
+                c->hdr_match = SINK_WANT_ALL & ~c->hdr_have;
             }
         }
         c->hdr_line_len++;
         if (c->hdr_match) {
             char lc = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
-            if (lc != want[c->hdr_line_len - 1]) {
-                c->hdr_match = 0;
-            } else if (c->hdr_line_len == sizeof want - 1) {
-                c->hdr_match = 0;
-                c->hdr_capture = 1;
+            for (unsigned k = 0; k < 2; k++) {
+                unsigned bit = 1u << k;
+                if (!(c->hdr_match & bit)) continue;
+                if (lc != sink_want[k][c->hdr_line_len - 1]) {
+                    c->hdr_match &= ~bit;
+                } else if (sink_want[k][c->hdr_line_len] == '\0') {
+                    c->hdr_match = 0;
+                    c->hdr_capture = bit;
+                }
             }
             continue;
         }
-        if (c->hdr_capture && c->mid.len < 998)
-            (void)!buf_putc(&c->mid, ch); /* capped by mid's max; truncation is fine */
+        buf_t *dst = c->hdr_capture == 1 ? &c->mid : c->hdr_capture == 2 ? &c->row : NULL;
+        if (dst && dst->len < 998)
+            (void)!buf_putc(dst, ch); /* capped by the buffer's max; truncation is fine */
     }
 }
 
@@ -395,12 +419,27 @@ static void sink_log_message(struct sink_conn *c)
         rc ? rc : buf_printf(b, "],\"size\":%llu,\"message_id\":", (unsigned long long)c->txn_size);
     const char *id;
     size_t idlen;
-    if (rc == 0 && c->mid.len && sink__msgid(c->mid.data, c->mid.len, &id, &idlen) == 0)
+    if (rc == 0 && c->mid.len && sink__msgid(c->mid.data, c->mid.len, &id, &idlen) == 0) {
         rc = sink__json_str(b, id, idlen);
-    else if (rc == 0)
+        if (sink__strset_add(&srv->seen_mids, id, idlen) == 0) srv->st.dup_message_ids++;
+    } else if (rc == 0) {
         rc = buf_puts(b, "null");
+    }
+    const char *row;
+    size_t rowlen = 0;
+    if (c->row.len) sink__trim(c->row.data, c->row.len, &row, &rowlen);
+    rc = rc ? rc : buf_puts(b, ",\"row\":");
+    if (rc == 0 && rowlen) {
+        rc = sink__json_str(b, row, rowlen);
+        if (sink__strset_add(&srv->seen_rows, row, rowlen) == 0) srv->st.dup_rows++;
+    } else if (rc == 0) {
+        rc = buf_puts(b, "null");
+    }
+    /* t: when its MAIL was admitted, which is what the rate and quota
+     * faults count, so tests can check any window from the log. */
     rc = rc ? rc
-            : buf_printf(b, ",\"cmd_reads\":%u,\"tls\":%s,\"auth\":%s}\n", c->txn_cmd_reads,
+            : buf_printf(b, ",\"t\":%.3f,\"cmd_reads\":%u,\"tls\":%s,\"auth\":%s}\n",
+                         (double)c->txn_mail_ms / 1000.0, c->txn_cmd_reads,
                          c->tls ? "true" : "false", c->authed ? "true" : "false");
     if (rc == 0) {
         fwrite(b->data, 1, b->len, srv->log);
@@ -620,14 +659,27 @@ static void sink_cmd_mail(struct sink_conn *c, const char *line, size_t len)
         SINK_REPLY(c, "552 5.3.4 Message size exceeds fixed maximum message size");
         return;
     }
-    if (cfg->max_msgs_per_conn && c->msgs_on_conn >= cfg->max_msgs_per_conn) {
-        srv->st.rej_msgs_per_conn++;
-        SINK_REPLY(c, "450 4.7.0 MI:DMC " SINK_NETEASE_INFO "volley-sink");
+    /* The admission faults. Each only looks until every one has said yes,
+     * so a refused MAIL does not count towards any window. */
+    uint64_t now = sink__now_ms(srv);
+    if (cfg->defer_all && (cfg->defer_ms == 0 || now < cfg->defer_ms)) {
+        srv->st.rej_defer_all++;
+        sink_reply_cfg(c, cfg->defer_reply);
         return;
     }
-    if (cfg->max_rate && !sink__rate_allow(srv)) {
+    if (cfg->max_msgs_per_conn && c->msgs_on_conn >= cfg->max_msgs_per_conn) {
+        srv->st.rej_msgs_per_conn++;
+        sink_reply_cfg(c, cfg->max_msgs_reply);
+        return;
+    }
+    if (cfg->rate_n && !sink__window_ok(&srv->rate, now)) {
         srv->st.rej_rate++;
-        SINK_REPLY(c, "451 4.7.0 MI:SFQ " SINK_NETEASE_INFO "volley-sink");
+        sink_reply_cfg(c, cfg->rate_reply);
+        return;
+    }
+    if (cfg->quota_n && !sink__quota_ok(&srv->quota, now)) {
+        srv->st.rej_quota++;
+        sink_reply_cfg(c, cfg->quota_reply);
         return;
     }
     if (cfg->random_4xx > 0 && sink__rand(srv) < cfg->random_4xx) {
@@ -635,7 +687,10 @@ static void sink_cmd_mail(struct sink_conn *c, const char *line, size_t len)
         SINK_REPLY(c, "451 4.3.0 Requested action aborted: local error in processing");
         return;
     }
+    if (cfg->rate_n) sink__window_add(&srv->rate, now);
+    if (cfg->quota_n) sink__quota_add(&srv->quota, now);
     sink_txn_reset(c);
+    c->txn_mail_ms = now;
     c->in_txn = 1;
     c->msgs_on_conn++;
     sink_txn_cmd(c);
@@ -1194,7 +1249,9 @@ static void sink_greet(struct sink_conn *c)
     c->greet_pending = 0;
     if (c->rejected) {
         c->srv->st.rej_max_conn++;
-        SINK_REPLY_CLOSE(c, "421 4.4.5 HL:ICC " SINK_NETEASE_INFO "volley-sink");
+        /* Refused at the greeting: closed whatever the code. */
+        sink_reply_raw(c, c->srv->cfg.max_conn_reply, strlen(c->srv->cfg.max_conn_reply));
+        SINK_REPLY_CLOSE(c, "");
     } else {
         sink_replyf(c, "220 %s ESMTP volley-sink\r\n", c->srv->cfg.hostname);
     }
@@ -1220,6 +1277,7 @@ void sink__conn_accept(struct sink_server *srv)
     buf_init(&c->inflight, 8u << 20);
     buf_init(&c->env, 256 * 1024);
     buf_init(&c->mid, 998);
+    buf_init(&c->row, 998);
     sink_txn_reset(c);
     if (srv->cfg.delay_ms) {
         uv_timer_init(srv->loop, &c->delay);

@@ -2,6 +2,8 @@
 #include "sink.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int sink_b64_val(unsigned char ch)
@@ -197,4 +199,192 @@ int sink__prefix(const char *s, size_t n, const char *prefix)
         if (i >= n || tolower((unsigned char)s[i]) != tolower((unsigned char)prefix[i])) return 0;
     }
     return 1;
+}
+
+/* Milliseconds in one unit at s (the whole rest of the string), or 0. */
+static uint64_t sink_unit_ms(const char *s)
+{
+    static const struct {
+        const char *name;
+        uint64_t ms;
+    } units[] = {
+        {"ms", 1},      {"s", 1000},       {"sec", 1000},   {"m", 60000},      {"min", 60000},
+        {"h", 3600000}, {"hour", 3600000}, {"d", 86400000}, {"day", 86400000},
+    };
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (strcmp(s, units[i].name) == 0) return units[i].ms;
+    return 0;
+}
+
+int sink__parse_per(const char *s, uint64_t *count, uint64_t *per_ms)
+{
+    const char *slash = strchr(s, '/');
+    if (!slash) return -1;
+    uint64_t c = 1;
+    if (slash != s && (sink__parse_u64(s, (size_t)(slash - s), &c) != 0 || c == 0 || c > 100000000))
+        return -1;
+    const char *p = slash + 1;
+    uint64_t mult = 1;
+    if (isdigit((unsigned char)*p)) {
+        const char *b = p;
+        while (isdigit((unsigned char)*p))
+            p++;
+        if (sink__parse_u64(b, (size_t)(p - b), &mult) != 0 || mult == 0 || mult > 1000000)
+            return -1;
+    }
+    uint64_t ums = sink_unit_ms(p);
+    if (!ums) return -1;
+    *count = c;
+    *per_ms = mult * ums;
+    return 0;
+}
+
+int sink__parse_duration(const char *s, uint64_t *ms)
+{
+    char *end;
+    if (!isdigit((unsigned char)s[0])) return -1;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s) return -1;
+    uint64_t ums = *end ? sink_unit_ms(end) : 1000;
+    if (!ums || ums > 3600000 || !(v * (double)ums < 1e15)) return -1;
+    double t = v * (double)ums;
+    *ms = t < 1 ? 1 : (uint64_t)(t + 0.5);
+    return 0;
+}
+
+int sink__parse_reply(const char *s)
+{
+    if ((s[0] != '4' && s[0] != '5') || !isdigit((unsigned char)s[1]) ||
+        !isdigit((unsigned char)s[2]) || s[3] != ' ' || !s[4])
+        return -1;
+    for (const char *p = s + 4; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) return -1;
+    return (s[0] - '0') * 100 + (s[1] - '0') * 10 + (s[2] - '0');
+}
+
+int sink__window_init(struct sink_window *w, uint64_t n, uint64_t per_ms)
+{
+    memset(w, 0, sizeof *w);
+    w->ring = calloc(n, sizeof *w->ring);
+    if (!w->ring) return -1;
+    w->n = n;
+    w->per_ms = per_ms;
+    return 0;
+}
+
+void sink__window_free(struct sink_window *w)
+{
+    free(w->ring);
+    memset(w, 0, sizeof *w);
+}
+
+int sink__window_ok(const struct sink_window *w, uint64_t now_ms)
+{
+    /* The oldest of the last n admissions must have left the window
+     * (now - per, now]; until n were admitted there is room anyway. */
+    if (w->filled < w->n) return 1;
+    return now_ms - w->ring[w->head] >= w->per_ms;
+}
+
+void sink__window_add(struct sink_window *w, uint64_t now_ms)
+{
+    w->ring[w->head] = now_ms;
+    w->head = (w->head + 1) % w->n;
+    if (w->filled < w->n) w->filled++;
+}
+
+void sink__quota_init(struct sink_quota *q, uint64_t n, uint64_t per_ms, uint64_t start_ms)
+{
+    memset(q, 0, sizeof *q);
+    q->n = n;
+    q->per_ms = per_ms;
+    q->start_ms = start_ms;
+}
+
+int sink__quota_ok(struct sink_quota *q, uint64_t now_ms)
+{
+    uint64_t win = now_ms >= q->start_ms ? (now_ms - q->start_ms) / q->per_ms : 0;
+    if (win != q->window) {
+        q->window = win;
+        q->used = 0;
+    }
+    return q->used < q->n;
+}
+
+void sink__quota_add(struct sink_quota *q, uint64_t now_ms)
+{
+    if (sink__quota_ok(q, now_ms)) q->used++;
+}
+
+/* FNV-1a, 64 bits. */
+static uint64_t sink_hash(const char *s, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* The slot of s (holding it, or the empty one where it belongs). */
+static struct sink_str *sink_strset_slot(struct sink_strset *set, const char *s, size_t n,
+                                         uint64_t h)
+{
+    size_t i = (size_t)h & (set->cap - 1);
+    for (;;) {
+        struct sink_str *e = &set->slots[i];
+        if (!e->s || (e->hash == h && e->n == n && memcmp(e->s, s, n) == 0)) return e;
+        i = (i + 1) & (set->cap - 1);
+    }
+}
+
+int sink__strset_add(struct sink_strset *set, const char *s, size_t n)
+{
+    if ((set->len + 1) * 2 > set->cap) {
+        /* Keep the table at most half full: probes stay short. */
+        size_t ncap = set->cap ? set->cap * 2 : 1024;
+        struct sink_str *old = set->slots;
+        size_t ocap = set->cap;
+        set->slots = calloc(ncap, sizeof *set->slots);
+        if (!set->slots) {
+            set->slots = old;
+            return -1;
+        }
+        set->cap = ncap;
+        for (size_t i = 0; i < ocap; i++)
+            if (old[i].s) *sink_strset_slot(set, old[i].s, old[i].n, old[i].hash) = old[i];
+        free(old);
+    }
+    uint64_t h = sink_hash(s, n);
+    struct sink_str *e = sink_strset_slot(set, s, n, h);
+    if (e->s) return 0;
+    e->s = malloc(n + 1);
+    if (!e->s) return -1;
+    memcpy(e->s, s, n);
+    e->s[n] = '\0';
+    e->n = n;
+    e->hash = h;
+    set->len++;
+    return 1;
+}
+
+void sink__strset_free(struct sink_strset *set)
+{
+    for (size_t i = 0; i < set->cap; i++)
+        free(set->slots[i].s);
+    free(set->slots);
+    memset(set, 0, sizeof *set);
+}
+
+void sink__trim(const char *s, size_t n, const char **b, size_t *bn)
+{
+    size_t i = 0, e = n;
+    while (i < e && isspace((unsigned char)s[i]))
+        i++;
+    while (e > i && isspace((unsigned char)s[e - 1]))
+        e--;
+    *b = s + i;
+    *bn = e - i;
 }

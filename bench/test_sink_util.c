@@ -143,6 +143,183 @@ static void test_numbers_and_prefix(void **state)
     assert_false(sink__prefix(edge_copy("MAI", 3), 3, "MAIL"));
 }
 
+static void test_parse_per_duration_reply(void **state)
+{
+    (void)state;
+    uint64_t n, per;
+    assert_int_equal(sink__parse_per("800/s", &n, &per), 0);
+    assert_true(n == 800 && per == 1000);
+    assert_int_equal(sink__parse_per("50/100ms", &n, &per), 0);
+    assert_true(n == 50 && per == 100);
+    assert_int_equal(sink__parse_per("100/5s", &n, &per), 0);
+    assert_true(n == 100 && per == 5000);
+    assert_int_equal(sink__parse_per("500/15m", &n, &per), 0);
+    assert_true(n == 500 && per == 900000);
+    assert_int_equal(sink__parse_per("/min", &n, &per), 0);
+    assert_true(n == 1 && per == 60000);
+    assert_int_equal(sink__parse_per("10000/d", &n, &per), 0);
+    assert_true(per == 86400000);
+    assert_int_equal(sink__parse_per("800", &n, &per), -1);
+    assert_int_equal(sink__parse_per("0/s", &n, &per), -1);
+    assert_int_equal(sink__parse_per("5/", &n, &per), -1);
+    assert_int_equal(sink__parse_per("5/0s", &n, &per), -1);
+    assert_int_equal(sink__parse_per("5/fortnight", &n, &per), -1);
+    assert_int_equal(sink__parse_per("x/s", &n, &per), -1);
+    assert_int_equal(sink__parse_per("200000000/s", &n, &per), -1);
+
+    uint64_t ms;
+    assert_int_equal(sink__parse_duration("30s", &ms), 0);
+    assert_int_equal(ms, 30000);
+    assert_int_equal(sink__parse_duration("1.5", &ms), 0);
+    assert_int_equal(ms, 1500);
+    assert_int_equal(sink__parse_duration("500ms", &ms), 0);
+    assert_int_equal(ms, 500);
+    assert_int_equal(sink__parse_duration("1h", &ms), 0);
+    assert_int_equal(ms, 3600000);
+    assert_int_equal(sink__parse_duration("2min", &ms), 0);
+    assert_int_equal(ms, 120000);
+    assert_int_equal(sink__parse_duration("", &ms), -1);
+    assert_int_equal(sink__parse_duration("-1s", &ms), -1);
+    assert_int_equal(sink__parse_duration("5 s", &ms), -1);
+    assert_int_equal(sink__parse_duration("5y", &ms), -1);
+
+    assert_int_equal(sink__parse_reply("451 4.7.1 Rate limited, try again later"), 451);
+    assert_int_equal(sink__parse_reply("421 HL:IFC x"), 421);
+    assert_int_equal(sink__parse_reply("550 no"), 550);
+    assert_int_equal(sink__parse_reply("250 ok"), -1);
+    assert_int_equal(sink__parse_reply("451"), -1);
+    assert_int_equal(sink__parse_reply("451 "), -1);
+    assert_int_equal(sink__parse_reply("451-multi"), -1);
+    assert_int_equal(sink__parse_reply("45x text"), -1);
+    assert_int_equal(sink__parse_reply("451 a\r\n250 injected"), -1);
+}
+
+/* At most n admissions in every window [t, t + per) of the admitted times. */
+static void assert_window_holds(const uint64_t *times, size_t k, uint64_t n, uint64_t per)
+{
+    for (size_t i = 0; i < k; i++) {
+        uint64_t in = 0;
+        for (size_t j = i; j < k && times[j] < times[i] + per; j++)
+            in++;
+        assert_true(in <= n);
+    }
+}
+
+static void test_sliding_window(void **state)
+{
+    (void)state;
+    struct sink_window w;
+    assert_int_equal(sink__window_init(&w, 3, 1000), 0);
+    /* Three at once pass, the fourth not, until the first is a window old. */
+    uint64_t t = 5000;
+    for (int i = 0; i < 3; i++) {
+        assert_true(sink__window_ok(&w, t));
+        sink__window_add(&w, t);
+    }
+    assert_false(sink__window_ok(&w, t));
+    assert_false(sink__window_ok(&w, t + 999));
+    assert_true(sink__window_ok(&w, t + 1000));
+    /* Refused attempts are not recorded: asking again and again does not
+     * push the window on. */
+    for (int i = 0; i < 100; i++)
+        assert_false(sink__window_ok(&w, t + 500));
+    /* All three left together: three more fit at t + 1 s. */
+    for (int i = 0; i < 3; i++) {
+        assert_true(sink__window_ok(&w, t + 1000));
+        sink__window_add(&w, t + 1000);
+    }
+    assert_false(sink__window_ok(&w, t + 1000));
+    sink__window_free(&w);
+
+    /* Sliding, not fixed: 10 per 100 ms offered one attempt a millisecond
+     * for two seconds; every 100 ms window holds at most 10, and the limit
+     * is used fully (10 per 100 ms on average). */
+    assert_int_equal(sink__window_init(&w, 10, 100), 0);
+    uint64_t times[4000];
+    size_t k = 0;
+    for (uint64_t now = 0; now < 2000; now++) {
+        for (int burst = 0; burst < 2; burst++) {
+            if (sink__window_ok(&w, now)) {
+                sink__window_add(&w, now);
+                times[k++] = now;
+            }
+        }
+    }
+    assert_int_equal(k, 200);
+    assert_window_holds(times, k, 10, 100);
+    sink__window_free(&w);
+
+    /* A burst straddling a fixed-window boundary is still limited: 5 per
+     * second, 5 admitted at 0.9 s, none until 1.9 s. */
+    assert_int_equal(sink__window_init(&w, 5, 1000), 0);
+    for (int i = 0; i < 5; i++) {
+        assert_true(sink__window_ok(&w, 900));
+        sink__window_add(&w, 900);
+    }
+    assert_false(sink__window_ok(&w, 1100));
+    assert_false(sink__window_ok(&w, 1899));
+    assert_true(sink__window_ok(&w, 1900));
+    sink__window_free(&w);
+}
+
+static void test_fixed_quota(void **state)
+{
+    (void)state;
+    struct sink_quota q;
+    sink__quota_init(&q, 3, 5000, 0);
+    for (int i = 0; i < 3; i++) {
+        assert_true(sink__quota_ok(&q, 100));
+        sink__quota_add(&q, 100 + (uint64_t)i);
+    }
+    /* Refused until the window rolls over, however long the wait within it. */
+    assert_false(sink__quota_ok(&q, 200));
+    assert_false(sink__quota_ok(&q, 4999));
+    /* A fixed window: the next one starts whole at 5 s, not 5 s after the
+     * first admission. */
+    assert_true(sink__quota_ok(&q, 5000));
+    for (int i = 0; i < 3; i++)
+        sink__quota_add(&q, 5000);
+    assert_false(sink__quota_ok(&q, 9999));
+    /* Skipping windows: the count starts afresh. */
+    assert_true(sink__quota_ok(&q, 31000));
+    sink__quota_add(&q, 31000);
+    assert_int_equal(q.used, 1);
+    /* Windows counted from start_ms. */
+    sink__quota_init(&q, 1, 1000, 300);
+    sink__quota_add(&q, 1299);
+    assert_false(sink__quota_ok(&q, 1299));
+    assert_true(sink__quota_ok(&q, 1300));
+}
+
+static void test_strset_trim(void **state)
+{
+    (void)state;
+    struct sink_strset set = {0};
+    char key[32];
+    for (int i = 0; i < 5000; i++) {
+        int n = snprintf(key, sizeof key, "<%d@example.com>", i);
+        assert_int_equal(sink__strset_add(&set, key, (size_t)n), 1);
+    }
+    assert_int_equal(set.len, 5000);
+    for (int i = 0; i < 5000; i += 7) {
+        int n = snprintf(key, sizeof key, "<%d@example.com>", i);
+        assert_int_equal(sink__strset_add(&set, key, (size_t)n), 0);
+    }
+    /* Prefixes are different keys; the empty string is one. */
+    assert_int_equal(sink__strset_add(&set, "<1@example.com", 14), 1);
+    assert_int_equal(sink__strset_add(&set, "", 0), 1);
+    assert_int_equal(sink__strset_add(&set, "", 0), 0);
+    sink__strset_free(&set);
+
+    const char *b;
+    size_t bn;
+    sink__trim(" c1/42 \r", 8, &b, &bn);
+    assert_int_equal(bn, 5);
+    assert_memory_equal(b, "c1/42", 5);
+    sink__trim("   ", 3, &b, &bn);
+    assert_int_equal(bn, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -151,6 +328,10 @@ int main(void)
         cmocka_unit_test(test_msgid),
         cmocka_unit_test(test_json_str),
         cmocka_unit_test(test_numbers_and_prefix),
+        cmocka_unit_test(test_parse_per_duration_reply),
+        cmocka_unit_test(test_sliding_window),
+        cmocka_unit_test(test_fixed_quota),
+        cmocka_unit_test(test_strset_trim),
     };
     return cmocka_run_group_tests_name("sink_util", tests, NULL, NULL);
 }

@@ -585,6 +585,224 @@ def t_usage_errors():
     assert r.returncode == 78 and "/nonexistent.pem" in r.stderr, r
 
 
+def send_fast(port, n, conns=1, mail_from="a@example.com"):
+    """Offer n messages as fast as the replies come, over conns connections
+    in turn, pipelining MAIL RCPT DATA. Returns the (code, text) of every MAIL,
+    in order, and the wall-clock seconds it took."""
+    socks = []
+    for _ in range(conns):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        f, _ = greet(s)
+        socks.append((s, f))
+    out = []
+    t0 = time.monotonic()
+    for i in range(n):
+        s, f = socks[i % conns]
+        body = (b"Message-ID: <fast%d@example.com>\r\nX-Volley-Row: c/%d\r\n\r\nhi\r\n.\r\n"
+                % (i, i))
+        s.sendall(b"MAIL FROM:<%s>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n" % mail_from.encode())
+        code, text = read_reply(f)
+        out.append((code, text[0]))
+        r2, _ = read_reply(f)
+        r3, _ = read_reply(f)
+        if code == 250:
+            assert r2 == 250 and r3 == 354, (r2, r3)
+            s.sendall(body)
+            assert read_reply(f)[0] == 250
+        else:
+            # RCPT and DATA without a transaction: 503 both.
+            assert r2 == 503 and r3 == 503, (code, r2, r3)
+    for s, f in socks:
+        s.sendall(b"QUIT\r\n")
+        s.close()
+    return out, time.monotonic() - t0
+
+
+def max_in_window(times, per):
+    """The most times in any window [t, t + per)."""
+    times = sorted(times)
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while j < len(times) and times[j] < t + per - 1e-9:
+            j += 1
+        best = max(best, j - i)
+    return best
+
+
+def t_rate_limit():
+    sk = Sink("--rate-limit", "50/s")
+    out, secs = send_fast(sk.port, 200, conns=2)
+    lines = sk.log_lines()
+    st = sk.stop()
+    codes = [c for c, _ in out]
+    refused = [t for c, t in out if c != 250]
+    assert refused and all(t == "4.7.1 Rate limited, try again later" for t in refused), refused[:3]
+    assert set(codes) == {250, 451}, set(codes)
+    acc = codes.count(250)
+    assert len(lines) == acc == st["messages"], (len(lines), acc, st)
+    assert st["rejected"]["max_rate"] == len(refused), st
+    # Sliding: no window of one second anywhere holds more than 50 (the log's
+    # t is when the MAIL was admitted, in ms).
+    assert max_in_window([l["t"] for l in lines], 1.0) <= 50, max_in_window(
+        [l["t"] for l in lines], 1.0)
+    # ... and the limit is used: at least 50 a second over the run, minus the
+    # first window's fill.
+    assert acc >= 50 * int(secs), (acc, secs)
+
+
+def t_rate_limit_reply_and_short_period():
+    # A NetEase-like reply and a 100 ms period; refused attempts do not count,
+    # so hammering while refused does not push the window on.
+    sk = Sink("--rate-limit", "5/100ms", "--rate-reply", "451 MI:SFQ too fast")
+    with sk.smtp() as c:
+        c.ehlo("tester")
+        codes = []
+        for _ in range(30):
+            code, msg = c.mail("a@example.com")
+            codes.append(code)
+            if code == 451:
+                assert msg == b"MI:SFQ too fast", msg
+            else:
+                c.rset()
+        assert codes[:5] == [250] * 5 and 451 in codes, codes
+        time.sleep(0.15)
+        assert c.mail("a@example.com")[0] == 250
+    lines = sk.log_lines()
+    st = sk.stop()
+    assert st["rejected"]["max_rate"] == codes.count(451), st
+    assert lines == [], "RSET transactions are not logged"
+
+
+def t_rate_reply_421_closes():
+    sk = Sink("--rate-limit", "1/min", "--rate-reply", "421 HL:IFC slow down")
+    s = sk.sock()
+    f, _ = greet(s)
+    assert cmd(s, f, "MAIL FROM:<a@example.com>")[0] == 250
+    assert cmd(s, f, "RSET")[0] == 250
+    code, text = cmd(s, f, "MAIL FROM:<a@example.com>")
+    assert code == 421 and text == ["HL:IFC slow down"], (code, text)
+    assert f.read() == b"", "a 421 closes the connection"
+    sk.stop()
+
+
+def t_quota():
+    sk = Sink("--quota", "20/2s", "--quota-reply", "451 MI:SFQ quota")
+    t0 = time.monotonic()
+    out, _ = send_fast(sk.port, 40)
+    codes = [c for c, _ in out]
+    # The first 20 pass, then every MAIL is refused until the window ends.
+    assert codes[:20] == [250] * 20 and codes[20:] == [451] * 20, codes
+    assert all(t == "MI:SFQ quota" for c, t in out if c == 451)
+    assert time.monotonic() - t0 < 1.5, "too slow to test the window"
+    time.sleep(max(0, 2.1 - (time.monotonic() - t0)))
+    out2, _ = send_fast(sk.port, 25)
+    codes2 = [c for c, _ in out2]
+    assert codes2[:20] == [250] * 20 and codes2[20:] == [451] * 5, codes2
+    st = sk.stop()
+    assert st["messages"] == 40 and st["rejected"]["quota"] == 25, st
+    # Same Message-ID and row again in the second window: duplicates.
+    assert st["duplicates"] == {"message_id": 20, "row": 20}, st
+
+
+def t_quota_default_reply():
+    sk = Sink("--quota", "1/min")
+    with sk.smtp() as c:
+        c.ehlo("tester")
+        assert c.mail("a@example.com")[0] == 250
+        c.rset()
+        code, msg = c.mail("a@example.com")
+        assert code == 451 and msg == b"4.7.1 Sender quota exceeded, try again later", (code, msg)
+    sk.stop()
+
+
+def t_max_msgs_per_conn_reply():
+    sk = Sink("--max-msgs-per-conn", "3", "--max-msgs-per-conn-reply",
+              "450 4.7.0 too many messages on this connection")
+    with sk.smtp() as c:
+        c.ehlo("tester")
+        for _ in range(3):
+            c.sendmail("a@example.com", ["b@example.com"], MSG)
+        for _ in range(2):  # refused again and again, the connection open
+            code, msg = c.mail("a@example.com")
+            assert code == 450 and msg == b"4.7.0 too many messages on this connection", msg
+        assert c.noop()[0] == 250
+    with sk.smtp() as c:  # a new connection accepts again
+        c.sendmail("a@example.com", ["b@example.com"], MSG)
+    st = sk.stop()
+    assert st["messages"] == 4 and st["rejected"]["max_msgs_per_conn"] == 2, st
+    assert st["duplicates"]["message_id"] == 3 and st["duplicates"]["row"] == 0, st
+
+
+def t_max_conn_reply():
+    sk = Sink("--max-conn", "1", "--max-conn-reply", "421 4.7.0 too many connections")
+    held = sk.sock()
+    assert read_reply(held.makefile("rb"))[0] == 220
+    extra = sk.sock()
+    f = extra.makefile("rb")
+    code, text = read_reply(f)
+    assert code == 421 and text == ["4.7.0 too many connections"], (code, text)
+    assert f.read() == b""
+    held.close()
+    st = sk.stop()
+    assert st["rejected"]["max_conn"] == 1, st
+
+
+def t_defer_all():
+    sk = Sink("--defer-all")
+    with sk.smtp() as c:
+        c.ehlo("tester")
+        for _ in range(3):
+            code, msg = c.mail("a@example.com")
+            assert code == 451 and msg.startswith(b"4.3.2 "), (code, msg)
+    st = sk.stop()
+    assert st["rejected"]["defer_all"] == 3 and st["messages"] == 0, st
+
+    sk = Sink("--defer-all-for", "700ms", "--defer-reply", "451 4.3.2 come back later")
+    t0 = time.monotonic()
+    with sk.smtp() as c:
+        c.ehlo("tester")
+        code, msg = c.mail("a@example.com")
+        assert code == 451 and msg == b"4.3.2 come back later", (code, msg)
+        assert time.monotonic() - t0 < 0.6, "too slow to test the deferral"
+        time.sleep(max(0, 0.8 - (time.monotonic() - t0)))
+        c.sendmail("a@example.com", ["b@example.com"], MSG)
+    st = sk.stop()
+    assert st["rejected"]["defer_all"] == 1 and st["messages"] == 1, st
+
+
+def t_stats_on_sigusr1():
+    sk = Sink("--rate-limit", "2/min")
+    with sk.smtp() as c:
+        c.ehlo("tester")
+        for _ in range(3):
+            c.mail("a@example.com")
+            c.rset()
+        sk.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        st = None
+        while time.monotonic() < deadline:
+            if os.path.exists(sk.stats):
+                with open(sk.stats) as f:
+                    st = json.load(f)
+                break
+            time.sleep(0.05)
+        assert st and st["rejected"]["max_rate"] == 1, st
+        assert sk.proc.poll() is None, "SIGUSR1 does not stop the sink"
+    sk.stop()
+
+
+def t_fault_usage_errors():
+    for args, what in ((["--rate-limit", "50"], "--rate-limit"),
+                       (["--rate-limit", "50/fortnight"], "--rate-limit"),
+                       (["--quota", "0/5s"], "--quota"),
+                       (["--defer-all-for", "soon"], "--defer-all-for"),
+                       (["--rate-reply", "250 fine"], "--rate-reply"),
+                       (["--quota-reply", "451"], "--quota-reply"),
+                       (["--max-conn-reply", "421 a\r\n250 b"], "--max-conn-reply")):
+        r = subprocess.run([SINK] + args, capture_output=True, text=True)
+        assert r.returncode == 64 and what in r.stderr, (args, r)
+
+
 TESTS = [
     ("plain send counted in --log and --stats", t_plain_log_stats),
     ("--no-* switches and --hostname", t_extensions_switched_off),
@@ -611,6 +829,16 @@ TESTS = [
     ("300 concurrent connections", t_many_connections),
     ("--exit-after-messages", t_exit_after_messages),
     ("usage and configuration errors", t_usage_errors),
+    ("--rate-limit 50/s: at most 50 in any second, generic 451 4.7.1", t_rate_limit),
+    ("--rate-limit 5/100ms --rate-reply; refusals do not count", t_rate_limit_reply_and_short_period),
+    ("--rate-reply 421 closes the connection", t_rate_reply_421_closes),
+    ("--quota 20/2s: fixed window, refused until it rolls over; duplicates", t_quota),
+    ("--quota default reply", t_quota_default_reply),
+    ("--max-msgs-per-conn-reply: 450 on one connection, a new one accepts", t_max_msgs_per_conn_reply),
+    ("--max-conn-reply: 421 greeting and close", t_max_conn_reply),
+    ("--defer-all and --defer-all-for with --defer-reply", t_defer_all),
+    ("SIGUSR1 writes the statistics and goes on", t_stats_on_sigusr1),
+    ("usage errors of the fault options", t_fault_usage_errors),
 ]
 
 
