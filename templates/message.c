@@ -793,6 +793,19 @@ __attribute__((format(printf, 4, 5))) static int row_error(msg_out_t *o, const c
     return VL_EINVAL;
 }
 
+/* A render that passed a limit (a 10 MB CSV field in a header, a partial that includes
+ * itself) is this row's fault, not the program's: a row error naming the field and the
+ * limit, so check, --dry-run and the worker all reject the row and go on. */
+static int render_error(msg_out_t *o, const struct field *fld, int rc, const tpl_error_t *e)
+{
+    if (rc != VL_ETOOBIG) return rc;
+    if (e->line)
+        return row_error(o, fld->name, 0, "%s: %s, at line %d%s%s%s", fld->name, e->message,
+                         e->line, e->partial[0] ? " of partial `" : "", e->partial,
+                         e->partial[0] ? "`" : "");
+    return row_error(o, fld->name, 0, "%s: %s", fld->name, e->message);
+}
+
 /* The value of a header field for this row: the static text or a render
  * into o->tmp. */
 static int field_value(msg_out_t *o, const struct field *fld, const tpl_ctx_t *ctx,
@@ -804,8 +817,9 @@ static int field_value(msg_out_t *o, const struct field *fld, const tpl_ctx_t *c
         return 0;
     }
     buf_reset(&o->tmp);
-    int rc = tpl_render(fld->t, ctx, 0, &o->tmp, NULL);
-    if (rc) return rc;
+    tpl_error_t terr;
+    int rc = tpl_render(fld->t, ctx, 0, &o->tmp, &terr);
+    if (rc) return render_error(o, fld, rc, &terr);
     *val = o->tmp.data ? o->tmp.data : "";
     *len = o->tmp.len;
     return 0;
@@ -836,8 +850,9 @@ static int render_body(msg_out_t *o, const struct seg *s, const tpl_ctx_t *ctx,
 {
     const struct field *fld = s->kind == SEG_TEXT ? &o->f->text : &o->f->html;
     size_t off = o->scratch.len;
-    int rc = tpl_render(fld->t, ctx, s->kind == SEG_HTML ? TPL_RENDER_HTML : 0, &o->scratch, NULL);
-    if (rc) return rc;
+    tpl_error_t terr;
+    int rc = tpl_render(fld->t, ctx, s->kind == SEG_HTML ? TPL_RENDER_HTML : 0, &o->scratch, &terr);
+    if (rc) return render_error(o, fld, rc, &terr);
     size_t len = o->scratch.len - off;
     bool clean;
     enum mime_cte cte = mime_text_cte(o->scratch.data + off, len, &clean);
@@ -963,8 +978,8 @@ static int render_reply_to(msg_out_t *o, const tpl_ctx_t *ctx)
     return rc == VL_EINVAL ? row_error(o, "reply_to", 0, "reply_to: %s", injection) : rc;
 }
 
-int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, time_t now,
-               unsigned flags)
+static int render_row(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, time_t now,
+                      unsigned flags)
 {
     buf_reset(&o->hdr);
     buf_reset(&o->dkim);
@@ -1140,4 +1155,15 @@ int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, t
     if (o->size > MSG_MAX_SIZE)
         return row_error(o, "", 0, "the message would be larger than 64 MB");
     return 0;
+}
+
+int msg_render(const msg_factory_t *f, msg_out_t *o, const tpl_csv_row_t *row, time_t now,
+               unsigned flags)
+{
+    int rc = render_row(f, o, row, now, flags);
+    /* Any other limit passed on the way (a header block over 1 MB once encoded) is the
+     * row's too. */
+    if (rc == VL_ETOOBIG && !o->err.message[0])
+        rc = row_error(o, "", 0, "the message's header fields are larger than %u bytes", HDR_MAX);
+    return rc;
 }

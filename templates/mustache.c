@@ -897,6 +897,24 @@ static int strict_fail(render_t *r, const node_t *n)
     return VL_EINVAL;
 }
 
+/* Sections and partials nested deeper than MAX_DEPTH: most often a partial that includes
+ * itself. A row error, located at the tag that went one level too deep. */
+static int too_deep(render_t *r, const node_t *n)
+{
+    tpl_error_t *e = r->err;
+    if (e) {
+        memset(e, 0, sizeof *e);
+        e->line = (int)n->line;
+        e->column = (int)n->col;
+        const body_t *b = &r->t->bodies[r->body];
+        if (b->name != NONE) snprintf(e->partial, sizeof e->partial, "%s", r->arena + b->name);
+        snprintf(e->message, sizeof e->message,
+                 "sections and partials nest deeper than %d (a partial that includes itself?)",
+                 MAX_DEPTH);
+    }
+    return VL_ETOOBIG;
+}
+
 static int push_val(render_t *r, const val_t *v)
 {
     if (r->sp >= (int)(sizeof r->stack / sizeof r->stack[0])) return VL_ETOOBIG;
@@ -927,7 +945,7 @@ static int render_section(render_t *r, const node_t *n, uint32_t i)
         return rc;
     }
     if (!t) return 0;
-    if (r->section_depth + r->call_depth >= MAX_DEPTH) return VL_ETOOBIG;
+    if (r->section_depth + r->call_depth >= MAX_DEPTH) return too_deep(r, n);
     int rc = 0;
     r->section_depth++;
     if (v.kind == V_JSON && json_is_array(v.json)) {
@@ -989,7 +1007,7 @@ static int render_from(render_t *r, uint32_t i)
             break;
         case N_PARTIAL:
             if (n->link != NONE) {
-                if (r->call_depth + r->section_depth >= MAX_DEPTH) return VL_ETOOBIG;
+                if (r->call_depth + r->section_depth >= MAX_DEPTH) return too_deep(r, n);
                 uint32_t saved = r->body;
                 r->body = n->link;
                 r->call_depth++;
@@ -1040,8 +1058,13 @@ int tpl_render(const tpl_template_t *t, const tpl_ctx_t *ctx, unsigned flags, bu
     r.flags = flags;
     r.out = out;
     r.err = err;
+    if (err) memset(err, 0, sizeof *err);
     render_init(&r, t, ctx);
-    return render_from(&r, 0);
+    int rc = render_from(&r, 0);
+    if (rc == VL_ETOOBIG && err && !err->message[0])
+        snprintf(err->message, sizeof err->message, "the rendered value is larger than %zu bytes",
+                 out->max);
+    return rc;
 }
 
 /* ---- introspection ---- */

@@ -158,10 +158,11 @@ enum tpl_render_flags {
 };
 
 /* Render t with ctx (both borrowed) and append the output to out. flags are
- * TPL_RENDER_* values. Returns 0; VL_ETOOBIG / VL_ENOMEM from the buffer, or
- * when sections or partials nest deeper than 64; VL_EINVAL with
- * TPL_RENDER_STRICT and an unknown variable (err, if not NULL, names it and
- * where it is). On failure out may hold part of the output. */
+ * TPL_RENDER_* values. Returns 0; VL_ENOMEM; VL_ETOOBIG when the output would
+ * pass out's limit or sections and partials nest deeper than 64 (err, if not
+ * NULL, says which, and for nesting where); VL_EINVAL with TPL_RENDER_STRICT
+ * and an unknown variable (err names it and where it is). On failure out may
+ * hold part of the output. */
 int tpl_render(const tpl_template_t *t, const tpl_ctx_t *ctx, unsigned flags, buf_t *out,
                tpl_error_t *err);
 

@@ -273,12 +273,72 @@ static void test_unknown_variable_and_static_body(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* A row that passes a render limit is a row error (VL_EINVAL with the field and the
+ * limit named), never a program error: check and --dry-run stopped at it with exit 70. */
+static void test_limits_are_row_errors(void **state)
+{
+    (void)state;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/test_message.XXXXXX");
+    assert_non_null(mkdtemp(tmpdir));
+    const char *p = write_tmp("l.json", "{\"from\": \"a@example.com\",\n"
+                                        " \"subject\": \"Hi {{note}}\",\n"
+                                        " \"text\": \"x {{> self}}\",\n"
+                                        " \"partials\": {\"self\": \"{{> self}}\"}}\n");
+    struct diags d = {0};
+    tplf_t *tpl;
+    assert_int_equal(tplf_load(&tpl, p, diag, &d), 0);
+    msg_config_t cfg = {.tpl = tpl, .campaign_id = "c1", .columns = cols, .ncolumns = 6};
+    msg_factory_t *f = NULL;
+    assert_int_equal(msg_factory_new(&f, &cfg, diag, &d), 0);
+    msg_out_t *o;
+    assert_int_equal(msg_out_new(&o, f), 0);
+    tpl_csv_row_t r = make_row(7, "b@example.com", "B", "Bee");
+    /* The subject comes after the bodies: the partial that includes itself fails first. */
+    assert_int_equal(msg_render(f, o, &r, 1, 0), VL_EINVAL);
+    const msg_error_t *e = msg_out_error(o);
+    assert_int_equal(e->row, 7);
+    assert_string_equal(e->field, "text");
+    assert_non_null(strstr(e->message, "nest deeper than 64"));
+    assert_non_null(strstr(e->message, "partial `self`"));
+    msg_out_free(o);
+    msg_factory_free(f);
+    tplf_free(tpl);
+
+    /* A 2 MB field in the subject: over the 1 MB a header field may render to. */
+    p = write_tmp("h.json", "{\"from\": \"a@example.com\", \"subject\": \"Hi {{note}}\",\n"
+                            " \"text\": \"x\"}\n");
+    assert_int_equal(tplf_load(&tpl, p, diag, &d), 0);
+    cfg.tpl = tpl;
+    assert_int_equal(msg_factory_new(&f, &cfg, diag, &d), 0);
+    assert_int_equal(msg_out_new(&o, f), 0);
+    size_t big = 2u << 20;
+    char *note = malloc(big);
+    memset(note, 'n', big);
+    r = make_row(8, "b@example.com", "B", "Bee");
+    fv[5] = (tpl_csv_field_t){note, big};
+    assert_int_equal(msg_render(f, o, &r, 1, 0), VL_EINVAL);
+    e = msg_out_error(o);
+    assert_string_equal(e->field, "subject");
+    assert_non_null(strstr(e->message, "larger than 1048576 bytes"));
+    /* The same output goes on with the next row. */
+    r = make_row(9, "c@example.com", "C", "Cee");
+    assert_int_equal(msg_render(f, o, &r, 1, 0), 0);
+    free(note);
+    msg_out_free(o);
+    msg_factory_free(f);
+    tplf_free(tpl);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_structure_and_sharing),
         cmocka_unit_test(test_injection),
         cmocka_unit_test(test_unknown_variable_and_static_body),
+        cmocka_unit_test(test_limits_are_row_errors),
     };
     return cmocka_run_group_tests_name("message", tests, NULL, NULL);
 }
