@@ -256,9 +256,8 @@ int cli_ingest(redisContext *c, camp_job_t *j, const rl_providers_t *provs, cons
 {
     char err[1024];
     int code = 0;
-    const char *cols[1024];
-    size_t ncols = tpl_csv_ncolumns(j->csv);
-    if (ncols > 1024) ncols = 1024;
+    const char *cols[TPL_CSV_MAX_COLUMNS];
+    size_t ncols = tpl_csv_ncolumns(j->csv); /* the reader refuses more */
     for (size_t i = 0; i < ncols; i++)
         cols[i] = tpl_csv_column_name(j->csv, i);
     int64_t start_at = wall_ms();

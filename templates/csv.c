@@ -659,6 +659,13 @@ static unsigned long field_line(const tpl_csv_reader_t *r, size_t k)
 
 static int take_header(tpl_csv_reader_t *r)
 {
+    /* One limit for every path (check, render, the ingest): past it a column would be
+     * shown by one and empty in another. */
+    if (r->nf > TPL_CSV_MAX_COLUMNS) {
+        set_fatal(r, VL_EPARSE, TPL_CSV_E_HEADER, r->row_line, TPL_CSV_MAX_COLUMNS + 1,
+                  "the header has %zu columns; at most %d are allowed", r->nf, TPL_CSV_MAX_COLUMNS);
+        return r->fatal_rc;
+    }
     for (size_t i = 0; i < r->nf; i++) {
         const char *p = r->rowdata.data + r->offs[i];
         size_t bad = utf8_check(p, r->lens[i]);

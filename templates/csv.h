@@ -28,6 +28,10 @@
 
 typedef struct tpl_csv_reader tpl_csv_reader_t;
 
+/* The most columns a header may name: a fatal TPL_CSV_E_HEADER error past it, so that
+ * check, render and the ingest all see the same columns. */
+#define TPL_CSV_MAX_COLUMNS 1024
+
 /* Flags for tpl_csv_new() / tpl_csv_open(). 0 is the campaign default:
  * email column required, addresses validated and de-duplicated. */
 enum tpl_csv_flags {

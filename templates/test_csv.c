@@ -315,6 +315,23 @@ static void test_fatal_errors(void **state)
     s = parse_all("na\xffme,email\n", 0);
     assert_string_equal(s, "FATAL 6 in.csv:1:1: invalid UTF-8 in the name of column 1 (byte 3)\n");
     free(s);
+    /* One column limit for every path: 1,024 are read, 1,025 is an error naming it (the
+     * ingest once read 1,024 of them silently while check showed them all). */
+    for (int n = TPL_CSV_MAX_COLUMNS; n <= TPL_CSV_MAX_COLUMNS + 1; n++) {
+        char *hdr = malloc((size_t)n * 8 + 16);
+        size_t k = (size_t)sprintf(hdr, "email");
+        for (int i = 1; i < n; i++)
+            k += (size_t)sprintf(hdr + k, ",c%d", i);
+        sprintf(hdr + k, "\n");
+        s = parse_all(hdr, 0);
+        if (n == TPL_CSV_MAX_COLUMNS)
+            assert_null(strstr(s, "FATAL"));
+        else
+            assert_string_equal(s, "FATAL 6 in.csv:1:1025: the header has 1025 columns; at most "
+                                   "1024 are allowed\n");
+        free(s);
+        free(hdr);
+    }
 
     tpl_csv_reader_t *r = tpl_csv_new("x.csv", 0);
     assert_int_equal(tpl_csv_finish(r), 0);
