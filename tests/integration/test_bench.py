@@ -109,8 +109,11 @@ def test_smtp_sink(tmp):
     p.terminate()
     p.wait(timeout=10)
     files = os.listdir(dump)
+    with open(errpath, errors="replace") as f:
+        sink_err = f.read()
     check("smtp-sink: exit 0, %d delivered" % n,
-          rc == 0 and out and out["outcomes"]["delivered"] == n, text)
+          rc == 0 and out and out["outcomes"]["delivered"] == n,
+          text + ("\nsmtp-sink's stderr:\n" + sink_err if sink_err else ""))
     check("smtp-sink: exactly %d transactions dumped" % n, len(files) == n, len(files))
 
 
