@@ -253,10 +253,16 @@ static int on_unknown(void *ud, const tpl_var_ref_t *ref)
         snprintf(where, sizeof where, "partials.%s", ref->partial);
         field = where;
     }
-    fdiag(c->f, field, ref->line, ref->column,
-          "unknown variable `%.*s` in `%s`: not a CSV column, a campaign var or a built-in "
-          "(campaign, row, email, message_id, date)",
-          (int)ref->len, ref->name, c->field);
+    if (ref->flags & TPL_VAR_PARTIAL)
+        fdiag(c->f, field, ref->line, ref->column,
+              "unknown partial `%.*s` in `%s`: the template's `partials` have no such name "
+              "(it would render as nothing)",
+              (int)ref->len, ref->name, c->field);
+    else
+        fdiag(c->f, field, ref->line, ref->column,
+              "unknown variable `%.*s` in `%s`: not a CSV column, a campaign var or a built-in "
+              "(campaign, row, email, message_id, date)",
+              (int)ref->len, ref->name, c->field);
     return 0;
 }
 

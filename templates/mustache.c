@@ -1163,5 +1163,30 @@ int tpl_check(const tpl_template_t *t, const tpl_ctx_t *ctx, tpl_var_fn fn, void
     render_init(&c.r, t, ctx);
     check_body(&c, 0);
     free(c.visited);
+    /* A partial tag whose name the partials lack renders as nothing (the spec's rule),
+     * which in a campaign is a typo that loses text from every message: report it
+     * wherever it is, inside sections too. Each source once, as tpl_foreach_var does. */
+    for (size_t b = 0; b < t->nbodies; b++) {
+        const body_t *body = &t->bodies[b];
+        int seen = 0;
+        for (size_t k = 1; k < b && !seen; k++)
+            seen = strcmp(t->arena.data + t->bodies[k].name, t->arena.data + body->name) == 0;
+        if (seen) continue;
+        for (uint32_t i = body->start; t->nodes[i].type != N_EOF; i++) {
+            const node_t *n = &t->nodes[i];
+            if (n->type != N_PARTIAL || n->link != NONE) continue;
+            c.missing++;
+            if (!fn) continue;
+            tpl_var_ref_t ref = {
+                .name = t->arena.data + n->off,
+                .len = n->len,
+                .line = (int)n->line,
+                .column = (int)n->col,
+                .partial = body->name == NONE ? NULL : t->arena.data + body->name,
+                .flags = TPL_VAR_PARTIAL,
+            };
+            fn(ud, &ref);
+        }
+    }
     return c.missing;
 }

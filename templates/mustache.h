@@ -172,6 +172,7 @@ enum tpl_var_flags {
     TPL_VAR_SECTION = 1 << 0,    /* the name opens a section ({{#name}}) */
     TPL_VAR_INVERTED = 1 << 1,   /* the name opens an inverted section ({{^name}}) */
     TPL_VAR_IN_SECTION = 1 << 2, /* the tag is inside a section (missing is fine there) */
+    TPL_VAR_PARTIAL = 1 << 3,    /* tpl_check: a partial tag naming no known partial */
 };
 
 /* One reference to a name in a template. */
@@ -194,8 +195,10 @@ int tpl_foreach_var(const tpl_template_t *t, tpl_var_fn fn, void *ud);
 
 /* Call fn for every name outside sections (a variable or a section name,
  * in the template or a partial included outside sections) that ctx cannot
- * resolve (for a dotted name: any segment). Returns the number of such
- * names, or VL_ENOMEM. This is the check-time form of TPL_RENDER_STRICT, listing all of
+ * resolve (for a dotted name: any segment), and for every partial tag
+ * (anywhere) naming a partial the template was not compiled with
+ * (TPL_VAR_PARTIAL in ref->flags). Returns the number of such names, or
+ * VL_ENOMEM. This is the check-time form of TPL_RENDER_STRICT, listing all of
  * them. ctx is borrowed; fn may be NULL to only count. */
 int tpl_check(const tpl_template_t *t, const tpl_ctx_t *ctx, tpl_var_fn fn, void *ud);
 

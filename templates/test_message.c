@@ -262,6 +262,18 @@ static void test_unknown_variable_and_static_body(void **state)
         tplf_free(tpl);
     }
 
+    /* A partial the template does not have is an error, even inside a section: it
+     * would render as nothing in every message (check once said OK). */
+    p = write_tmp("p.json", "{\"from\": \"a@example.com\", \"subject\": \"s\",\n"
+                            " \"text\": \"{{#plan}}{{> footr}}{{/plan}}\",\n"
+                            " \"partials\": {\"footer\": \"bye\"}}\n");
+    memset(&d, 0, sizeof d);
+    assert_int_equal(tplf_load(&tpl, p, diag, &d), 0);
+    cfg.tpl = tpl;
+    assert_int_equal(msg_factory_new(&f, &cfg, diag, &d), VL_EPARSE);
+    assert_non_null(strstr(d.all, "unknown partial `footr` in `text`"));
+    tplf_free(tpl);
+
     /* Template file errors: unknown key, no body, with positions. */
     p = write_tmp("b.json", "{\"from\": \"a@example.com\",\n \"bodi\": \"x\"}\n");
     memset(&d, 0, sizeof d);

@@ -412,8 +412,9 @@ static void test_strict_and_check(void **state)
     tpl_partials_free(p);
     buf_t b;
     buf_init(&b, 4096);
-    assert_int_equal(tpl_check(t, &ctx, collect, &b), 3);
-    assert_string_equal(b.data, "first_name@2:3;nope@3:48;signature@1:4/sig;");
+    /* ...and every partial tag naming no partial (it would render as nothing). */
+    assert_int_equal(tpl_check(t, &ctx, collect, &b), 4);
+    assert_string_equal(b.data, "first_name@2:3;nope@3:48;signature@1:4/sig;unknown_partial@4:17;");
     buf_reset(&b);
     assert_int_equal(tpl_foreach_var(t, collect, &b), 0);
     assert_string_equal(b.data, "name@1:4;first_name@2:3;items@3:1;x@3:11+s;"
