@@ -398,7 +398,8 @@ int camp_job_next(camp_job_t *j, tpl_csv_row_t **row)
         *row = j->pending;
         return j->pending_rc;
     }
-    if (j->pending_rc == 0) return 0; /* the first read already found the end */
+    if (j->pending_rc == 0) return 0;            /* the first read already found the end */
+    if (j->pending_rc < 0) return j->pending_rc; /* the open reported it */
     int rc = tpl_csv_read(j->csv, row);
     if (rc < 0) {
         const tpl_csv_error_t *e = tpl_csv_fatal(j->csv);

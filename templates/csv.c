@@ -43,8 +43,9 @@ struct tpl_csv_reader {
     int awaiting_row;       /* no byte of the next row seen yet */
     unsigned long row_line; /* where the row being built starts */
     int row_complete;
-    int row_taken; /* the last tpl_csv_next() handed out a row */
-    int cb_error;  /* a callback ran out of room */
+    int row_taken;    /* the last tpl_csv_next() handed out a row */
+    int cb_error;     /* a callback ran out of room */
+    size_t row_bytes; /* input handed to libcsv for the row being built */
 
     buf_t rowdata; /* fields of the row being built, each NUL-terminated */
     size_t *offs;  /* start of each field in rowdata */
@@ -841,6 +842,7 @@ static void start_row(tpl_csv_reader_t *r)
 {
     buf_reset(&r->rowdata);
     r->nf = 0;
+    r->row_bytes = 0;
     r->row_complete = 0;
     r->awaiting_row = 1;
 }
@@ -859,6 +861,15 @@ static int parse_piece(tpl_csv_reader_t *r)
     if (r->awaiting_row && has_content) {
         r->row_line = r->line;
         r->awaiting_row = 0;
+    }
+    /* libcsv gathers a field in its own buffer until the field ends, with no limit: a
+     * file of NUL bytes (/dev/zero) or an unclosed quote grew memory without bound. The
+     * row's input so far bounds that buffer, so the row limit is checked on it. */
+    r->row_bytes += n;
+    if (r->row_bytes > ROW_MAX) {
+        set_fatal(r, VL_ETOOBIG, TPL_CSV_E_NOMEM, r->row_line, 0,
+                  "row larger than %zu bytes (an unclosed quote, or not a CSV file?)", ROW_MAX);
+        return r->fatal_rc;
     }
     size_t done = csv_parse(&r->parser, p, n, on_field, on_row, r);
     if (r->cb_error) {

@@ -333,7 +333,23 @@ static void test_fatal_errors(void **state)
         free(hdr);
     }
 
-    tpl_csv_reader_t *r = tpl_csv_new("x.csv", 0);
+    /* Input that never ends a field (a FIFO fed from /dev/zero, an unclosed quote) stops
+     * at the row limit instead of growing libcsv's field buffer for ever. */
+    tpl_csv_reader_t *r = tpl_csv_new("zero.csv", 0);
+    static char zeros[1 << 20];
+    int zrc = 0;
+    tpl_csv_row_t *zrow;
+    for (int i = 0; i < 80 && zrc == 0; i++) {
+        assert_int_equal(tpl_csv_feed(r, zeros, sizeof zeros), 0);
+        zrc = tpl_csv_next(r, &zrow);
+    }
+    assert_int_equal(zrc, VL_ETOOBIG);
+    char zline[256];
+    tpl_csv_format_error(tpl_csv_fatal(r), zline, sizeof zline);
+    assert_non_null(strstr(zline, "zero.csv:1: row larger than 67108864 bytes"));
+    tpl_csv_free(r);
+
+    r = tpl_csv_new("x.csv", 0);
     assert_int_equal(tpl_csv_finish(r), 0);
     assert_int_equal(tpl_csv_finish(r), VL_ESTATE);
     assert_int_equal(tpl_csv_feed(r, "a", 1), VL_ESTATE);
