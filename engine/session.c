@@ -84,6 +84,10 @@ static const eng_stage_t cmd_stage[] = {ENG_STAGE_RSET, ENG_STAGE_MAIL, ENG_STAG
                                         ENG_STAGE_DATA, ENG_STAGE_BODY, ENG_STAGE_BODY,
                                         ENG_STAGE_BODY};
 
+/* How errors name the command a reply answers. */
+static const char *const cmd_verb[] = {
+    "RSET", "MAIL", "RCPT", "DATA", "the message content", "the message content", "BDAT"};
+
 typedef struct cmd {
     cmd_kind_t kind;
     unsigned idx;    /* recipient index for CMD_RCPT */
@@ -420,6 +424,11 @@ static void sess_abort(eng__sess_t *s, eng_stage_t stage, int err, const char *w
     s->fail_err = err;
     snprintf(s->errstr, sizeof s->errstr, "%s", why ? why : vl_err_str(err));
     memset(&s->fail_reply, 0, sizeof s->fail_reply);
+    /* A reply that broke the protocol (a 354 to RCPT, a 220 with injected
+     * bytes behind it) decides nothing: owners classify replies by code
+     * (ratelimit/ takes 4xx and 5xx) and must not be handed it. errstr says
+     * what came. */
+    if (err == VL_EPROTO) reply = NULL;
     if (reply) eng__reply_copy(&s->fail_reply, reply);
     VL_DEBUG("smtp conn %u (%s): %s at %s: %s", s->id, s->remote, vl_err_name(err),
              eng_stage_name(stage), s->errstr);
@@ -441,6 +450,84 @@ static void sess_abort(eng__sess_t *s, eng_stage_t stage, int err, const char *w
         return;
     }
     fail_in_flight(s, stage, err, s->errstr, reply ? &s->fail_reply : NULL);
+}
+
+/* ---- protocol errors of the server -------------------------------------- */
+
+/* The stage the session is waiting in, for errors that are not a command's
+ * reply (a dropped connection, a malformed reply). */
+static eng_stage_t wait_stage(const eng__sess_t *s)
+{
+    switch (s->state) {
+    case SESS_TXN:
+        return s->flen ? cmd_stage[s->fifo[s->fhead].kind] : ENG_STAGE_NONE;
+    case SESS_GREETING:
+        return ENG_STAGE_GREETING;
+    case SESS_TLS_HANDSHAKE:
+        return ENG_STAGE_TLS;
+    case SESS_EHLO:
+    case SESS_HELO:
+        return ENG_STAGE_EHLO;
+    case SESS_STARTTLS:
+        return ENG_STAGE_STARTTLS;
+    case SESS_AUTH_PLAIN:
+    case SESS_AUTH_LOGIN:
+    case SESS_AUTH_LOGIN_USER:
+    case SESS_AUTH_LOGIN_PASS:
+        return ENG_STAGE_AUTH;
+    case SESS_QUIT:
+        return ENG_STAGE_QUIT;
+    default:
+        return ENG_STAGE_NONE;
+    }
+}
+
+/* May a command whose positive reply is `success` (an exact code, or 2 for
+ * any 2xx) draw `code`? RFC 5321 §4.3.2: besides its positive reply, a
+ * command draws only 4xx or 5xx. A 250 to DATA or a 354 to RCPT means the
+ * server and volley no longer agree on which reply answers which command;
+ * taken as verdicts they would be matched to the wrong messages. */
+static int reply_fits(int code, int success)
+{
+    if (code >= 400) return 1; /* the reader keeps codes within 200..599 */
+    return success == 2 ? code / 100 == 2 : code == success;
+}
+
+/* Fail with a protocol error naming the reply that does not fit. */
+static void abort_misfit(eng__sess_t *s, eng_stage_t stage, const char *cmd, const smtp_reply_t *r)
+{
+    char why[256];
+    size_t tl = strcspn(r->text, "\n");
+    snprintf(why, sizeof why, "the server answered %s with \"%d %.*s\", which %s cannot draw", cmd,
+             r->code, (int)(tl < 80 ? tl : 80), r->text, cmd);
+    sess_abort(s, stage, VL_EPROTO, why, NULL);
+}
+
+/* The session is about to write after reply r answered everything it had
+ * asked: the server must be waiting now. Bytes already received are replies
+ * nobody asked for (RFC 2920 §3.1: a reply with nothing outstanding is a
+ * protocol error), and matching them to the commands about to be written
+ * would shift every later reply by one. Returns 1 after failing the session
+ * (why is the server's fault, the stray reply is quoted), 0 when nothing is
+ * pending. r is borrowed from the reader and not used after the check. */
+static int abort_if_pending(eng__sess_t *s, eng_stage_t stage, const char *why,
+                            const smtp_reply_t *r)
+{
+    size_t pending = smtp_reader_pending(s->rd);
+    if (!pending) return 0;
+    char after[96], extra[96], msg[256];
+    size_t tl = strcspn(r->text, "\n");
+    snprintf(after, sizeof after, "%d %.*s", r->code, (int)(tl < 60 ? tl : 60), r->text);
+    smtp_reply_t x; /* the reader is discarded with the session: taking is fine */
+    if (smtp_reader_next(s->rd, &x) == 1) {
+        size_t xl = strcspn(x.text, "\n");
+        snprintf(extra, sizeof extra, "\"%d %.*s\"", x.code, (int)(xl < 60 ? xl : 60), x.text);
+    } else {
+        snprintf(extra, sizeof extra, "%zu more bytes", pending);
+    }
+    snprintf(msg, sizeof msg, "%s (%s after \"%s\")", why, extra, after);
+    sess_abort(s, stage, VL_EPROTO, msg, NULL);
+    return 1;
 }
 
 /* ---- writing ---------------------------------------------------------- */
@@ -550,7 +637,8 @@ static int tls_write(eng__sess_t *s, const struct iovec *iov, size_t n, char *ow
 static void plain_on_data(eng__sess_t *s, const char *data, size_t len)
 {
     if (smtp_reader_feed(s->rd, data, len)) {
-        sess_abort(s, ENG_STAGE_NONE, VL_EPROTO, "server sent more than a reply's worth", NULL);
+        sess_abort(s, wait_stage(s), VL_EPROTO, "the server sent more than a reply's worth at once",
+                   NULL);
         return;
     }
     process_replies(s);
@@ -899,9 +987,28 @@ static void on_421(eng__sess_t *s, eng_stage_t stage, const smtp_reply_t *r)
 static void on_txn_reply(eng__sess_t *s, const smtp_reply_t *r)
 {
     if (!s->flen || !s->fsent) {
-        sess_abort(s, ENG_STAGE_NONE, VL_EPROTO, "a reply that no command asked for", r);
+        size_t tl = strcspn(r->text, "\n");
+        char why[160];
+        snprintf(why, sizeof why, "the server sent a reply that no command asked for (\"%d %.*s\")",
+                 r->code, (int)(tl < 60 ? tl : 60), r->text);
+        sess_abort(s, ENG_STAGE_NONE, VL_EPROTO, why, NULL);
         return;
     }
+    /* Checked before the entry leaves the FIFO, so that its message is
+     * failed with the others in flight. */
+    const cmd_t *head = fifo_at(s, 0);
+    if (!reply_fits(r->code, head->kind == CMD_DATA ? 354 : 2)) {
+        abort_misfit(s, cmd_stage[head->kind], cmd_verb[head->kind], r);
+        return;
+    }
+    /* After 354 the server waits for the content (RFC 2920 §3.1: DATA ends
+     * a pipelined group): a reply already here is not the content's, though
+     * it would be taken for it. The content has not gone out, so the
+     * message fails as not delivered, safe to retry. */
+    if (head->kind == CMD_DATA && r->code == 354 && s->fsent == 1 &&
+        abort_if_pending(s, ENG_STAGE_DATA, "the server sent a reply before the message content",
+                         r))
+        return;
     cmd_t c = *fifo_at(s, 0);
     s->fhead = (s->fhead + 1) % s->fcap;
     s->flen--;
@@ -978,6 +1085,11 @@ static void on_txn_reply(eng__sess_t *s, const smtp_reply_t *r)
         return;
     }
     if (s->state == SESS_CLOSING) return;
+    /* Every command written has its reply: anything more is unsolicited
+     * and must not be matched to the commands written next. */
+    if (!s->fsent &&
+        abort_if_pending(s, ENG_STAGE_NONE, "the server sent a reply that no command asked for", r))
+        return;
     if (!s->txn)
         sess_next_txn(s);
     else
@@ -1195,7 +1307,8 @@ static void tls_pump(eng__sess_t *s)
             return;
         }
         if (smtp_reader_feed(s->rd, buf, (size_t)n)) {
-            sess_abort(s, ENG_STAGE_NONE, VL_EPROTO, "server sent more than a reply's worth", NULL);
+            sess_abort(s, wait_stage(s), VL_EPROTO,
+                       "the server sent more than a reply's worth at once", NULL);
             return;
         }
     }
@@ -1212,6 +1325,41 @@ static void on_setup_reply(eng__sess_t *s, const smtp_reply_t *r)
     eng_pool_t *p = s->pool;
     uint64_t lat = eng__now_us() - s->t_wait;
     int ok = r->code >= 200 && r->code < 300;
+    /* Set-up is lock-step: a reply of the wrong kind, or one more behind
+     * this one, means the server is not answering the command just sent. */
+    int success = 2;
+    const char *cmd = s->state == SESS_HELO ? "HELO" : "EHLO";
+    switch (s->state) {
+    case SESS_GREETING:
+    case SESS_STARTTLS:
+        success = 220;
+        cmd = s->state == SESS_GREETING ? "the connection (its greeting)" : "STARTTLS";
+        break;
+    case SESS_AUTH_PLAIN:
+    case SESS_AUTH_LOGIN_PASS:
+        success = 235;
+        cmd = "AUTH";
+        break;
+    case SESS_AUTH_LOGIN:
+    case SESS_AUTH_LOGIN_USER:
+        success = 334;
+        cmd = "AUTH";
+        break;
+    default:
+        break;
+    }
+    if (!reply_fits(r->code, success)) {
+        abort_misfit(s, wait_stage(s), cmd, r);
+        return;
+    }
+    if (abort_if_pending(s, wait_stage(s),
+                         s->state == SESS_STARTTLS && r->code == 220
+                             /* Plaintext behind the 220 could be an injection
+                              * (CVE-2011-0411 class); RFC 3207 forbids using it. */
+                             ? "the server sent plaintext after agreeing to STARTTLS"
+                             : "the server sent a reply that no command asked for",
+                         r))
+        return;
     switch (s->state) {
     case SESS_GREETING:
         hist_record(&p->stats.verb[ENG_STAGE_GREETING], lat);
@@ -1248,13 +1396,7 @@ static void on_setup_reply(eng__sess_t *s, const smtp_reply_t *r)
     case SESS_STARTTLS:
         hist_record(&p->stats.verb[ENG_STAGE_STARTTLS], lat);
         if (r->code == 220) {
-            /* Anything the server sent after its 220 in plaintext could be
-             * an injection (CVE-2011-0411 class): drop it. */
-            if (smtp_reader_pending(s->rd)) {
-                sess_abort(s, ENG_STAGE_STARTTLS, VL_EPROTO,
-                           "the server sent plaintext after agreeing to STARTTLS", r);
-                return;
-            }
+            /* Nothing is pending (checked above): start afresh under TLS. */
             smtp_reader_reset(s->rd);
             s->after_starttls = 1;
             start_tls(s);
@@ -1319,10 +1461,12 @@ static void process_replies(eng__sess_t *s)
                 sess_abort(s, ENG_STAGE_NONE, 0, "the server closed an idle connection", &r);
                 return;
             }
-            sess_abort(s, ENG_STAGE_NONE, VL_EPROTO, "a reply that no command asked for", &r);
+            sess_abort(s, ENG_STAGE_NONE, VL_EPROTO,
+                       "the server sent a reply that no command asked for", NULL);
             return;
         case SESS_TLS_HANDSHAKE:
-            sess_abort(s, ENG_STAGE_TLS, VL_EPROTO, "a reply during the TLS handshake", &r);
+            sess_abort(s, ENG_STAGE_TLS, VL_EPROTO,
+                       "the server sent a reply during the TLS handshake", NULL);
             return;
         default:
             if (r.code == 421 && s->state != SESS_GREETING) {
@@ -1334,8 +1478,12 @@ static void process_replies(eng__sess_t *s)
             break;
         }
     }
-    if (s->state != SESS_CLOSING && rc < 0)
-        sess_abort(s, ENG_STAGE_NONE, VL_EPROTO, smtp_reader_errstr(s->rd), NULL);
+    if (s->state != SESS_CLOSING && rc < 0) {
+        char why[160];
+        snprintf(why, sizeof why, "the server sent a malformed reply: %s",
+                 smtp_reader_errstr(s->rd));
+        sess_abort(s, wait_stage(s), VL_EPROTO, why, NULL);
+    }
 }
 
 /* ---- network ---------------------------------------------------------- */

@@ -916,6 +916,95 @@ static void test_auth_and_trace(void **state)
         }
 }
 
+/* Send three messages on at most one connection at a time; the server
+ * scripted with reply at step st on every occurrence. */
+static void run_three(harness_t *h, enum step st, const char *reply, int pipelining, eng_msg_t *m,
+                      outcome_t *o, struct iovec *iov)
+{
+    harness_init(h, pipelining);
+    h->srv.reply[st] = reply;
+    harness_pool(h, 1, 0);
+    for (int i = 0; i < 3; i++) {
+        msg_init(&m[i], &o[i], 1, &iov[i]);
+        assert_int_equal(eng_pool_submit(h->pool, &m[i]), 0);
+    }
+    while (eng_pool_pending(h->pool))
+        uv_run(&h->loop, UV_RUN_ONCE);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(o[i].done, 1);
+}
+
+/* RFC 2920 §3.1: the client waits after DATA, and a reply with nothing
+ * outstanding is a protocol error. A reply sent together with the 354 was
+ * taken for the content's (row 1 "delivered" by "250 early", every later
+ * reply one command off); an unsolicited reply behind another was matched to
+ * the next command. Now the connection ends, and no message is decided by a
+ * reply meant for another. */
+static void test_replies_out_of_turn(void **state)
+{
+    (void)state;
+    for (int pl = 0; pl <= 1; pl++) {
+        /* 354 and "250 early" in one write: each message fails before its
+         * content went out (safe to retry), naming the server's fault. */
+        harness_t h;
+        eng_msg_t m[3];
+        outcome_t o[3];
+        struct iovec iov[3];
+        run_three(&h, S_DATA, "354 go\r\n250 early", pl, m, o, iov);
+        for (int i = 0; i < 3; i++) {
+            if (o[i].res.status != ENG_FAILED)
+                print_error("pipelining %d message %d: %s at %s, %d %s (%s)\n", pl, i,
+                            eng_status_name(o[i].res.status), eng_stage_name(o[i].res.stage),
+                            o[i].res.reply.code, o[i].res.reply.text, o[i].errstr);
+            assert_int_equal(o[i].res.status, ENG_FAILED);
+            assert_int_equal(o[i].res.stage, ENG_STAGE_DATA);
+            assert_int_equal(o[i].res.err, VL_EPROTO);
+            assert_int_equal(o[i].res.reply.code, 0);
+            assert_non_null(strstr(o[i].errstr, "before the message content"));
+            assert_non_null(strstr(o[i].errstr, "250 early"));
+        }
+        assert_null(strstr(h.srv.transcript.data, "<content>"));
+        assert_int_equal(h.srv.conns, 3);
+        eng_pool_close(h.pool, 0, on_pool_closed, &h);
+        harness_finish(&h);
+
+        /* A stray 354 behind the content's 250: the 250 stands (it is the
+         * content's by count), the stray one ends the connection. The next
+         * message had started on it (pipelined, its MAIL went out and the
+         * 354 would have been taken for its reply): it fails, untried. */
+        run_three(&h, S_DOT, "250 2.0.0 Ok: queued\r\n354 unsolicited", pl, m, o, iov);
+        for (int i = 0; i < 3; i++) {
+            eng_status_t want = i == 1 ? ENG_FAILED : ENG_DELIVERED;
+            if (o[i].res.status != want)
+                print_error("pipelining %d message %d: %s at %s, %d %s (%s)\n", pl, i,
+                            eng_status_name(o[i].res.status), eng_stage_name(o[i].res.stage),
+                            o[i].res.reply.code, o[i].res.reply.text, o[i].errstr);
+            assert_int_equal(o[i].res.status, want);
+            if (want == ENG_FAILED) {
+                assert_int_equal(o[i].res.err, VL_EPROTO);
+                assert_int_equal(o[i].res.stage, ENG_STAGE_MAIL);
+                assert_int_equal(o[i].res.reply.code, 0);
+                assert_non_null(strstr(o[i].errstr, "354 unsolicited"));
+            }
+        }
+        assert_int_equal(h.srv.seen[S_DOT], 2);
+        eng_pool_close(h.pool, 0, on_pool_closed, &h);
+        harness_finish(&h);
+
+        /* An extra reply behind the greeting would be taken for EHLO's. */
+        run_one(S_GREETING, "220 test ESMTP\r\n250 extra", pl, ENG_FAILED, ENG_STAGE_GREETING, 0,
+                VL_EPROTO);
+        /* Replies a command cannot draw (RFC 5321 §4.3.2) decide nothing:
+         * a 250 to DATA, a 354 to RCPT or MAIL, a 334 to EHLO, code 999. */
+        run_one(S_DATA, "250 2.0.0 ok", pl, ENG_FAILED, ENG_STAGE_DATA, 0, VL_EPROTO);
+        run_one(S_RCPT, "354 go ahead", pl, ENG_FAILED, ENG_STAGE_RCPT, 0, VL_EPROTO);
+        run_one(S_MAIL, "354 go ahead", pl, ENG_FAILED, ENG_STAGE_MAIL, 0, VL_EPROTO);
+        run_one(S_EHLO, "334 what", pl, ENG_FAILED, ENG_STAGE_EHLO, 0, VL_EPROTO);
+        run_one(S_MAIL, "999 weird", pl, ENG_FAILED, ENG_STAGE_MAIL, 0, VL_EPROTO);
+        run_one(S_DOT, "999 weird", pl, ENG_UNKNOWN, ENG_STAGE_BODY, 0, VL_EPROTO);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -930,6 +1019,7 @@ int main(void)
         cmocka_unit_test(test_wire_form),
         cmocka_unit_test(test_auth_plain_refused_without_tls),
         cmocka_unit_test(test_auth_and_trace),
+        cmocka_unit_test(test_replies_out_of_turn),
     };
     return cmocka_run_group_tests_name("engine", tests, NULL, NULL);
 }
