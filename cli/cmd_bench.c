@@ -19,6 +19,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "engine/engine.h"
+#include "ratelimit/provider.h"
 
 #define MAX_RCPTS 1000
 
@@ -419,6 +420,14 @@ int cmd_bench(int argc, char **argv)
                 "connections\n",
                 MAX_RCPTS);
         return EX_USAGE;
+    }
+    if (helo) {
+        /* The name goes on the wire as it is: CR/LF in it would inject commands. */
+        char why[200];
+        if (rl_helo_check(helo, why, sizeof why)) {
+            fprintf(stderr, "volley bench: --helo: %s\n", why);
+            return EX_USAGE;
+        }
     }
     if (no_tls && req_tls) {
         fprintf(stderr, "volley bench: --no-tls and --require-tls contradict each other\n");

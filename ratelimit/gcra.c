@@ -88,8 +88,11 @@ int rl_rate_parse(const char *s, uint32_t burst, rl_rate_t *out, char *err, size
      * slower, never faster than what the provider allows. */
     uint64_t interval = (per_ms * 1000 + count - 1) / count;
     if (burst == 0) {
-        uint64_t per_s = count * 1000 / per_ms;
-        burst = (uint32_t)(per_s < 1 ? 1 : per_s > count ? count : per_s);
+        /* Pacing by default: "250/s" must read as about 250 in any second, not twice
+         * that in the first one (issue 16), so back-to-back sends are limited to 5% of
+         * the count. A larger burst is the user's explicit choice. */
+        uint64_t b = count * 5 / 100;
+        burst = (uint32_t)(b < 1 ? 1 : b);
     }
     out->interval_us = interval;
     out->burst = burst;

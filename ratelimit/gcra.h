@@ -7,6 +7,12 @@
  * sharing Redis obey the same limit: in any window of W ms at most
  * floor(W / interval) + burst tokens are granted. The interval is rounded UP to a whole
  * microsecond, so rounding can only make volley slower than the rate, never faster.
+ *
+ * What "count/period" guarantees: at most count + burst tokens in any window of one
+ * period (count + burst - 1 in any half-open window [t, t + period)), and over a long run
+ * no more than count per period. The default burst is max(1, count * 5 / 100), so
+ * "250/s" sends at most 262 in any second (261 in a half-open one) and paces the rest
+ * one every 4 ms; a larger burst is an explicit "burst" in the providers file.
  */
 #ifndef RL_GCRA_H
 #define RL_GCRA_H
@@ -28,9 +34,10 @@ typedef struct rl_gcra {
 } rl_gcra_t;
 
 /* Parse "N/unit" or "N/Munit" ("100/s", "/min" = 1/min, "2/5m"); units s, sec, m, min, h,
- * hour, d, day. burst 0 picks the default: one second's worth of tokens, at least 1, at
- * most count (so "10/s" bursts 10, "100/min" bursts 1). Returns 0 or VL_EINVAL with a
- * sentence in err (caller's buffer of errlen bytes; may be NULL). */
+ * hour, d, day. burst 0 picks the default: 5% of count, at least 1 ("250/s" bursts 12,
+ * "10/s" and "/min" burst 1, "7200/h" bursts 360); any other burst is taken as given.
+ * Returns 0 or VL_EINVAL with a sentence in err (caller's buffer of errlen bytes; may be
+ * NULL). */
 int rl_rate_parse(const char *s, uint32_t burst, rl_rate_t *out, char *err, size_t errlen);
 
 /* Take n tokens at now_ms. Returns 1 when granted (state advanced), 0 when refused (state

@@ -1,12 +1,14 @@
 /* provider.c: the providers file; see provider.h. */
 #include "ratelimit/provider.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <jansson.h>
 
@@ -210,6 +212,85 @@ static bool valid_domain(const char *d)
     return true;
 }
 
+int rl_helo_check(const char *s, char *why, size_t whylen)
+{
+    size_t len = strlen(s);
+    if (len == 0) {
+        rl__seterr(why, whylen, "must not be empty");
+        return VL_EINVAL;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch < 0x21 || ch > 0x7e) {
+            rl__seterr(why, whylen,
+                       "contains %s at character %zu: the name must be a domain or an "
+                       "address literal",
+                       ch == '\r'   ? "a carriage return"
+                       : ch == '\n' ? "a line feed"
+                       : ch == ' '  ? "a space"
+                                    : "a control or non-ASCII byte",
+                       i + 1);
+            return VL_EINVAL;
+        }
+    }
+    if (s[0] == '[') {
+        /* RFC 5321 4.1.3: IPv4-address-literal or "IPv6:" IPv6-addr, in brackets. */
+        char addr[INET6_ADDRSTRLEN + 8];
+        unsigned char bin[sizeof(struct in6_addr)];
+        if (s[len - 1] != ']' || len - 2 >= sizeof addr) goto bad_literal;
+        memcpy(addr, s + 1, len - 2);
+        addr[len - 2] = '\0';
+        if (strncasecmp(addr, "IPv6:", 5) == 0) {
+            if (inet_pton(AF_INET6, addr + 5, bin) == 1) return 0;
+        } else if (inet_pton(AF_INET, addr, bin) == 1) {
+            return 0;
+        }
+    bad_literal:
+        rl__seterr(why, whylen,
+                   "not an address literal: use \"[192.0.2.1]\" or \"[IPv6:2001:db8::1]\"");
+        return VL_EINVAL;
+    }
+    if (len > 255) {
+        rl__seterr(why, whylen, "longer than 255 characters");
+        return VL_EINVAL;
+    }
+    const char *label = s;
+    for (const char *p = s;; p++) {
+        if (*p == '.' || *p == '\0') {
+            size_t n = (size_t)(p - label);
+            if (n == 0 || n > 63 || label[0] == '-' || p[-1] == '-') {
+                rl__seterr(why, whylen,
+                           "not a domain: each dot-separated label must be 1 to 63 letters, "
+                           "digits or hyphens, neither starting nor ending with a hyphen");
+                return VL_EINVAL;
+            }
+            if (*p == '\0') return 0;
+            label = p + 1;
+        } else if (!isalnum((unsigned char)*p) && *p != '-') {
+            rl__seterr(why, whylen,
+                       "not a domain: '%c' at character %zu (only letters, digits, hyphens "
+                       "and dots, or an address literal in brackets)",
+                       *p, (size_t)(p - s) + 1);
+            return VL_EINVAL;
+        }
+    }
+}
+
+static int parse_helo(pctx_t *c, const json_t *o, rl_provider_t *p)
+{
+    json_t *v = json_object_get(o, "helo");
+    if (!v) return 0;
+    char why[200];
+    if (!json_is_string(v)) return perr(c, "helo", NULL, "must be a string");
+    /* A "\u0000" inside would hide the rest of the string from the check below. */
+    if (strlen(json_string_value(v)) != json_string_length(v))
+        return perr(c, "helo", NULL, "contains a NUL character");
+    if (rl_helo_check(json_string_value(v), why, sizeof why))
+        return perr(c, "helo", NULL, "%s", why);
+    if (!(p->helo = strdup(json_string_value(v)))) return VL_ENOMEM;
+    return 0;
+}
+
 static int parse_domains(pctx_t *c, const json_t *o, rl_provider_t *p)
 {
     json_t *a = json_object_get(o, "domains");
@@ -402,7 +483,7 @@ static int parse_provider(pctx_t *c, const json_t *o, rl_provider_t *p)
         (rc = get_limit(c, o, "max_recipients_per_message", &p->max_recipients_per_message)) ||
         (rc =
              get_limit(c, o, "max_recipients_per_connection", &p->max_recipients_per_connection)) ||
-        (rc = get_string(c, o, "helo", NULL, &p->helo)))
+        (rc = parse_helo(c, o, p)))
         return rc;
 
     if (p->route == RL_ROUTE_MX && p->auth_user)

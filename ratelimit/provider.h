@@ -109,6 +109,14 @@ const rl_provider_t *rl_providers_fallback(const rl_providers_t *ps);
  * skipped by rl_rules_match). Fills chain[0..3) and returns 3. */
 size_t rl_provider_rules(const rl_provider_t *p, const rl_rules_t *chain[3]);
 
+/* Whether s may go on the wire as the EHLO/HELO name (RFC 5321 4.1.1.1 and 4.1.3): a
+ * Domain (labels of letters, digits and hyphens, 1-63 characters, neither starting nor
+ * ending with a hyphen, joined by dots; at most 255 in all) or an address literal
+ * "[192.0.2.1]" / "[IPv6:2001:db8::1]". Anything else, CR and LF above all, would let the
+ * name inject commands. Returns 0, or VL_EINVAL with a sentence in why (whylen bytes; may
+ * be NULL) that does not repeat s. */
+int rl_helo_check(const char *s, char *why, size_t whylen);
+
 /* Read p's password from its environment variable or file (trailing newlines stripped)
  * into buf (len bytes, NUL-terminated). Returns 0; VL_EINVAL when p has no auth;
  * VL_ENOENT when the variable is unset or the file missing; VL_EIO when unreadable;

@@ -450,8 +450,28 @@ uint64_t rl_backoff(unsigned attempt, uint64_t base_ms, uint64_t max_ms, uint64_
 int rl_decide(const rl_rules_t *const chain[], size_t n, const rl_reply_t *r,
               const rl_decide_ctx_t *ctx, rl_action_t *out)
 {
-    if (r->code < 400 || r->code > 599) return VL_EINVAL;
     memset(out, 0, sizeof *out);
+    uint64_t base = ctx->backoff_base_ms ? ctx->backoff_base_ms : 30000;
+    uint64_t max = ctx->backoff_max_ms ? ctx->backoff_max_ms : 4 * 3600 * 1000ULL;
+    uint64_t rnd = ctx->rand ? ctx->rand(ctx->rand_arg) : 0;
+    if (r->code < 400 || r->code > 599) {
+        /* The engine hands over the reply that ended the transaction without delivering;
+         * one that is not a failure (250 to DATA, 354 to RCPT) or no reply code at all
+         * means the server broke the protocol. The session state is unknown, so the
+         * connection goes, and nothing is learned about the recipient: retry it. The
+         * action is filled all the same, so a caller that ignores the return value still
+         * has a defined one (a hostile server must not crash the worker). */
+        out->cls = RL_RETRY;
+        out->rule_id = "protocol";
+        out->why = r->code >= 200 && r->code < 400
+                       ? "protocol error: a success or intermediate reply where a failure "
+                         "(4xx/5xx) was expected; retry on a new connection"
+                       : "protocol error: a reply code outside 200-599; retry on a new "
+                         "connection";
+        out->close_connection = true;
+        out->delay_ms = rl_backoff(ctx->attempt, base, max, rnd);
+        return VL_EPROTO;
+    }
     const rl_rule_t *rule = rl_rules_match(chain, n, r);
     uint64_t retry_after = 0;
     if (rule) {
@@ -467,9 +487,6 @@ int rl_decide(const rl_rules_t *const chain[], size_t n, const rl_reply_t *r,
         out->why = r->code < 500 ? "no rule matched this 4xx reply: retry with backoff"
                                  : "no rule matched this 5xx reply: permanent failure";
     }
-    uint64_t base = ctx->backoff_base_ms ? ctx->backoff_base_ms : 30000;
-    uint64_t max = ctx->backoff_max_ms ? ctx->backoff_max_ms : 4 * 3600 * 1000ULL;
-    uint64_t rnd = ctx->rand ? ctx->rand(ctx->rand_arg) : 0;
     /* 421 closes the connection whatever the class (RFC 5321 3.8). */
     out->close_connection = r->code == 421;
     switch (out->cls) {

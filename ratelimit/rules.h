@@ -126,9 +126,12 @@ typedef struct rl_decide_ctx {
     uint64_t backoff_max_ms;  /* 0 = 4 h */
 } rl_decide_ctx_t;
 
-/* Match r against chain and turn the rule into an action. When nothing matches (a chain
- * without "generic", or a code outside 4xx/5xx) 4xx retries and 5xx fails, with rule_id
- * "fallback". Returns 0, or VL_EINVAL for a code below 400 (not a failure). */
+/* Match r against chain and turn the rule into an action; *out is filled completely
+ * whatever the return value (rule_id and why are never NULL). When nothing matches (a
+ * chain without "generic") 4xx retries and 5xx fails, with rule_id "fallback". Returns 0
+ * for a 4xx/5xx reply, or VL_EPROTO when r->code is not a failure reply (a 2xx/3xx where
+ * the engine expected a failure, or a code outside 200-599): the server broke the
+ * protocol, and *out is a retry with rule_id "protocol" that closes the connection. */
 int rl_decide(const rl_rules_t *const chain[], size_t n, const rl_reply_t *r,
               const rl_decide_ctx_t *ctx, rl_action_t *out);
 

@@ -20,7 +20,22 @@ static void test_rate_parse(void **state)
     char err[200];
     assert_int_equal(rl_rate_parse("100/s", 0, &r, err, sizeof err), 0);
     assert_int_equal(r.interval_us, 10000);
-    assert_int_equal(r.burst, 100);
+    assert_int_equal(r.burst, 5); /* the default: 5% of the count, at least 1 */
+    assert_int_equal(rl_rate_parse("250/s", 0, &r, err, sizeof err), 0);
+    assert_int_equal(r.burst, 12);
+    assert_int_equal(rl_rate_parse("10/s", 0, &r, err, sizeof err), 0);
+    assert_int_equal(r.burst, 1);
+    assert_int_equal(rl_rate_parse("100/min", 0, &r, err, sizeof err), 0);
+    assert_int_equal(r.burst, 5);
+    assert_int_equal(rl_rate_parse("7200/h", 0, &r, err, sizeof err), 0);
+    assert_int_equal(r.burst, 360);
+    assert_int_equal(rl_rate_parse("4294967295/s", 0, &r, err, sizeof err), 0);
+    assert_int_equal(r.burst, 214748364);
+    /* An explicit burst is honoured, above the count too. */
+    assert_int_equal(rl_rate_parse("250/s", 250, &r, err, sizeof err), 0);
+    assert_int_equal(r.burst, 250);
+    assert_int_equal(rl_rate_parse("10/s", 40, &r, err, sizeof err), 0);
+    assert_int_equal(r.burst, 40);
     assert_int_equal(rl_rate_parse("/min", 0, &r, err, sizeof err), 0);
     assert_int_equal(r.interval_us, 60000000);
     assert_int_equal(r.burst, 1);
@@ -112,6 +127,65 @@ static void test_gcra_never_exceeds(void **state)
                 assert_true(i - j + 1 <= limit);
             }
         }
+        free(grants);
+    }
+}
+
+/* What a user reads in "250/s": a greedy sender (asking for as many tokens as the burst
+ * allows, as the worker does, the moment it may) gets at most count + burst in any window
+ * of one period, count + burst - 1 in any half-open one, with the default burst and with
+ * an explicit one; and over ten periods it still gets the whole rate. */
+static void test_rate_window_guarantee(void **state)
+{
+    (void)state;
+    const struct {
+        const char *rate;
+        uint32_t burst;
+    } cases[] = {{"250/s", 0},  {"2000/s", 0}, {"10/s", 0},   {"3/s", 0},   {"100/min", 0},
+                 {"7200/h", 0}, {"/min", 0},   {"250/s", 50}, {"10/s", 10}, {"500/15m", 0}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        rl_rate_t r;
+        assert_int_equal(rl_rate_parse(cases[k].rate, cases[k].burst, &r, NULL, 0), 0);
+        const uint64_t P = r.per_ms, C = r.count, B = r.burst;
+        if (!cases[k].burst) assert_true(B == (C * 5 / 100 > 1 ? C * 5 / 100 : 1));
+        rl_gcra_t g = {0};
+        uint64_t seed = 7 + k, t0 = 1700000000000ULL, t = t0;
+        size_t cap = (size_t)(11 * C + B + 16), n = 0;
+        uint64_t *grants = malloc(cap * sizeof *grants);
+        assert_non_null(grants);
+        while (t < t0 + 10 * P) {
+            uint32_t want = 1 + (uint32_t)(lcg(&seed) % B);
+            uint64_t ra = 0;
+            int rc = rl_gcra_take(&g, t, r.interval_us, (uint32_t)B, want, &ra);
+            assert_true(rc == 0 || rc == 1);
+            if (rc == 1) {
+                assert_true(n + want <= cap);
+                for (uint32_t i = 0; i < want; i++)
+                    grants[n++] = t;
+            } else {
+                /* Come back when it would be granted, or a little earlier or later. */
+                uint64_t j = lcg(&seed) % 3;
+                t += j == 0 && ra > 1 ? ra - 1 : ra + (j == 2 ? lcg(&seed) % 5 : 0);
+            }
+        }
+        /* Slide a one-period window over the grants: [grants[j], grants[i]] spans less
+         * than a period (half-open) or at most one (closed). */
+        size_t worst_open = 0, worst_closed = 0;
+        for (size_t i = 0, jo = 0, jc = 0; i < n; i++) {
+            while (grants[i] - grants[jo] >= P)
+                jo++;
+            while (grants[i] - grants[jc] > P)
+                jc++;
+            if (i - jo + 1 > worst_open) worst_open = i - jo + 1;
+            if (i - jc + 1 > worst_closed) worst_closed = i - jc + 1;
+        }
+        if (worst_closed > C + B || worst_open > C + B - 1)
+            fail_msg("%s burst %u: %zu in a closed window, %zu in a half-open one (count %u)",
+                     cases[k].rate, (unsigned)B, worst_closed, worst_open, (unsigned)C);
+        /* Nor is the sender held far below the rate (it loses a little by coming back
+         * late, and by asking for more tokens than are free). */
+        if (n < 10 * C * 95 / 100)
+            fail_msg("%s: only %zu in 10 periods of %u", cases[k].rate, n, (unsigned)C);
         free(grants);
     }
 }
@@ -269,10 +343,15 @@ static void test_quota_take(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rate_parse),         cmocka_unit_test(test_gcra_burst_and_retry),
-        cmocka_unit_test(test_gcra_never_exceeds), cmocka_unit_test(test_tz_days),
-        cmocka_unit_test(test_tz_errors),          cmocka_unit_test(test_quota_parse),
-        cmocka_unit_test(test_quota_windows),      cmocka_unit_test(test_quota_take),
+        cmocka_unit_test(test_rate_parse),
+        cmocka_unit_test(test_gcra_burst_and_retry),
+        cmocka_unit_test(test_gcra_never_exceeds),
+        cmocka_unit_test(test_rate_window_guarantee),
+        cmocka_unit_test(test_tz_days),
+        cmocka_unit_test(test_tz_errors),
+        cmocka_unit_test(test_quota_parse),
+        cmocka_unit_test(test_quota_windows),
+        cmocka_unit_test(test_quota_take),
     };
     return cmocka_run_group_tests_name("ratelimit_limits", tests, NULL, NULL);
 }

@@ -201,6 +201,80 @@ static void test_errors(void **state)
     }
 }
 
+/* The EHLO name goes on the wire as it is: CR/LF in it injected commands (issue 20). */
+static void test_helo_check(void **state)
+{
+    (void)state;
+    const char *bad[] = {"evil\r\nMAIL FROM:<x>",
+                         "evil\nMAIL FROM:<x>",
+                         "a b",
+                         "",
+                         "a..b",
+                         ".a",
+                         "a.",
+                         "-a.com",
+                         "a-.com",
+                         "a_b.com",
+                         "caf\xc3\xa9.com",
+                         "[1.2.3]",
+                         "[1.2.3.4",
+                         "[]",
+                         "[",
+                         "[IPv6:1.2.3.4]",
+                         "[IPv6:::1\r\n]",
+                         "[::1]",
+                         "[example.com]",
+                         "<x>"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char why[200] = "";
+        if (rl_helo_check(bad[i], why, sizeof why) != VL_EINVAL)
+            fail_msg("case %zu accepted: \"%s\"", i, bad[i]);
+        assert_true(strlen(why) > 10);
+        assert_null(strchr(why, '\r'));
+        assert_null(strchr(why, '\n'));
+    }
+    char l63[64], l64[65], long256[257];
+    memset(l63, 'a', 63);
+    l63[63] = '\0';
+    memset(l64, 'a', 64);
+    l64[64] = '\0';
+    assert_int_equal(rl_helo_check(l63, NULL, 0), 0);
+    assert_int_equal(rl_helo_check(l64, NULL, 0), VL_EINVAL);
+    for (size_t i = 0; i < 256; i++)
+        long256[i] = i % 2 ? '.' : 'a';
+    long256[255] = 'a';
+    long256[256] = '\0';
+    assert_int_equal(rl_helo_check(long256, NULL, 0), VL_EINVAL);
+    long256[255] = '\0'; /* 255 characters, the last an "a" */
+    assert_int_equal(rl_helo_check(long256, NULL, 0), 0);
+    const char *fine[] = {
+        "mail.example.com", "[127.0.0.1]",         "[IPv6:::1]",       "[IPv6:2001:db8::25]",
+        "localhost",        "xn--caf-dma.example", "MX-1.Example.COM", "a"};
+    for (size_t i = 0; i < sizeof fine / sizeof fine[0]; i++)
+        if (rl_helo_check(fine[i], NULL, 0) != 0) fail_msg("case %zu refused: \"%s\"", i, fine[i]);
+
+    /* In the providers file: a configuration error naming the file and the field. */
+    const char *text = "[{\"name\": \"a\", \"domains\": [\"x.com\"],\n"
+                       " \"helo\": \"evil\\r\\nMAIL FROM:<x>\"}]";
+    rl_providers_t *ps = (rl_providers_t *)1;
+    char err[400] = "";
+    assert_int_equal(rl_providers_parse(text, strlen(text), "providers.json", &ps, err, sizeof err),
+                     VL_ECONFIG);
+    assert_null(ps);
+    assert_non_null(
+        strstr(err, "providers.json:2:2: provider a: helo: contains a carriage return"));
+    text = "[{\"name\": \"a\", \"domains\": [\"x.com\"], \"helo\": \"ok\\u0000\\r\\nRSET\"}]";
+    ps = (rl_providers_t *)1;
+    assert_int_equal(rl_providers_parse(text, strlen(text), "providers.json", &ps, err, sizeof err),
+                     VL_ECONFIG);
+    assert_null(ps);
+    text = "[{\"name\": \"a\", \"domains\": [\"x.com\"], \"helo\": \"[IPv6:::1]\"}]";
+    assert_int_equal(rl_providers_parse(text, strlen(text), "providers.json", &ps, err, sizeof err),
+                     0);
+    assert_string_equal(rl_providers_find(ps, "a")->helo, "[IPv6:::1]");
+    rl_providers_free(ps);
+}
+
 static void test_password_never_printed(void **state)
 {
     (void)state;
@@ -283,7 +357,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_good), cmocka_unit_test(test_match),
         cmocka_unit_test(test_errors),     cmocka_unit_test(test_password_never_printed),
-        cmocka_unit_test(test_load_file),
+        cmocka_unit_test(test_load_file),  cmocka_unit_test(test_helo_check),
     };
     return cmocka_run_group_tests_name("ratelimit_provider", tests, NULL, NULL);
 }

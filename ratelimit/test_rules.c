@@ -139,9 +139,53 @@ static void test_generic(void **state)
     assert_string_equal(a.rule_id, "fallback");
     a = decide(none, 1, 599, "", "odd");
     assert_int_equal(a.cls, RL_FAIL);
-    rl_reply_t ok = {250, "", "OK"};
-    rl_decide_ctx_t ctx = {0};
-    assert_int_equal(rl_decide(none, 1, &ok, &ctx, &a), VL_EINVAL);
+}
+
+/* A reply that is no failure where the engine expected one (250 to DATA, 354 to RCPT) or
+ * a code outside 200-599 is a protocol error: rl_decide says so and still fills every
+ * field, so a hostile server cannot make the caller read garbage (issue 20: the worker
+ * formatted an uninitialised rule_id and crashed). */
+static void test_protocol_error_replies(void **state)
+{
+    (void)state;
+    const rl_rules_t *chain[] = {NULL, rl_rules_builtin("netease"), rl_rules_builtin("generic")};
+    const int codes[] = {250, 354, 999, 0, 100, 600, -1, 399};
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        for (unsigned attempt = 1; attempt <= 3; attempt++) {
+            rl_reply_t r = {codes[i], i % 2 ? NULL : "2.0.0", i % 3 ? "ok" : NULL};
+            rl_decide_ctx_t ctx = {.now_ms = 1795363200000ULL, .attempt = attempt};
+            rl_action_t a;
+            /* Poison the output first: every field must be written. */
+            memset(&a, 0xA5, sizeof a);
+            assert_int_equal(rl_decide(chain, 3, &r, &ctx, &a), VL_EPROTO);
+            assert_int_equal(a.cls, RL_RETRY);
+            assert_non_null(a.rule_id);
+            assert_string_equal(a.rule_id, "protocol");
+            assert_non_null(a.why);
+            assert_non_null(strstr(a.why, "protocol error"));
+            assert_false(a.final);
+            assert_false(a.suppress);
+            assert_true(a.close_connection);
+            assert_int_equal(a.cap, RL_CAP_NONE);
+            assert_int_equal(a.scope, RL_SCOPE_NONE);
+            assert_int_equal(a.pause_until_ms, 0);
+            /* The usual backoff (30 s base, no jitter: exactly half of 30 s * 2^(n-1)). */
+            assert_int_equal(a.delay_ms, 15000ULL << (attempt - 1));
+        }
+    }
+    /* 2xx/3xx and out-of-range codes are told apart in the reason. */
+    rl_reply_t ok = {250, "2.0.0", "ok"}, odd = {999, "", "what"};
+    rl_decide_ctx_t ctx = {.attempt = 1};
+    rl_action_t a;
+    rl_decide(chain, 3, &ok, &ctx, &a);
+    assert_non_null(strstr(a.why, "success or intermediate"));
+    rl_decide(chain, 3, &odd, &ctx, &a);
+    assert_non_null(strstr(a.why, "outside 200-599"));
+    /* The boundaries of the failure range still decide normally. */
+    a = decide(chain, 3, 400, "", "x");
+    assert_int_equal(a.cls, RL_RETRY);
+    a = decide(chain, 3, 599, "", "x");
+    assert_true(a.final);
 }
 
 /* A provider's own set is tried first; what it does not know falls back to generic. */
@@ -454,6 +498,7 @@ int main(void)
         cmocka_unit_test(test_netease_every_code),
         cmocka_unit_test(test_builtin_sets_valid),
         cmocka_unit_test(test_generic),
+        cmocka_unit_test(test_protocol_error_replies),
         cmocka_unit_test(test_netease_falls_back),
         cmocka_unit_test(test_inline_rules_first_and_icase),
         cmocka_unit_test(test_rules_parse_errors),

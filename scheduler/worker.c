@@ -849,11 +849,15 @@ static void on_msg_done(eng_msg_t *m, const eng_result_t *res)
                            .rand = rnd,
                            .backoff_base_ms = w->o.retry_base_ms};
     rl_action_t a;
-    if (rl_decide(p->chain, p->nchain, &rr, &ctx, &a) != 0) {
-        a.cls = er->code >= 500 ? RL_FAIL : RL_RETRY;
-        a.delay_ms = 60000;
-        a.final = er->code >= 500;
-        a.suppress = 0;
+    /* rl_decide fills a even for a reply that is no failure (250 to DATA, 354 to RCPT:
+     * VL_EPROTO); the row's response then says the server broke the protocol. */
+    const char *response = er->text;
+    char proto[400];
+    if (rl_decide(p->chain, p->nchain, &rr, &ctx, &a) == VL_EPROTO) {
+        snprintf(proto, sizeof proto, "protocol error: the server answered %s with %d%s%s %s (%s)",
+                 eng_stage_name(res->stage), er->code, er->enhanced[0] ? " " : "", er->enhanced,
+                 er->text, a.why);
+        response = proto;
     }
     act_on_provider(p, &a, &rr);
     const char *status = NULL;
@@ -870,7 +874,7 @@ static void on_msg_done(eng_msg_t *m, const eng_result_t *res)
     }
     if (!status && attempts >= w->o.max_attempts) status = "failed";
     if (status) {
-        record(w, j, status, er->code, er->enhanced, er->text, res->remote, 1, 0);
+        record(w, j, status, er->code, er->enhanced, response, res->remote, 1, 0);
         if (a.suppress) {
             char lc[sizeof j->email];
             snprintf(lc, sizeof lc, "%s", j->email);
@@ -881,7 +885,7 @@ static void on_msg_done(eng_msg_t *m, const eng_result_t *res)
     } else {
         uint64_t at = now + a.delay_ms;
         if (a.cls == RL_PAUSE && a.pause_until_ms > (int64_t)at) at = (uint64_t)a.pause_until_ms;
-        record(w, j, "deferred", er->code, er->enhanced, er->text, res->remote, 1, at);
+        record(w, j, "deferred", er->code, er->enhanced, response, res->remote, 1, at);
     }
     job_free(w, j);
 }
@@ -1885,6 +1889,8 @@ static void on_eng_event(eng_pool_t *pool, const eng_event_t *ev, void *ud)
                                .rand = rnd,
                                .backoff_base_ms = p->w->o.retry_base_ms};
         rl_action_t a;
+        /* A reply that is no failure (VL_EPROTO) is the server's fault: it counts
+         * against the route below, like a connection that fails. */
         if (rl_decide(p->chain, p->nchain, &rr, &ctx, &a) == 0) {
             act_on_provider(p, &a, &rr);
             /* A server that answers "too many connections" (421 HL:ICC) is

@@ -262,6 +262,24 @@ def test_faults(tmp):
           and out["first_failure"]["stage"] == "connect", text)
 
 
+def test_helo(tmp):
+    """--helo goes on the wire as it is: CR/LF in it put an injected MAIL FROM
+    after EHLO (issue 20). It must be a domain or an address literal."""
+    for bad in ("x\r\nMAIL FROM:<a@b>", "a b", ""):
+        p = subprocess.run([VOLLEY, "bench", "--helo", bad, "smtp://127.0.0.1:1"],
+                           capture_output=True, text=True, timeout=30)
+        check("--helo %r: usage error, exit 64, the message names --helo" % bad,
+              p.returncode == 64 and "--helo" in p.stderr, p.stdout + p.stderr)
+    sink = Sink(tmp)
+    for good in ("bench.example.com", "[127.0.0.1]", "[IPv6:::1]"):
+        rc, out, text = bench("smtp://" + sink.addr, "--no-tls", "-c", "1", "-n", "2",
+                              "--helo", good)
+        check("--helo %s: accepted, 2 delivered" % good,
+              rc == 0 and out and out["outcomes"]["delivered"] == 2, text)
+    sink.stop()
+
+
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
-        run_tests([test_volley_sink, test_smtp_sink, test_aiosmtpd, test_tls, test_faults], tmp)
+        run_tests([test_volley_sink, test_smtp_sink, test_aiosmtpd, test_tls, test_faults,
+                   test_helo], tmp)
