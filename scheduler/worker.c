@@ -836,7 +836,9 @@ static void on_msg_done(eng_msg_t *m, const eng_result_t *res)
         if (attempts >= w->o.max_attempts) {
             record(w, j, "failed", 0, "", resp, res->remote, 1, 0);
         } else {
-            uint64_t delay = rl_backoff(attempts, 1000, 600000, rnd(NULL));
+            /* A second at first, or the configured base when smaller (--retry-base-ms). */
+            uint64_t base = w->o.retry_base_ms < 1000 ? w->o.retry_base_ms : 1000;
+            uint64_t delay = rl_backoff(attempts, base, 600000, rnd(NULL));
             record(w, j, "deferred", 0, "", resp, res->remote, 1, now + delay);
         }
         job_free(w, j);
