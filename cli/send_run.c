@@ -93,8 +93,12 @@ static void on_progress(const sched_progress_t *p, void *ud)
 static void on_finish(int rc, const char *why, void *ud)
 {
     run_t *run = ud;
-    run->rc = rc;
-    snprintf(run->why, sizeof run->why, "%s", why ? why : "");
+    /* An interrupted run keeps its VL_ECANCELED (exit 75: rows are left to resume) over
+     * the worker's 0 for a clean stop, unless the worker failed for a reason of its own. */
+    if (rc || !run->stopping) {
+        run->rc = rc;
+        snprintf(run->why, sizeof run->why, "%s", why ? why : "");
+    }
     run->w = NULL;
     uv_close((uv_handle_t *)&run->sigint, NULL);
     uv_close((uv_handle_t *)&run->sigterm, NULL);
