@@ -53,6 +53,11 @@ void eng__sess_unlink(eng_pool_t *p, eng__sess_t *s);
 /* Ask a session to finish: QUIT when idle, after its transaction otherwise, or
  * at once (now) failing what it carries. */
 void eng__sess_finish(eng__sess_t *s, int now);
+/* Retire a session: it takes no new message, QUITs once the transactions under way end,
+ * and counts as quitting at once (its replacement may open meanwhile). */
+void eng__sess_retire(eng__sess_t *s);
+/* The session's connection id (eng_result_t.conn_id). */
+unsigned eng__sess_id(const eng__sess_t *s);
 /* Has the session finished its set-up and not begun to close? */
 int eng__sess_established(const eng__sess_t *s);
 /* Is the session ready and idle? */

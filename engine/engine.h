@@ -263,6 +263,12 @@ void eng_pool_set_max_connections(eng_pool_t *p, unsigned n);
  * transaction of each connection. */
 void eng_pool_set_caps(eng_pool_t *p, unsigned msgs_per_conn, unsigned rcpts_per_conn);
 
+/* Retire connection conn_id (eng_result_t.conn_id): it takes no new message and QUITs
+ * once the transactions under way on it end, and a fresh connection may open in its
+ * place at once. For a reply that says this connection is spent (450 MI:CEL, a
+ * per-connection cap met). 0, or VL_ENOENT when no open connection has that id. */
+int eng_pool_retire(eng_pool_t *p, unsigned conn_id);
+
 /* QUIT the connections that are set up and idle now, rather than after the
  * idle timeout: their budget is wanted by another pool. */
 void eng_pool_close_idle(eng_pool_t *p);

@@ -74,6 +74,18 @@ static size_t hash(const char *s)
     return h;
 }
 
+/* The table's key for domain: lower case, without a final dot, into lc (MAX_DOMAIN + 1
+ * bytes). 0, or VL_EINVAL when it is too long. */
+static int domain_key(const char *domain, char *lc)
+{
+    size_t n = strlen(domain);
+    if (n > MAX_DOMAIN) return VL_EINVAL;
+    for (size_t i = 0; i <= n; i++)
+        lc[i] = (char)(domain[i] >= 'A' && domain[i] <= 'Z' ? domain[i] - 'A' + 'a' : domain[i]);
+    if (n > 1 && lc[n - 1] == '.') lc[n - 1] = '\0';
+    return 0;
+}
+
 static dest_t *dest_find(eng_mx_t *mx, const char *domain)
 {
     for (dest_t *d = mx->tab[hash(domain) & (mx->tabsz - 1)]; d; d = d->hnext)
@@ -407,11 +419,7 @@ int eng_mx_submit(eng_mx_t *mx, eng_msg_t *m, const char *domain)
         !*domain)
         return VL_EINVAL;
     char lc[MAX_DOMAIN + 1];
-    size_t n = strlen(domain);
-    if (n > MAX_DOMAIN) return VL_EINVAL;
-    for (size_t i = 0; i <= n; i++)
-        lc[i] = (char)(domain[i] >= 'A' && domain[i] <= 'Z' ? domain[i] - 'A' + 'a' : domain[i]);
-    if (n > 1 && lc[n - 1] == '.') lc[n - 1] = '\0';
+    if (domain_key(domain, lc)) return VL_EINVAL;
     dest_t *d = dest_find(mx, lc);
     if (!d) {
         d = dest_add(mx, lc);
@@ -444,6 +452,15 @@ int eng_mx_submit(eng_mx_t *mx, eng_msg_t *m, const char *domain)
         return 0;
     }
     return VL_ESTATE;
+}
+
+int eng_mx_retire(eng_mx_t *mx, const char *domain, unsigned conn_id)
+{
+    char lc[MAX_DOMAIN + 1];
+    if (domain_key(domain, lc)) return VL_EINVAL;
+    dest_t *d = dest_find(mx, lc);
+    if (!d || d->state != DEST_READY) return VL_ENOENT;
+    return eng_pool_retire(d->pool, conn_id);
 }
 
 void eng_mx_set_max_connections(eng_mx_t *mx, unsigned n)

@@ -58,6 +58,10 @@ void eng_mx_set_max_connections(eng_mx_t *mx, unsigned n);
 /* Per-connection caps for every domain's pool (0 = unlimited). */
 void eng_mx_set_caps(eng_mx_t *mx, unsigned msgs_per_conn, unsigned rcpts_per_conn);
 
+/* Retire connection conn_id of domain's pool, as eng_pool_retire does. 0, or VL_ENOENT
+ * (no such connection, or the domain has no pool now). */
+int eng_mx_retire(eng_mx_t *mx, const char *domain, unsigned conn_id);
+
 /* Connections open over all domains; domains known (looked up or waiting). */
 unsigned eng_mx_connections(const eng_mx_t *mx);
 size_t eng_mx_domains(const eng_mx_t *mx);

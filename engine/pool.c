@@ -352,6 +352,17 @@ void eng_pool_set_max_connections(eng_pool_t *p, unsigned n)
     eng__pool_kick(p);
 }
 
+int eng_pool_retire(eng_pool_t *p, unsigned conn_id)
+{
+    for (eng__sess_t *s = p->sessions; s; s = eng__sess_next(s)) {
+        if (eng__sess_id(s) != conn_id) continue;
+        eng__sess_retire(s);
+        eng__pool_kick(p);
+        return 0;
+    }
+    return VL_ENOENT;
+}
+
 void eng_pool_close_idle(eng_pool_t *p)
 {
     for (eng__sess_t *s = p->sessions; s;) {

@@ -1725,8 +1725,10 @@ eng__sess_t *eng__sess_next(const eng__sess_t *s)
 static void sess_quit(eng__sess_t *s)
 {
     if (s->state == SESS_CLOSING || s->state == SESS_QUIT) return;
-    s->quitting = 1;
-    s->pool->nquitting++;
+    if (!s->quitting) { /* a retired session is counted already */
+        s->quitting = 1;
+        s->pool->nquitting++;
+    }
     set_state(s, SESS_QUIT);
     arm(s, tmo(s)->quit);
     send_line(s, "QUIT\r\n", NULL);
@@ -1743,6 +1745,24 @@ void eng__sess_finish(eng__sess_t *s, int now)
     if (now || s->in_setup) {
         sess_abort(s, ENG_STAGE_NONE, VL_ECANCELED, "the pool was closed", NULL);
         return;
+    }
+    if (s->state == SESS_READY && !s->flen && !s->txn) sess_quit(s);
+}
+
+unsigned eng__sess_id(const eng__sess_t *s)
+{
+    return s->id;
+}
+
+void eng__sess_retire(eng__sess_t *s)
+{
+    if (s->state == SESS_CLOSING || s->state == SESS_QUIT) return;
+    s->quit_wanted = 1;
+    /* Counted as leaving from now on, so that the pool opens its replacement while this
+     * one finishes the transactions it has under way. */
+    if (!s->quitting) {
+        s->quitting = 1;
+        s->pool->nquitting++;
     }
     if (s->state == SESS_READY && !s->flen && !s->txn) sess_quit(s);
 }

@@ -19,6 +19,7 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "engine/engine.h"
+#include "engine/link.h"
 
 /* ---- a scripted server ------------------------------------------------ */
 
@@ -1005,6 +1006,68 @@ static void test_replies_out_of_turn(void **state)
     }
 }
 
+/* A connection retired by id (a reply said it is spent: 450 MI:CEL) takes no more
+ * messages and QUITs, and the next ones go on a fresh connection, even at a ceiling of
+ * one. Through eng_link, the handle the scheduler uses for pools and MX routers alike. */
+static eng_link_t *retire_link;
+static int retire_rc = 1;
+static unsigned retired_id;
+
+static void on_done_retire(eng_msg_t *m, const eng_result_t *res)
+{
+    on_done(m, res);
+    if (retire_rc == 1) {
+        retired_id = res->conn_id;
+        retire_rc = eng_link_retire(retire_link, "example.com", res->conn_id);
+    }
+}
+
+static void test_link_retire(void **state)
+{
+    (void)state;
+    harness_t h;
+    harness_init(&h, 1);
+    eng_route_t r;
+    eng_route_init(&r);
+    r.host = "127.0.0.1";
+    r.port = (uint16_t)h.srv.port;
+    r.tls = ENG_TLS_NONE;
+    r.max_connections = 1;
+    r.max_setup_failures = 1;
+    eng_timeouts_t t = {300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 2000};
+    r.timeouts = t;
+    char err[256];
+    assert_int_equal(eng_link_new_pool(&retire_link, &h.loop, &r, err, sizeof err), 0);
+    enum { N = 3 };
+    eng_msg_t m[N];
+    outcome_t o[N];
+    struct iovec iov[N];
+    for (int i = 0; i < N; i++) {
+        msg_init(&m[i], &o[i], 1, &iov[i]);
+        if (i == 0) m[i].on_done = on_done_retire;
+    }
+    assert_int_equal(eng_link_submit(retire_link, &m[0], "example.com"), 0);
+    while (!o[0].done)
+        uv_run(&h.loop, UV_RUN_ONCE);
+    assert_int_equal(retire_rc, 0);
+    for (int i = 1; i < N; i++)
+        assert_int_equal(eng_link_submit(retire_link, &m[i], "example.com"), 0);
+    while (!o[N - 1].done || !o[N - 2].done)
+        uv_run(&h.loop, UV_RUN_ONCE);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(o[i].res.status, ENG_DELIVERED);
+    /* The retired connection carried message 0 only; a second one carried the rest. */
+    assert_int_equal(h.srv.conns, 2);
+    assert_int_not_equal(o[1].res.conn_id, retired_id);
+    assert_int_equal(o[1].res.conn_id, o[2].res.conn_id);
+    assert_int_equal(h.srv.seen[S_QUIT], 1);
+    assert_int_equal(eng_link_connections(retire_link), 1);
+    /* A connection that is gone cannot be retired again. */
+    assert_int_equal(eng_link_retire(retire_link, "example.com", retired_id), VL_ENOENT);
+    eng_link_close(retire_link, 0, on_pool_closed, &h);
+    harness_finish(&h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1020,6 +1083,7 @@ int main(void)
         cmocka_unit_test(test_auth_plain_refused_without_tls),
         cmocka_unit_test(test_auth_and_trace),
         cmocka_unit_test(test_replies_out_of_turn),
+        cmocka_unit_test(test_link_retire),
     };
     return cmocka_run_group_tests_name("engine", tests, NULL, NULL);
 }
