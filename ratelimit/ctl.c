@@ -40,12 +40,15 @@
 #define RATE_FLOOR 1.0
 /* Repeated "too many connections" from one burst of connects lower the ceiling once. */
 #define CONN_HOLDOFF_MS 2000
-/* Back-pressure: the deferred share is judged over the last 10 s once there are 10
- * attempts; after a lowering or a pause, over what came since, once there are 5 (a
- * provider deferring everything gets a few attempts per pause, not a window's worth).
+/* Back-pressure: the deferred share is judged over the last 200 attempts or 10 s,
+ * whichever is shorter, once there are 10 (a fast sender notices within 200 attempts, a
+ * slow one within 10 s); after a lowering (and its hold-off) or a pause, over what came
+ * since, once there are 5 (a provider deferring everything gets a few attempts per pause,
+ * not a window's worth).
  * Pauses double from 2 s up to 5 minutes: seconds first, then minutes, and a provider
  * that recovers is tried again within 5 minutes. */
 #define BP_WINDOW_MS 10000
+#define BP_RECENT 200
 #define BP_MIN_ATTEMPTS 10
 #define BP_MIN_AFTER 5
 #define BP_PAUSE_BASE_MS 2000
@@ -159,8 +162,7 @@ static double achieved(const rl_ctl_t *c, uint64_t now_ms)
 
 static double floor_rate(const rl_ctl_t *c)
 {
-    return c->cfg.rate_per_s > 0 && c->cfg.rate_per_s < RATE_FLOOR ? c->cfg.rate_per_s
-                                                                     : RATE_FLOOR;
+    return c->cfg.rate_per_s > 0 && c->cfg.rate_per_s < RATE_FLOOR ? c->cfg.rate_per_s : RATE_FLOOR;
 }
 
 /* The rate in force: learned, else configured; 0 = unlimited. */
@@ -291,14 +293,32 @@ static uint64_t bp_pause_ms(unsigned level)
     return d < BP_PAUSE_MAX_MS ? d : BP_PAUSE_MAX_MS;
 }
 
+/* Attempts and deferrals of the newest buckets back to from_ms, stopping once there are
+ * BP_RECENT attempts. */
+static void recent_sums(const rl_ctl_t *c, uint64_t now_ms, uint64_t from_ms, uint32_t *attempts,
+                        uint32_t *deferred)
+{
+    uint64_t now_e = now_ms / BUCKET_MS;
+    uint64_t from_e = (from_ms + BUCKET_MS - 1) / BUCKET_MS;
+    uint32_t a = 0, d = 0;
+    for (uint64_t i = 0; i < NBUCKETS && i <= now_e && now_e - i >= from_e && a < BP_RECENT; i++) {
+        const bucket_t *b = &c->b[(now_e - i) % NBUCKETS];
+        if (b->epoch != now_e - i) continue;
+        a += b->attempts;
+        d += b->deferred;
+    }
+    *attempts = a;
+    *deferred = d;
+}
+
 /* Judge the deferred share of recent attempts. */
 static void backpressure(rl_ctl_t *c, uint64_t now_ms)
 {
-    if (now_ms < c->bp_since_ms) return; /* paused: outcomes of before the pause */
+    if (now_ms < c->bp_since_ms) return; /* paused, or in flight before the lowering */
     uint64_t from = now_ms > BP_WINDOW_MS ? now_ms - BP_WINDOW_MS : 0;
     if (from < c->bp_since_ms) from = c->bp_since_ms;
     uint32_t attempts, deferred;
-    sums(c, now_ms, from, NULL, &attempts, &deferred);
+    recent_sums(c, now_ms, from, &attempts, &deferred);
     unsigned need = c->bp == BP_NONE ? BP_MIN_ATTEMPTS : BP_MIN_AFTER;
     if (attempts < need) return;
     double share = c->cfg.defer_share > 0 ? c->cfg.defer_share : 0.05;
@@ -315,6 +335,9 @@ static void backpressure(rl_ctl_t *c, uint64_t now_ms)
     if (c->bp == BP_NONE) {
         lower_rate(c, now_ms, why);
         c->bp = BP_LOWERED;
+        /* Judged from here: the first pause is short (2 s), so pausing for the in-flight
+         * refusals of before the lowering costs little, and a provider refusing
+         * everything (a quota) gets a handful of attempts more, not a second's worth. */
         c->bp_since_ms = now_ms;
         return;
     }
@@ -327,6 +350,12 @@ static void backpressure(rl_ctl_t *c, uint64_t now_ms)
     else
         snprintf(w2, sizeof w2, "%s", why);
     pause_until(c, now_ms, now_ms + d, w2);
+    /* Resume as TCP does after a timeout: from the floor, doubling up to the rate in force
+     * now. Otherwise every connection starts a message the moment the pause ends and a
+     * provider that still refuses gets dozens of attempts per probe instead of a few. */
+    if (eff > floor_rate(c) && eff > c->r.ssthresh) c->r.ssthresh = eff;
+    c->r.rate = floor_rate(c);
+    c->r.last_ms = now_ms + d;
     c->bp = BP_PAUSED;
     c->bp_since_ms = now_ms + d;
 }
@@ -447,8 +476,8 @@ unsigned rl_ctl_outcome(rl_ctl_t *c, uint64_t now_ms, const rl_ctl_outcome_t *o)
             lim = o->stage == 1 && o->cap == RL_CAP_NONE && o->rcpts_on_conn
                       ? RL_LIMIT_RECIPIENTS_PER_CONNECTION
                       : RL_LIMIT_MESSAGES_PER_CONNECTION;
-        uint32_t seen = lim == RL_LIMIT_MESSAGES_PER_CONNECTION ? o->msgs_on_conn
-                                                                : o->rcpts_on_conn;
+        uint32_t seen =
+            lim == RL_LIMIT_MESSAGES_PER_CONNECTION ? o->msgs_on_conn : o->rcpts_on_conn;
         uint32_t v = rl_aimd_decrease(&c->aimd, lim, now_ms, seen + 1);
         note(c, now_ms, true, "%s per connection lowered to %u",
              lim == RL_LIMIT_MESSAGES_PER_CONNECTION ? "messages" : "recipients", v);

@@ -10,9 +10,13 @@
  *     each quiet interval; never above the configured rate (when there is one);
  *   - learned per-connection caps: a 4xx to MAIL/RCPT after k accepted messages on a
  *     connection, when a fresh connection accepts again, is a cap of k;
- *   - the connection ceiling, halved on "too many connections" (as rl_aimd);
- *   - a pause with exponential backoff (seconds first, then minutes) while deferrals
- *     persist although the rate was lowered, or until a time a rule names.
+ *   - the connection ceiling, lowered on "too many connections" to 0.7 of the connections
+ *     the provider held (not half: the sawtooth then stays above 80% of its ceiling), and
+ *     raised by one per quiet interval (rl_aimd);
+ *   - a pause with exponential backoff (2 s doubling to 5 min) while more than
+ *     defer_share of recent attempts are deferred although the rate was lowered, after
+ *     which the rate restarts from 1/s and doubles back (TCP's slow start after a
+ *     timeout); or until a time a rule names.
  *
  * No I/O and an injected clock (every call takes now_ms): a test drives it through a day
  * of simulated time in milliseconds (test_ctl.c simulates providers with hidden limits).
@@ -36,8 +40,8 @@ typedef struct rl_ctl_cfg {
     uint32_t max_connections; /* configured ceiling; 0 = 1 */
     uint32_t msgs_per_conn;   /* configured per-connection caps; 0 = none */
     uint32_t rcpts_per_conn;
-    uint64_t quiet_ms;        /* raise interval without a new signal; 0 = default */
-    double defer_share;       /* deferred share of recent attempts that lowers; 0 = 0.05 */
+    uint64_t quiet_ms;  /* raise interval without a new signal; 0 = default */
+    double defer_share; /* deferred share of recent attempts that lowers; 0 = 0.05 */
 } rl_ctl_cfg_t;
 
 /* What an attempt's outcome means for the limits. rl_ctl_classify() maps a reply and its

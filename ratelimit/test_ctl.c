@@ -87,6 +87,45 @@ static void test_rule_pause_and_named_caps(void **state)
     rl_ctl_free(c);
 }
 
+/* A 4xx to MAIL after k messages closes the connection; it is a cap only when another
+ * connection is refused after the same k and a fresh connection is accepted; a refusal on
+ * a fresh connection means it was not. */
+static void test_inferred_cap(void **state)
+{
+    (void)state;
+    rl_ctl_cfg_t cfg = {.max_connections = 4};
+    rl_ctl_t *c = rl_ctl_new(&cfg, 0);
+    rl_ctl_limits_t lim;
+    uint64_t t = 0;
+    rl_ctl_outcome_t o = {.sig = RL_CTL_OK, .stage = 2};
+    for (uint32_t i = 0; i < 5; i++) {
+        o.msgs_on_conn = i;
+        rl_ctl_outcome(c, t += 10, &o);
+    }
+    rl_ctl_outcome_t refused = {.sig = RL_CTL_DEFER, .stage = 0, .msgs_on_conn = 5};
+    assert_int_equal(rl_ctl_outcome(c, t += 10, &refused), RL_CTL_ACT_CLOSE);
+    rl_ctl_outcome_t fresh_refused = {.sig = RL_CTL_DEFER, .stage = 0, .msgs_on_conn = 0};
+    assert_int_equal(rl_ctl_outcome(c, t += 10, &fresh_refused), RL_CTL_ACT_NONE);
+    rl_ctl_outcome_t fresh_ok = {.sig = RL_CTL_OK, .stage = 2, .msgs_on_conn = 0};
+    rl_ctl_outcome(c, t += 10, &fresh_ok);
+    assert_int_equal(rl_ctl_outcome(c, t += 10, &refused), RL_CTL_ACT_CLOSE);
+    rl_ctl_limits(c, t, &lim);
+    assert_int_equal(lim.msgs_per_conn, 0); /* one refusal after 5 since: not yet a cap */
+    rl_ctl_outcome(c, t += 10, &fresh_ok);
+    rl_ctl_limits(c, t, &lim);
+    assert_int_equal(lim.msgs_per_conn, 0);
+    assert_int_equal(rl_ctl_outcome(c, t += 10, &refused), RL_CTL_ACT_CLOSE);
+    rl_ctl_limits(c, t, &lim);
+    assert_int_equal(lim.msgs_per_conn, 5);
+    assert_non_null(strstr(lim.why, "per-connection cap learned: 5"));
+    /* A refusal with a rate text at the cap is the cap again, not a rate signal. */
+    rl_ctl_outcome_t rate_at_cap = {.sig = RL_CTL_RATE, .stage = 0, .msgs_on_conn = 5};
+    rl_ctl_outcome(c, t += 10, &rate_at_cap);
+    rl_ctl_limits(c, t, &lim);
+    assert_true(lim.rate_per_s == 0);
+    rl_ctl_free(c);
+}
+
 /* A rate signal lowers from the achieved rate, once per hold-off; the change is taken
  * once, and another worker adopts it (newer wins, the configured rate bounds it). */
 static void test_share_between_workers(void **state)
@@ -136,22 +175,24 @@ static void test_share_between_workers(void **state)
 typedef struct profile {
     const char *name;
     rl_ctl_cfg_t cfg;
-    uint32_t rate;         /* hidden: at most rate accepted in any rate_win_ms; 0 = none */
-    uint64_t rate_win_ms;  /* 0 = 1000 */
-    uint32_t conc;         /* hidden connection limit (421 at connect); 0 = none */
-    uint32_t per_conn;     /* hidden per-connection cap (450 to MAIL); 0 = none */
-    uint64_t defer_until;  /* every message deferred before this time */
+    uint32_t rate;        /* hidden: at most rate accepted in any rate_win_ms; 0 = none */
+    uint64_t rate_win_ms; /* 0 = 1000 */
+    uint32_t conc;        /* hidden connection limit (421 at connect); 0 = none */
+    uint32_t per_conn;    /* hidden per-connection cap (450 to MAIL); 0 = none */
+    uint64_t defer_until; /* every message deferred before this time */
+    uint32_t quota;       /* hidden: at most quota accepted per fixed window of quota_ms */
+    uint64_t quota_ms;
     uint64_t duration_ms;
 } profile_t;
 
 typedef struct result {
     uint64_t attempts, refused, accepted, conn_refused; /* after the first minute */
     uint64_t attempts_all, refused_all;
-    uint64_t started_paused;       /* messages started while a reported pause held */
-    uint64_t attempts_deferring;   /* attempts before defer_until */
-    uint64_t ok_after_defer;       /* acceptances of messages started after it */
-    uint64_t resumed;              /* start of the 1000th of them: sending has resumed */
-    double throughput;             /* accepted per second after the first minute */
+    uint64_t started_paused;     /* messages started while a reported pause held */
+    uint64_t attempts_deferring; /* attempts before defer_until */
+    uint64_t ok_after_defer;     /* acceptances of messages started after it */
+    uint64_t resumed;            /* start of the 1000th of them: sending has resumed */
+    double throughput;           /* accepted per second after the first minute */
     rl_ctl_limits_t end;
     char why[256]; /* end.why, copied before the controller is freed */
 } result_t;
@@ -177,6 +218,8 @@ typedef struct sim {
     uint32_t acc_n, acc_i;
     uint64_t rnd;
     uint64_t pause_promise; /* the latest pause the controller reported */
+    uint64_t quota_win;     /* index of the current quota window */
+    uint32_t quota_used;
     result_t *res;
 } sim_t;
 
@@ -198,11 +241,18 @@ static rl_ctl_signal_t provider_answer(sim_t *s, sconn_t *c, uint64_t now, int *
     const profile_t *p = s->p;
     rl_reply_t r = {250, "2.0.0", "ok"};
     *stage = 2;
+    if (p->quota && now / p->quota_ms != s->quota_win) {
+        s->quota_win = now / p->quota_ms;
+        s->quota_used = 0;
+    }
     if (now < p->defer_until) {
         r = (rl_reply_t){451, "4.3.0", "temporary failure"};
         *stage = 0;
     } else if (p->per_conn && c->msgs >= p->per_conn) {
         r = (rl_reply_t){450, "4.7.0", "MI:DMC too many messages on this connection"};
+        *stage = 0;
+    } else if (p->quota && s->quota_used >= p->quota) {
+        r = (rl_reply_t){451, "", "MI:SFQ sender over its 15-minute quota"};
         *stage = 0;
     } else if (p->rate) {
         uint64_t win = p->rate_win_ms ? p->rate_win_ms : 1000;
@@ -215,6 +265,7 @@ static rl_ctl_signal_t provider_answer(sim_t *s, sconn_t *c, uint64_t now, int *
             if (s->acc_n < p->rate) s->acc_n++;
         }
     }
+    if (r.code == 250 && p->quota) s->quota_used++;
     return rl_ctl_classify(&r, RL_RETRY);
 }
 
@@ -232,6 +283,14 @@ static void step(sim_t *s, size_t i, uint64_t now)
     rl_ctl_limits_t lim;
     rl_ctl_limits(s->ctl, now, &lim);
     if (lim.paused_until_ms > s->pause_promise) s->pause_promise = lim.paused_until_ms;
+    /* VOLLEY_SIM_TRACE=1 prints every change but the raises, to tune the controller. */
+    static char lastwhy[256];
+    if (getenv("VOLLEY_SIM_TRACE") && strcmp(lastwhy, lim.why) && !strstr(lim.why, "raised")) {
+        snprintf(lastwhy, sizeof lastwhy, "%s", lim.why);
+        fprintf(stderr, "%s t=%.3f ok=%llu att=%llu ref=%llu: %s\n", s->p->name, now / 1000.0,
+                (unsigned long long)s->res->accepted, (unsigned long long)s->res->attempts_all,
+                (unsigned long long)s->res->refused_all, lim.why);
+    }
     bool warm = now >= 60000;
     switch (c->st) {
     case C_CLOSED:
@@ -247,8 +306,7 @@ static void step(sim_t *s, size_t i, uint64_t now)
     case C_CONNECTING:
         if (s->p->conc && s->prov_open >= s->p->conc) {
             rl_reply_t r = {421, "4.7.0", "too many connections from your IP"};
-            rl_ctl_outcome_t o = {.sig = rl_ctl_classify(&r, RL_RETRY),
-                                  .open_conns = s->prov_open};
+            rl_ctl_outcome_t o = {.sig = rl_ctl_classify(&r, RL_RETRY), .open_conns = s->prov_open};
             rl_ctl_outcome(s->ctl, now, &o);
             if (warm) s->res->conn_refused++;
             c->st = C_CLOSED;
@@ -480,17 +538,39 @@ static void test_sim_defer_hour(void **state)
     assert_true(rate_after >= 0.8 * best);
 }
 
+/* (f) The rate of (a) and a quota per fixed 15-minute window (the NetEase MI:SFQ kind),
+ * with generic rules: the quota's refusals say nothing about a rate (451 without 4.7.x),
+ * so the deferred share pauses the provider until the window frees. Judged against the
+ * quota's rate (quota / 15 min); refusals counted over the whole run. */
+static void test_sim_quota(void **state)
+{
+    (void)state;
+    profile_t p = {.name = "800/s and 200000 per 15 min hidden, 2000/s configured",
+                   .cfg = {.rate_per_s = 2000, .max_connections = 50},
+                   .rate = 800,
+                   .quota = 200000,
+                   .quota_ms = 900000,
+                   .duration_ms = 4 * 900000 + 60000};
+    result_t r;
+    simulate(&p, &p.cfg, &r);
+    judge(&p, &r, 200000 / 900.0);
+    /* A few probes per exhausted window, not every connection's message per probe. */
+    assert_true(r.refused_all <= 200 * 4);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_classify),
         cmocka_unit_test(test_rule_pause_and_named_caps),
+        cmocka_unit_test(test_inferred_cap),
         cmocka_unit_test(test_share_between_workers),
         cmocka_unit_test(test_sim_rate_only),
         cmocka_unit_test(test_sim_configured_below),
         cmocka_unit_test(test_sim_per_connection),
         cmocka_unit_test(test_sim_concurrency_per_connection),
         cmocka_unit_test(test_sim_defer_hour),
+        cmocka_unit_test(test_sim_quota),
     };
     return cmocka_run_group_tests_name("ratelimit_ctl", tests, NULL, NULL);
 }
