@@ -27,13 +27,18 @@
  * measurement window (TCP reacts once per window): 1 s covers the in-flight messages
  * (connections x RTT) and a one-second provider window sliding past the excess. */
 #define RATE_HOLDOFF_MS 1000
-/* The rate is raised once per second without a signal: additively by 1% of the rate at
- * which the last refusal came (at least 1/s), so one sawtooth lasts about 30 s and costs
- * a handful of refusals; below the threshold learned at the last decrease (or when none
- * is known) it doubles, as TCP's slow start, so sending resumes quickly after a pause. */
+/* The rate is raised once per second without a signal, in CUBIC's shape around wmax, the
+ * rate at which the last refusal came: below it by 1% of wmax (at least 1/s) plus a tenth
+ * of the gap, so a sawtooth from 0.7 lasts about 15 s, spends most of it near wmax (88% of
+ * the hidden rate on average in the simulation) and costs a handful of refusals; above it
+ * by 1% of wmax times (1 + seconds above / 30), probing faster the longer the provider
+ * stays quiet. Below the threshold learned at the last decrease (or when none is known)
+ * it doubles, as TCP's slow start. */
 #define RATE_QUIET_MS 1000
 #define RATE_STEP_SHARE 0.01
 #define RATE_STEP_MIN 1.0
+#define RATE_CONVEX_S 30.0
+#define RATE_GAP_SHARE 0.1
 /* The smallest learned rate: 1 message a second. A provider that refuses even that is
  * handled by pausing (back-pressure), not by an ever smaller rate, and at 1/s the deferred
  * share of a few seconds is still measurable. A configured rate below it wins. */
@@ -65,6 +70,8 @@ enum bp_stage { BP_NONE, BP_LOWERED, BP_PAUSED };
 typedef struct rate_state {
     double rate, ssthresh, wmax;
     uint64_t last_ms, holdoff_ms;
+    uint64_t dec_ms;   /* the last decrease */
+    uint64_t above_ms; /* when the rate passed wmax since (0 = not yet) */
 } rate_state_t;
 
 struct rl_ctl {
@@ -77,6 +84,11 @@ struct rl_ctl {
     rate_state_t r;
     unsigned rate_seq; /* counts decreases */
     uint64_t conn_holdoff_ms;
+    /* After a pause this worker resumes from the floor, doubling each second up to the
+     * rate in force (TCP's slow start after a timeout): local, not shared, so another
+     * worker does not adopt the restart as the provider's rate. 0 = not ramping. */
+    double ramp;
+    uint64_t ramp_last_ms;
     double peers_rate; /* other workers' achieved rate (rl_ctl_peers_achieved) */
     uint64_t peers_ms;
 
@@ -171,12 +183,36 @@ static double effective_rate(const rl_ctl_t *c)
     return c->r.rate > 0 ? c->r.rate : c->cfg.rate_per_s;
 }
 
+static void start_ramp(rl_ctl_t *c, uint64_t from_ms)
+{
+    c->ramp = floor_rate(c);
+    c->ramp_last_ms = from_ms;
+}
+
+static void ramp_update(rl_ctl_t *c, uint64_t now_ms)
+{
+    if (c->ramp <= 0 || now_ms < c->ramp_last_ms + RATE_QUIET_MS) return;
+    if (now_ms < c->paused_until_ms) return;
+    uint64_t steps = (now_ms - c->ramp_last_ms) / RATE_QUIET_MS;
+    c->ramp_last_ms += steps * RATE_QUIET_MS;
+    double eff = effective_rate(c);
+    if (achieved(c, now_ms) < c->ramp / 2) {
+        /* Not using what the ramp allows: with no rate to reach, it no longer binds. */
+        if (eff <= 0) c->ramp = 0;
+        return;
+    }
+    for (uint64_t i = 0; i < steps && i < 64; i++)
+        c->ramp *= 2;
+    if (eff > 0 && c->ramp >= eff) c->ramp = 0;
+}
+
 /* Raise the learned rate for the quiet intervals that passed. */
 static void rate_update(rl_ctl_t *c, uint64_t now_ms)
 {
     if (c->r.rate <= 0 || now_ms < c->r.last_ms + RATE_QUIET_MS) return;
     if (now_ms < c->paused_until_ms) return; /* quiet because nothing was sent */
     uint64_t steps = (now_ms - c->r.last_ms) / RATE_QUIET_MS;
+    uint64_t first_ms = c->r.last_ms + RATE_QUIET_MS;
     c->r.last_ms += steps * RATE_QUIET_MS;
     /* Raise only a rate that is in use (TCP's congestion window validation): a rate far
      * above what the connections achieve says nothing about the provider. */
@@ -187,8 +223,19 @@ static void rate_update(rl_ctl_t *c, uint64_t now_ms)
             v *= 2;
             if (c->r.ssthresh > 0 && v > c->r.ssthresh) v = c->r.ssthresh;
         } else {
+            /* CUBIC's shape: below the rate of the last refusal (wmax) close a tenth of
+             * the gap each second, so most of the time is spent near it; above it, probe
+             * faster the longer no signal came, so a rate lowered from a partial measure
+             * (a worker that saw only its own share) comes back in about a minute. */
             double step = c->r.wmax * RATE_STEP_SHARE;
-            v += step > RATE_STEP_MIN ? step : RATE_STEP_MIN;
+            if (step < RATE_STEP_MIN) step = RATE_STEP_MIN;
+            uint64_t t = first_ms + i * RATE_QUIET_MS;
+            if (v < c->r.wmax) {
+                v += step + (c->r.wmax - v) * RATE_GAP_SHARE;
+            } else {
+                if (!c->r.above_ms) c->r.above_ms = t;
+                v += step * (1 + (double)(t - c->r.above_ms) / 1000.0 / RATE_CONVEX_S);
+            }
         }
         if (c->cfg.rate_per_s > 0 && v >= c->cfg.rate_per_s) break;
     }
@@ -221,6 +268,8 @@ static bool lower_rate(rl_ctl_t *c, uint64_t now_ms, const char *reason)
     c->r.rate = v;
     c->r.last_ms = now_ms;
     c->r.holdoff_ms = now_ms + RATE_HOLDOFF_MS;
+    c->r.dec_ms = now_ms;
+    c->r.above_ms = 0;
     c->rate_seq++;
     note(c, now_ms, true, "rate lowered to %.1f/s (%.1f/s achieved): %s", v, a, reason);
     return true;
@@ -350,12 +399,7 @@ static void backpressure(rl_ctl_t *c, uint64_t now_ms)
     else
         snprintf(w2, sizeof w2, "%s", why);
     pause_until(c, now_ms, now_ms + d, w2);
-    /* Resume as TCP does after a timeout: from the floor, doubling up to the rate in force
-     * now. Otherwise every connection starts a message the moment the pause ends and a
-     * provider that still refuses gets dozens of attempts per probe instead of a few. */
-    if (eff > floor_rate(c) && eff > c->r.ssthresh) c->r.ssthresh = eff;
-    c->r.rate = floor_rate(c);
-    c->r.last_ms = now_ms + d;
+    start_ramp(c, now_ms + d);
     c->bp = BP_PAUSED;
     c->bp_since_ms = now_ms + d;
 }
@@ -510,8 +554,11 @@ unsigned rl_ctl_outcome(rl_ctl_t *c, uint64_t now_ms, const rl_ctl_outcome_t *o)
 void rl_ctl_limits(rl_ctl_t *c, uint64_t now_ms, rl_ctl_limits_t *out)
 {
     rate_update(c, now_ms);
+    ramp_update(c, now_ms);
     memset(out, 0, sizeof *out);
     out->rate_per_s = effective_rate(c);
+    if (c->ramp > 0 && (out->rate_per_s <= 0 || c->ramp < out->rate_per_s))
+        out->rate_per_s = c->ramp;
     uint32_t conns = rl_aimd_get(&c->aimd, RL_LIMIT_CONNECTIONS, now_ms);
     out->max_connections = conns ? conns : 1;
     out->msgs_per_conn = rl_aimd_get(&c->aimd, RL_LIMIT_MESSAGES_PER_CONNECTION, now_ms);
@@ -539,6 +586,7 @@ void rl_ctl_adopt(rl_ctl_t *c, const rl_ctl_learned_t *l)
     /* A pause holds whoever set it. */
     if (l->paused_until_ms > c->paused_until_ms) {
         c->paused_until_ms = l->paused_until_ms;
+        start_ramp(c, l->paused_until_ms);
         snprintf(c->why, sizeof c->why, "paused by another worker");
     }
     if (l->changed_ms <= c->changed_ms) return;
@@ -547,6 +595,10 @@ void rl_ctl_adopt(rl_ctl_t *c, const rl_ctl_learned_t *l)
     if (c->cfg.rate_per_s > 0 && rate >= c->cfg.rate_per_s) rate = 0;
     c->r.rate = rate;
     c->r.last_ms = l->changed_ms;
+    c->r.dec_ms = l->changed_ms;
+    c->r.above_ms = 0;
+    if (c->r.holdoff_ms < l->changed_ms + RATE_HOLDOFF_MS)
+        c->r.holdoff_ms = l->changed_ms + RATE_HOLDOFF_MS;
     if (rate > 0) {
         c->r.ssthresh = rate;
         c->r.wmax = rate / BETA;

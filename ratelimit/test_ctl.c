@@ -183,6 +183,7 @@ typedef struct profile {
     uint32_t quota;       /* hidden: at most quota accepted per fixed window of quota_ms */
     uint64_t quota_ms;
     uint64_t duration_ms;
+    unsigned workers; /* controllers sharing the provider through a "Redis" record; 0 = 1 */
 } profile_t;
 
 typedef struct result {
@@ -210,15 +211,17 @@ typedef struct sconn {
 
 typedef struct sim {
     const profile_t *p;
-    rl_ctl_t *ctl;
-    rl_gcra_t gcra;
+    rl_ctl_t *ctls[4];
+    unsigned nw;
+    uint64_t ok_w[4]; /* accepted per worker since the last sync */
+    rl_gcra_t gcra;   /* shared by the workers, as the GCRA in Redis */
     sconn_t c[MAXC];
     uint32_t prov_open;
     uint64_t *acc; /* ring of the last p->rate acceptance times */
     uint32_t acc_n, acc_i;
     uint64_t rnd;
-    uint64_t pause_promise; /* the latest pause the controller reported */
-    uint64_t quota_win;     /* index of the current quota window */
+    uint64_t pause_promise[4]; /* the latest pause each controller reported */
+    uint64_t quota_win;        /* index of the current quota window */
     uint32_t quota_used;
     result_t *res;
 } sim_t;
@@ -280,9 +283,12 @@ static void sconn_close(sim_t *s, sconn_t *c, uint64_t next)
 static void step(sim_t *s, size_t i, uint64_t now)
 {
     sconn_t *c = &s->c[i];
+    rl_ctl_t *ctl = s->ctls[i % s->nw];
+    size_t li = i / s->nw; /* the connection's index in its worker's pool */
     rl_ctl_limits_t lim;
-    rl_ctl_limits(s->ctl, now, &lim);
-    if (lim.paused_until_ms > s->pause_promise) s->pause_promise = lim.paused_until_ms;
+    rl_ctl_limits(ctl, now, &lim);
+    uint64_t *promise = &s->pause_promise[i % s->nw];
+    if (lim.paused_until_ms > *promise) *promise = lim.paused_until_ms;
     /* VOLLEY_SIM_TRACE=1 prints every change but the raises, to tune the controller. */
     static char lastwhy[256];
     if (getenv("VOLLEY_SIM_TRACE") && strcmp(lastwhy, lim.why) && !strstr(lim.why, "raised")) {
@@ -294,7 +300,7 @@ static void step(sim_t *s, size_t i, uint64_t now)
     bool warm = now >= 60000;
     switch (c->st) {
     case C_CLOSED:
-        if (i >= lim.max_connections) {
+        if (li >= lim.max_connections) {
             c->next = now + 100;
         } else if (lim.paused_until_ms) {
             c->next = lim.paused_until_ms;
@@ -307,7 +313,7 @@ static void step(sim_t *s, size_t i, uint64_t now)
         if (s->p->conc && s->prov_open >= s->p->conc) {
             rl_reply_t r = {421, "4.7.0", "too many connections from your IP"};
             rl_ctl_outcome_t o = {.sig = rl_ctl_classify(&r, RL_RETRY), .open_conns = s->prov_open};
-            rl_ctl_outcome(s->ctl, now, &o);
+            rl_ctl_outcome(ctl, now, &o);
             if (warm) s->res->conn_refused++;
             c->st = C_CLOSED;
             c->next = now + 1000;
@@ -324,9 +330,10 @@ static void step(sim_t *s, size_t i, uint64_t now)
                               .conn_id = (uint32_t)i,
                               .msgs_on_conn = c->msgs,
                               .open_conns = s->prov_open};
-        unsigned act = rl_ctl_outcome(s->ctl, now, &o);
+        unsigned act = rl_ctl_outcome(ctl, now, &o);
         if (c->sig == RL_CTL_OK) {
             c->msgs++;
+            s->ok_w[i % s->nw]++;
             if (c->started >= 60000) s->res->accepted++;
             if (c->started >= s->p->defer_until && ++s->res->ok_after_defer == 1000)
                 s->res->resumed = c->started;
@@ -337,7 +344,7 @@ static void step(sim_t *s, size_t i, uint64_t now)
         return;
     }
     case C_IDLE:
-        if (i >= lim.max_connections) {
+        if (li >= lim.max_connections) {
             sconn_close(s, c, now + 100);
             return;
         }
@@ -359,7 +366,7 @@ static void step(sim_t *s, size_t i, uint64_t now)
                 return;
             }
         }
-        if (now < s->pause_promise) s->res->started_paused++;
+        if (now < *promise) s->res->started_paused++;
         c->sig = provider_answer(s, c, now, &c->stage);
         c->started = now;
         bool deferred = c->sig != RL_CTL_OK;
@@ -384,14 +391,39 @@ static void simulate(const profile_t *p, const rl_ctl_cfg_t *cfg, result_t *res)
     s.p = p;
     s.res = res;
     s.rnd = 42;
-    s.ctl = rl_ctl_new(cfg, 0);
-    assert_non_null(s.ctl);
+    s.nw = p->workers ? p->workers : 1;
+    for (unsigned w = 0; w < s.nw; w++) {
+        s.ctls[w] = rl_ctl_new(cfg, 0);
+        assert_non_null(s.ctls[w]);
+    }
+    rl_ctl_learned_t shared = {0};
+    uint64_t next_sync = 1000;
     if (p->rate) {
         s.acc = calloc(p->rate, sizeof *s.acc);
         assert_non_null(s.acc);
     }
     uint64_t now = 0;
     while (now < p->duration_ms) {
+        if (s.nw > 1 && now >= next_sync) {
+            /* Each second, as the worker's learned tick: publish, adopt the newest, and
+             * tell each worker what the others achieved. */
+            uint64_t total = 0;
+            for (unsigned w = 0; w < s.nw; w++) {
+                rl_ctl_learned_t l;
+                if (rl_ctl_take_changes(s.ctls[w], &l)) {
+                    uint64_t pu = shared.paused_until_ms;
+                    if (l.changed_ms > shared.changed_ms) shared = l;
+                    if (pu > shared.paused_until_ms) shared.paused_until_ms = pu;
+                }
+                total += s.ok_w[w];
+            }
+            for (unsigned w = 0; w < s.nw; w++) {
+                rl_ctl_adopt(s.ctls[w], &shared);
+                rl_ctl_peers_achieved(s.ctls[w], now, (double)(total - s.ok_w[w]));
+                s.ok_w[w] = 0;
+            }
+            next_sync += 1000;
+        }
         for (size_t i = 0; i < MAXC; i++) {
             int guard = 0;
             while (s.c[i].next <= now) {
@@ -402,13 +434,15 @@ static void simulate(const profile_t *p, const rl_ctl_cfg_t *cfg, result_t *res)
         uint64_t next = UINT64_MAX;
         for (size_t i = 0; i < MAXC; i++)
             if (s.c[i].next < next) next = s.c[i].next;
+        if (s.nw > 1 && next_sync < next) next = next_sync;
         now = next;
     }
-    rl_ctl_limits(s.ctl, now, &res->end);
+    rl_ctl_limits(s.ctls[0], now, &res->end);
     snprintf(res->why, sizeof res->why, "%s", res->end.why);
     res->end.why = res->why;
     res->throughput = res->accepted * 1000.0 / (double)(p->duration_ms - 60000);
-    rl_ctl_free(s.ctl);
+    for (unsigned w = 0; w < s.nw; w++)
+        rl_ctl_free(s.ctls[w]);
     free(s.acc);
 }
 
@@ -461,6 +495,22 @@ static void test_sim_rate_only(void **state)
                    .cfg = {.rate_per_s = 2000, .max_connections = 50},
                    .rate = 800,
                    .duration_ms = 600000};
+    result_t r;
+    simulate(&p, &p.cfg, &r);
+    judge(&p, &r, 800);
+}
+
+/* (a3) The same with three workers of 17 connections each sharing the learned values
+ * each second (take_changes, the newest adopted, each told what the others achieved):
+ * their sum stays within the same bounds. */
+static void test_sim_rate_three_workers(void **state)
+{
+    (void)state;
+    profile_t p = {.name = "rate only, three workers",
+                   .cfg = {.rate_per_s = 2000, .max_connections = 17},
+                   .rate = 800,
+                   .duration_ms = 600000,
+                   .workers = 3};
     result_t r;
     simulate(&p, &p.cfg, &r);
     judge(&p, &r, 800);
@@ -566,6 +616,7 @@ int main(void)
         cmocka_unit_test(test_inferred_cap),
         cmocka_unit_test(test_share_between_workers),
         cmocka_unit_test(test_sim_rate_only),
+        cmocka_unit_test(test_sim_rate_three_workers),
         cmocka_unit_test(test_sim_configured_below),
         cmocka_unit_test(test_sim_per_connection),
         cmocka_unit_test(test_sim_concurrency_per_connection),
