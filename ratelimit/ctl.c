@@ -39,6 +39,7 @@
 #define RATE_STEP_MIN 1.0
 #define RATE_CONVEX_S 30.0
 #define RATE_GAP_SHARE 0.1
+#define RATE_PROBE_GROWTH 0.05
 /* The smallest learned rate: 1 message a second. A provider that refuses even that is
  * handled by pausing (back-pressure), not by an ever smaller rate, and at 1/s the deferred
  * share of a few seconds is still measurable. A configured rate below it wins. */
@@ -58,6 +59,22 @@
 #define BP_MIN_AFTER 5
 #define BP_PAUSE_BASE_MS 2000
 #define BP_PAUSE_MAX_MS 300000
+/* The share of deferrals, after the rate was lowered, that pauses the provider. Below it
+ * the deferrals are not the rate's doing (a provider that greylists or defers some
+ * messages at random): pausing or lowering again would only slow the campaign to a
+ * crawl (a sink deferring 10% at random took minutes for 300 rows), so the lowered rate
+ * holds until the share falls back under defer_share. */
+#define BP_PAUSE_SHARE 0.5
+/* The smallest per-connection cap learned without a rule naming it. */
+#define CAP_MIN 3
+/* After a lowering, outcomes of this long are not judged: the refusals of messages sent
+ * before it (a window of them per connection) arrive then. Short, so that a provider
+ * refusing everything (a quota) is paused after a few more attempts, not a second's. */
+#define BP_INFLIGHT_MS 0
+/* Deferrals with no rate reply lower the rate at most this often. */
+#define BP_LOWER_EVERY_MS 30000
+/* How long an acceptance far into a connection rules out a cap below it. */
+#define CAP_OK_MEMORY_MS 60000
 
 typedef struct bucket {
     uint64_t epoch; /* now_ms / BUCKET_MS of its contents */
@@ -71,6 +88,8 @@ typedef struct rate_state {
     double rate, ssthresh, wmax;
     uint64_t last_ms, holdoff_ms;
     uint64_t dec_ms;   /* the last decrease */
+    double dec_base;   /* the achieved rate it was lowered from, when no other worker's
+                          was known then (0 otherwise): see rl_ctl_peers_achieved */
     uint64_t above_ms; /* when the rate passed wmax since (0 = not yet) */
 } rate_state_t;
 
@@ -92,6 +111,11 @@ struct rl_ctl {
     double peers_rate; /* other workers' achieved rate (rl_ctl_peers_achieved) */
     uint64_t peers_ms;
 
+    /* The furthest position on a connection (messages before it) at which a message was
+     * accepted lately: a refusal at or before it cannot be a per-connection cap. */
+    uint32_t max_ok_pos;
+    uint64_t max_ok_ms;
+
     /* A suspected per-connection cap: refused after k accepted messages on a connection. */
     struct {
         uint32_t k; /* 0 = none */
@@ -105,6 +129,7 @@ struct rl_ctl {
     enum bp_stage bp;
     unsigned bp_level;
     uint64_t bp_since_ms;
+    uint64_t bp_lowered_ms; /* the last lowering for deferrals (at most one a BP_LOWER_EVERY_MS) */
     uint64_t paused_until_ms;
 
     bool dirty;
@@ -233,8 +258,14 @@ static void rate_update(rl_ctl_t *c, uint64_t now_ms)
             if (v < c->r.wmax) {
                 v += step + (c->r.wmax - v) * RATE_GAP_SHARE;
             } else {
+                /* Past it, 5% more each quiet second: a rate lowered from a partial
+                 * measure (workers starting together, each seeing its own share) came
+                 * back only a few messages a second at a time, and three workers spent
+                 * a 4,000-row campaign at two thirds of what the provider allowed. */
                 if (!c->r.above_ms) c->r.above_ms = t;
-                v += step * (1 + (double)(t - c->r.above_ms) / 1000.0 / RATE_CONVEX_S);
+                double conv = step * (1 + (double)(t - c->r.above_ms) / 1000.0 / RATE_CONVEX_S);
+                double mult = v * RATE_PROBE_GROWTH;
+                v += conv > mult ? conv : mult;
             }
         }
         if (c->cfg.rate_per_s > 0 && v >= c->cfg.rate_per_s) break;
@@ -250,12 +281,18 @@ static void rate_update(rl_ctl_t *c, uint64_t now_ms)
 
 /* Lower the learned rate from the achieved one, once per hold-off. Returns true when
  * lowered. */
-static bool lower_rate(rl_ctl_t *c, uint64_t now_ms, const char *reason)
+/* Lower the learned rate. A "too fast" reply lowers from what was achieved (the rate the
+ * provider refused, however far the configured one is above it); deferrals that no reply
+ * calls a rate signal (in_force) lower from the rate in force, as nothing says the
+ * achieved rate was too high: measured in the first second of a campaign it is a
+ * fraction of the real one (a lowering to 23/s from a 500/s start, 0.15 s in). */
+static bool lower_rate_from(rl_ctl_t *c, uint64_t now_ms, const char *reason, bool in_force)
 {
     if (now_ms < c->r.holdoff_ms) return false;
     double a = achieved(c, now_ms);
     double eff = effective_rate(c);
     double base = eff > 0 && eff < a ? eff : a;
+    if (in_force && eff > 0) base = eff;
     double v = BETA * base;
     double fl = floor_rate(c);
     if (v < fl) v = fl;
@@ -269,10 +306,16 @@ static bool lower_rate(rl_ctl_t *c, uint64_t now_ms, const char *reason)
     c->r.last_ms = now_ms;
     c->r.holdoff_ms = now_ms + RATE_HOLDOFF_MS;
     c->r.dec_ms = now_ms;
+    c->r.dec_base = c->peers_ms && now_ms < c->peers_ms + 5000 ? 0 : base;
     c->r.above_ms = 0;
     c->rate_seq++;
     note(c, now_ms, true, "rate lowered to %.1f/s (%.1f/s achieved): %s", v, a, reason);
     return true;
+}
+
+static bool lower_rate(rl_ctl_t *c, uint64_t now_ms, const char *reason)
+{
+    return lower_rate_from(c, now_ms, reason, false);
 }
 
 /* Set a learned per-connection cap to exactly v (bounded by the configured one). */
@@ -293,7 +336,12 @@ static void pause_until(rl_ctl_t *c, uint64_t now_ms, uint64_t until_ms, const c
 
 static void maybe_confirm(rl_ctl_t *c, uint64_t now_ms)
 {
-    if (c->sus.k == 0 || c->sus.hits < 2 || !c->sus.fresh_ok) return;
+    /* Three connections refused after the same k, none accepted past it meanwhile (an
+     * acceptance at or past k clears the suspicion), and a fresh one accepted. Not below
+     * CAP_MIN: with many connections at once, a provider deferring some messages at
+     * random refuses several connections after one or two messages before any passes
+     * them, and a cap of 1 can never be disproved (no connection goes past it). */
+    if (c->sus.k < CAP_MIN || c->sus.hits < 3 || !c->sus.fresh_ok) return;
     uint32_t k = c->sus.k;
     aimd_set(c, RL_LIMIT_MESSAGES_PER_CONNECTION, now_ms, k);
     c->cap_known = k;
@@ -371,7 +419,9 @@ static void backpressure(rl_ctl_t *c, uint64_t now_ms)
     unsigned need = c->bp == BP_NONE ? BP_MIN_ATTEMPTS : BP_MIN_AFTER;
     if (attempts < need) return;
     double share = c->cfg.defer_share > 0 ? c->cfg.defer_share : 0.05;
-    if (deferred <= share * attempts) {
+    /* An episode ends when the share falls well under the threshold, not at the first
+     * dip to it: a share that hovers around 5% lowered the rate again at every crossing. */
+    if (deferred <= share * attempts * (c->bp == BP_NONE ? 1.0 : 0.5)) {
         if (c->bp != BP_NONE) {
             c->bp = BP_NONE;
             c->bp_level = 0;
@@ -381,15 +431,17 @@ static void backpressure(rl_ctl_t *c, uint64_t now_ms)
     char why[160];
     snprintf(why, sizeof why, "%u of %u recent attempts deferred (%.0f%%)", deferred, attempts,
              100.0 * deferred / attempts);
-    if (c->bp == BP_NONE) {
-        lower_rate(c, now_ms, why);
+    if (c->bp == BP_NONE && now_ms >= c->bp_lowered_ms + BP_LOWER_EVERY_MS) {
+        lower_rate_from(c, now_ms, why, true);
+        c->bp_lowered_ms = now_ms;
         c->bp = BP_LOWERED;
-        /* Judged from here: the first pause is short (2 s), so pausing for the in-flight
-         * refusals of before the lowering costs little, and a provider refusing
-         * everything (a quota) gets a handful of attempts more, not a second's worth. */
-        c->bp_since_ms = now_ms;
+        /* Judged from BP_INFLIGHT_MS on: the refusals of messages in flight before the
+         * lowering arrive within it, and counting them paused the provider at once and
+         * restarted it from 1/s (a 400/s server then got 235/s over 5,000 rows). */
+        c->bp_since_ms = now_ms + BP_INFLIGHT_MS;
         return;
     }
+    if (deferred <= BP_PAUSE_SHARE * attempts) return;
     uint64_t d = bp_pause_ms(c->bp_level);
     c->bp_level++;
     char w2[256];
@@ -399,7 +451,11 @@ static void backpressure(rl_ctl_t *c, uint64_t now_ms)
     else
         snprintf(w2, sizeof w2, "%s", why);
     pause_until(c, now_ms, now_ms + d, w2);
-    start_ramp(c, now_ms + d);
+    /* After the first, short pause the lowered rate resumes as it is: that pause is most
+     * often for the refusals of messages in flight before the lowering, and restarting
+     * from 1/s after it cost a 400/s server half its throughput. From the second on,
+     * resume from the floor and double back (TCP's slow start after a timeout). */
+    if (c->bp_level > 1) start_ramp(c, now_ms + d);
     c->bp = BP_PAUSED;
     c->bp_since_ms = now_ms + d;
 }
@@ -481,7 +537,16 @@ unsigned rl_ctl_outcome(rl_ctl_t *c, uint64_t now_ms, const rl_ctl_outcome_t *o)
         bucket_t *b = bucket_at(c, now_ms);
         b->ok++;
         b->attempts++;
-        if (o->msgs_on_conn == 0 && c->sus.k) {
+        if (o->msgs_on_conn >= c->max_ok_pos || now_ms - c->max_ok_ms > CAP_OK_MEMORY_MS) {
+            c->max_ok_pos = o->msgs_on_conn;
+            c->max_ok_ms = now_ms;
+        }
+        if (c->sus.k && o->msgs_on_conn >= c->sus.k) {
+            /* A message at or past the suspected cap was accepted: the refusals after k
+             * were chance (a provider deferring some messages at random), not a cap,
+             * which would have learned a cap of 1 or 2 and a connection per message. */
+            memset(&c->sus, 0, sizeof c->sus);
+        } else if (o->msgs_on_conn == 0 && c->sus.k) {
             c->sus.fresh_ok = true;
             maybe_confirm(c, now_ms);
         }
@@ -534,7 +599,10 @@ unsigned rl_ctl_outcome(rl_ctl_t *c, uint64_t now_ms, const rl_ctl_outcome_t *o)
         b->attempts++;
         b->deferred++;
         bool capish = false;
-        if (o->stage <= 1 && o->msgs_on_conn > 0) {
+        /* Only past every position where messages were accepted lately: a provider that
+         * defers some messages at random refuses at any position, and closing each of
+         * those connections cost most of the throughput to reconnects. */
+        if (o->stage <= 1 && o->msgs_on_conn > 0 && o->msgs_on_conn > c->max_ok_pos) {
             act |= RL_CTL_ACT_CLOSE;
             capish = cap_refusal(c, now_ms, o->msgs_on_conn);
         } else if (c->sus.k) {
@@ -585,14 +653,25 @@ void rl_ctl_adopt(rl_ctl_t *c, const rl_ctl_learned_t *l)
 {
     /* A pause holds whoever set it. */
     if (l->paused_until_ms > c->paused_until_ms) {
+        /* The pause, not its restart from 1/s: whether to ramp is the pausing worker's
+         * judgement (its level of back-off), and every worker ramping after another's
+         * first short pause held three workers to a fifth of the provider's rate. */
         c->paused_until_ms = l->paused_until_ms;
-        start_ramp(c, l->paused_until_ms);
         snprintf(c->why, sizeof c->why, "paused by another worker");
     }
     if (l->changed_ms <= c->changed_ms) return;
-    c->changed_ms = l->changed_ms;
     double rate = l->rate_per_s;
     if (c->cfg.rate_per_s > 0 && rate >= c->cfg.rate_per_s) rate = 0;
+    /* Decreases within one hold-off of each other answer the same refusals, each from
+     * one worker's share of the rate: the largest is the best view of the total (three
+     * workers starting together lowered to 166/s, 34/s and 9.8/s, and all adopted 9.8). */
+    if (c->r.rate > 0 && rate > 0 && rate < c->r.rate &&
+        l->changed_ms < c->changed_ms + 2 * RATE_HOLDOFF_MS) {
+        c->changed_ms = l->changed_ms;
+        c->dirty = true; /* publish the larger one back */
+        return;
+    }
+    c->changed_ms = l->changed_ms;
     c->r.rate = rate;
     c->r.last_ms = l->changed_ms;
     c->r.dec_ms = l->changed_ms;
@@ -614,4 +693,21 @@ void rl_ctl_peers_achieved(rl_ctl_t *c, uint64_t now_ms, double rate_per_s)
 {
     c->peers_rate = rate_per_s > 0 ? rate_per_s : 0;
     c->peers_ms = now_ms;
+    /* A decrease made in the last seconds before the other workers' rates were known
+     * (workers starting together) was from this worker's share alone: redo it from the
+     * total, now that it is known. */
+    if (c->r.dec_base > 0 && now_ms < c->r.dec_ms + 3000 && c->peers_rate > 0 && c->r.rate > 0) {
+        double base = c->r.dec_base + c->peers_rate;
+        double v = BETA * base;
+        if (c->cfg.rate_per_s > 0 && v > c->cfg.rate_per_s) v = c->cfg.rate_per_s;
+        if (v > c->r.rate) {
+            c->r.rate = v;
+            c->r.ssthresh = v;
+            c->r.wmax = base;
+            c->dirty = true;
+            note(c, now_ms, true, "rate lowered to %.1f/s instead (%.1f/s achieved by all workers)",
+                 v, base);
+        }
+        c->r.dec_base = 0;
+    }
 }
