@@ -93,15 +93,17 @@ typedef struct eng_rcpt_status {
 /* A message's outcome, handed to on_done. Borrowed: valid during the callback. */
 typedef struct eng_result {
     eng_status_t status;
-    eng_stage_t stage;  /* where it was decided */
-    int err;            /* VL_E* for FAILED/UNKNOWN, 0 when a reply decided */
-    const char *errstr; /* a readable account of err (TLS reasons included) */
-    eng_reply_t reply;  /* the deciding reply (code 0 if none) */
-    unsigned naccepted; /* recipients accepted (see msg->rcpt_status) */
-    const char *remote; /* "ip:port" of the server, or "" */
-    unsigned conn_id;   /* which connection of the pool carried it */
-    uint64_t queued_us; /* submit -> transaction start */
-    uint64_t txn_us;    /* transaction start -> final reply */
+    eng_stage_t stage;   /* where it was decided */
+    int err;             /* VL_E* for FAILED/UNKNOWN, 0 when a reply decided */
+    const char *errstr;  /* a readable account of err (TLS reasons included) */
+    eng_reply_t reply;   /* the deciding reply (code 0 if none) */
+    unsigned naccepted;  /* recipients accepted (see msg->rcpt_status) */
+    const char *remote;  /* "ip:port" of the server, or "" */
+    unsigned conn_id;    /* which connection of the pool carried it */
+    unsigned conn_msgs;  /* messages that connection had started before this one, and */
+    unsigned conn_rcpts; /* their recipients: where a per-connection cap would bite */
+    uint64_t queued_us;  /* submit -> transaction start */
+    uint64_t txn_us;     /* transaction start -> final reply */
 } eng_result_t;
 
 typedef void (*eng_done_cb)(eng_msg_t *msg, const eng_result_t *res);
@@ -144,7 +146,9 @@ struct eng_msg {
     eng_stage_t fail_stage;
     unsigned naccepted, nreplied;
     int content_sent;
-    int active; /* started on a connection and not yet completed */
+    int active;                 /* started on a connection and not yet completed */
+    unsigned conn_msgs_before;  /* messages / recipients the connection had started */
+    unsigned conn_rcpts_before; /* before this one (eng_result_t) */
 };
 
 /* Connection-level events, for the owner's rules (a 421 at greeting is how a

@@ -55,8 +55,8 @@ static void pool_close(void *impl, int now, void (*on_closed)(void *ud), void *u
     eng_pool_close(impl, now, on_closed, ud);
 }
 
-static const link_funcs_t pool_funcs = {pool_submit,      pool_set_max, pool_set_caps,
-                                        pool_retire,      pool_connections, pool_close};
+static const link_funcs_t pool_funcs = {pool_submit, pool_set_max,     pool_set_caps,
+                                        pool_retire, pool_connections, pool_close};
 
 /* ---- the MX router ------------------------------------------------------------------ */
 
@@ -90,8 +90,8 @@ static void mx_close(void *impl, int now, void (*on_closed)(void *ud), void *ud)
     eng_mx_close(impl, now, on_closed, ud);
 }
 
-static const link_funcs_t mx_funcs = {mx_submit,  mx_set_max,     mx_set_caps,
-                                      mx_retire,  mx_connections, mx_close};
+static const link_funcs_t mx_funcs = {mx_submit, mx_set_max,     mx_set_caps,
+                                      mx_retire, mx_connections, mx_close};
 
 /* ---- the link ---------------------------------------------------------------------- */
 

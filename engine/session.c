@@ -369,6 +369,8 @@ static void complete(eng__sess_t *s, eng_msg_t *m, eng_status_t st, eng_stage_t 
                         .naccepted = m->naccepted,
                         .remote = s->remote,
                         .conn_id = s->id,
+                        .conn_msgs = m->conn_msgs_before,
+                        .conn_rcpts = m->conn_rcpts_before,
                         .queued_us = m->t_start - m->t_submit,
                         .txn_us = eng__now_us() - m->t_start};
     if (reply) res.reply = *reply;
@@ -898,6 +900,8 @@ static void start_txn(eng__sess_t *s, eng_msg_t *m)
     memset(&m->fail_reply, 0, sizeof m->fail_reply);
     for (size_t i = 0; i < m->nrcpts; i++)
         memset(&m->rcpt_status[i], 0, sizeof m->rcpt_status[i]);
+    m->conn_msgs_before = s->msgs;
+    m->conn_rcpts_before = s->rcpts;
     s->msgs++;
     s->rcpts += (unsigned)m->nrcpts;
 
