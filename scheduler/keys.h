@@ -72,11 +72,14 @@
  *   {p:NAME}:quota:I:W STRING count of quota I's window W (quota.lua)
  *   {p:NAME}:slots     ZSET  connection-slot holders scored by lease expiry (slots.lua)
  *   {p:NAME}:suspend   HASH  {until, reason} (suspend.lua)
- *   {p:NAME}:learned   HASH  limits learnt from replies (AIMD): connections,
- *                            messages_per_connection, recipients_per_connection
- *                            (absent: the configured value holds)
+ *   {p:NAME}:learned   HASH  limits learnt from replies (ratelimit/ctl.h): rate (per
+ *                            second), connections, messages_per_connection,
+ *                            recipients_per_connection, paused_until (ms), changed_ms,
+ *                            reason (absent: the configured value holds; learned.lua)
  *   {p:NAME}:learned_ms HASH the same fields -> when each was last learnt (ms);
  *                            every worker adopts the newest (scheduler/worker.c)
+ *   {p:NAME}:achieved  HASH  worker -> "rate:ms": what each worker sent a second lately,
+ *                            so a decrease starts from the provider's total
  *
  * Global:
  *   volley:campaigns   SET   ids of campaigns enqueued on this server
@@ -108,6 +111,7 @@
 #define SCHED_KEY_P_SUSPEND "{p:%s}:suspend"
 #define SCHED_KEY_P_LEARNED "{p:%s}:learned"
 #define SCHED_KEY_P_LEARNED_MS "{p:%s}:learned_ms"
+#define SCHED_KEY_P_ACHIEVED "{p:%s}:achieved" /* worker -> "rate:ms" (learned.lua) */
 
 /* The layout version in {c:ID}:meta "schema": a campaign with another (or
  * none) was written by an older volley and is refused. 2: one hash of all

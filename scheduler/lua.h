@@ -7,6 +7,7 @@
  * sched_lua_record  record an attempt and the row's state change atomically
  * sched_lua_reap    return rows whose lease expired to their due sets
  * sched_lua_take    take up to n tokens of a provider's shared GCRA rate
+ * sched_lua_learned share a provider's learned limits and achieved rates
  */
 #ifndef VL_SCHED_LUA_H
 #define VL_SCHED_LUA_H
@@ -16,5 +17,6 @@ extern const char sched_lua_claim[];
 extern const char sched_lua_record[];
 extern const char sched_lua_reap[];
 extern const char sched_lua_take[];
+extern const char sched_lua_learned[];
 
 #endif

@@ -12,8 +12,9 @@
 #include "common/log.h"
 #include "common/prio.h"
 #include "engine/engine.h"
-#include "engine/mx.h"
+#include "engine/link.h"
 #include "ratelimit/aimd.h"
+#include "ratelimit/ctl.h"
 #include "ratelimit/gcra.h"
 #include "ratelimit/lua.h"
 #include "ratelimit/quota.h"
@@ -77,11 +78,22 @@ typedef struct lease_op {
 struct prov {
     sched_worker_t *w;
     const rl_provider_t *cfg;
-    eng_pool_t *pool; /* smtp:// and smtps:// routes: one pool */
-    eng_mx_t *mx;     /* route "mx": a pool per recipient domain */
+    eng_link_t *link; /* one pool (smtp://, smtps://) or the MX router (route "mx") */
+    int is_mx;
     const rl_rules_t *chain[3];
     size_t nchain;
-    rl_aimd_t aimd;
+    /* The provider's controller (ratelimit/ctl.h): the learned rate, connection ceiling,
+     * per-connection caps and back-off pauses. apply_limits() is the one place that
+     * turns what it says, with the slots held, into the link's ceiling and caps. */
+    rl_ctl_t *ctl;
+    rl_ctl_limits_t lim; /* what it said at the last apply_limits() */
+    unsigned applied_conns, applied_msgs, applied_rcpts;
+    char last_why[256];        /* the controller's last reason logged */
+    uint64_t rate_interval_us; /* the rate in force as GCRA arithmetic (0: none) */
+    uint32_t rate_burst;
+    uint64_t ach_t0; /* this worker's achieved rate, for the others */
+    unsigned long long ach_n0, accepted;
+    double achieved;
     rl_route_t route;
     unsigned inflight;       /* submitted to the engine, not yet recorded */
     job_t *back, *back_tail; /* claimed rows waiting for tokens */
@@ -94,7 +106,7 @@ struct prov {
     char reason[512];
     char key_due[KEYLEN];
     char key_slots[KEYLEN];
-    char key_learned[KEYLEN], key_learned_ms[KEYLEN];
+    char key_learned[KEYLEN], key_learned_ms[KEYLEN], key_achieved[KEYLEN];
     uint64_t next_learned_ms;
     int learned_busy;
     /* Connection slots held in {p:NAME}:slots, so that the connections of
@@ -213,32 +225,64 @@ static void maybe_finish(sched_worker_t *w);
 static void drop_backlog(sched_worker_t *w, int cancelled);
 static void try_provider(prov_t *p, uint64_t now);
 
-/* A provider delivers through one pool (a relay) or through the MX router;
- * the rest of the worker does not care which. */
 static int prov_ready(const prov_t *p)
 {
-    return p->pool || p->mx;
-}
-
-static void prov_set_max_connections(prov_t *p, unsigned n)
-{
-    if (p->pool)
-        eng_pool_set_max_connections(p->pool, n);
-    else if (p->mx)
-        eng_mx_set_max_connections(p->mx, n);
-}
-
-static void prov_set_caps(prov_t *p, unsigned msgs, unsigned rcpts)
-{
-    if (p->pool)
-        eng_pool_set_caps(p->pool, msgs, rcpts);
-    else if (p->mx)
-        eng_mx_set_caps(p->mx, msgs, rcpts);
+    return p->link != NULL;
 }
 
 static unsigned prov_connections(const prov_t *p)
 {
-    return p->pool ? eng_pool_connections(p->pool) : p->mx ? eng_mx_connections(p->mx) : 0;
+    return p->link ? eng_link_connections(p->link) : 0;
+}
+
+/* The rate the controller allows as GCRA arithmetic: the configured rate's own (with
+ * its burst) while nothing lower was learned, else the learned one, paced with a
+ * burst of 5% (ratelimit/gcra.h's default). */
+static void set_rate(prov_t *p, double rate)
+{
+    const rl_rate_t *cfg = &p->cfg->rate;
+    double cfg_rate = cfg->interval_us ? 1e6 / (double)cfg->interval_us : 0;
+    if (rate <= 0) {
+        p->rate_interval_us = 0;
+    } else if (cfg->interval_us && rate >= cfg_rate * 0.999) {
+        p->rate_interval_us = cfg->interval_us;
+        p->rate_burst = cfg->burst ? cfg->burst : 1;
+    } else {
+        p->rate_interval_us = (uint64_t)(1e6 / rate + 0.999);
+        p->rate_burst = rate >= 40 ? (uint32_t)(rate * 0.05) : 1;
+    }
+}
+
+/* The one writer of the link's ceiling and caps: the controller's values, the ceiling
+ * also bounded by the connection slots this worker holds in Redis (so that every
+ * worker's connections together stay within the provider's ceiling). Called when
+ * either changes; the link is told only what changed. */
+static void apply_limits(prov_t *p, uint64_t now)
+{
+    if (!prov_ready(p)) return;
+    rl_ctl_limits(p->ctl, now, &p->lim);
+    set_rate(p, p->lim.rate_per_s);
+    /* Every change but the quiet raises, once: what a person reading the log needs to
+     * know of why the provider is sent to more slowly. */
+    if (p->lim.why && strcmp(p->lim.why, p->last_why)) {
+        snprintf(p->last_why, sizeof p->last_why, "%s", p->lim.why);
+        if (strstr(p->lim.why, "raised"))
+            VL_DEBUG("provider %s: %s", p->cfg->name, p->lim.why);
+        else
+            VL_INFO("provider %s: %s", p->cfg->name, p->lim.why);
+    }
+    unsigned conns = p->lim.max_connections;
+    if (p->held < conns) conns = p->held;
+    if (!conns) conns = 1; /* until the first slot is granted */
+    if (conns != p->applied_conns) {
+        p->applied_conns = conns;
+        eng_link_set_max_connections(p->link, conns);
+    }
+    if (p->lim.msgs_per_conn != p->applied_msgs || p->lim.rcpts_per_conn != p->applied_rcpts) {
+        p->applied_msgs = p->lim.msgs_per_conn;
+        p->applied_rcpts = p->lim.rcpts_per_conn;
+        eng_link_set_caps(p->link, p->applied_msgs, p->applied_rcpts);
+    }
 }
 
 /* ---- recording ---------------------------------------------------------- */
@@ -667,56 +711,14 @@ static void suspend_provider(prov_t *p, uint64_t until, const char *why)
     sched_redis_eval(p->w->r, NULL, NULL, rl_lua_suspend, 1, 4, argv, NULL);
 }
 
-static void apply_learned(prov_t *p, uint64_t now)
-{
-    unsigned conns = rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now);
-    prov_set_max_connections(p, conns);
-    prov_set_caps(p, rl_aimd_get(&p->aimd, RL_LIMIT_MESSAGES_PER_CONNECTION, now),
-                  rl_aimd_get(&p->aimd, RL_LIMIT_RECIPIENTS_PER_CONNECTION, now));
-}
-
 /* ---- learned limits, shared ---------------------------------------------- */
 
-/* What one worker learns (AIMD) goes to {p:NAME}:learned with its time in
- * {p:NAME}:learned_ms, and every worker adopts the newest: the workers of a
- * provider, and the next run, share one learned ceiling rather than each
- * finding the limit again. Newest wins, so halvings and raises both spread. */
-static const struct {
-    rl_limit_t lim;
-    const char *field;
-} shared_limits[] = {
-    {RL_LIMIT_CONNECTIONS, "connections"},
-    {RL_LIMIT_MESSAGES_PER_CONNECTION, "messages_per_connection"},
-    {RL_LIMIT_RECIPIENTS_PER_CONNECTION, "recipients_per_connection"},
-};
-#define NSHARED (sizeof shared_limits / sizeof *shared_limits)
+/* What one worker's controller learns goes to {p:NAME}:learned (learned.lua), and every
+ * worker adopts the newest within a second: the workers of a provider, and the next
+ * run, share one learned rate and ceiling rather than each finding the limit again.
+ * Each worker also says what it achieved, so that a decrease starts from the
+ * provider's total rate rather than one worker's share. */
 #define LEARNED_SYNC_MS 1000
-
-/* KEYS learned, learned_ms; ARGV field, value (0: nothing learned), ms.
- * A value as new as the stored one replaces it: two halvings within one ms
- * must leave the second. */
-static const char learned_set_lua[] =
-    "if tonumber(ARGV[3]) < tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') then\n"
-    "    return 0\n"
-    "end\n"
-    "if ARGV[2] == '0' then redis.call('HDEL', KEYS[1], ARGV[1])\n"
-    "else redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end\n"
-    "redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n"
-    "return 1\n";
-
-/* KEYS learned, learned_ms; ARGV the fields. */
-static const char learned_get_lua[] =
-    "return {redis.call('HMGET', KEYS[1], unpack(ARGV)), redis.call('HMGET', KEYS[2], "
-    "unpack(ARGV))}\n";
-
-static void publish_learned(prov_t *p, size_t i)
-{
-    char v[16], ms[24];
-    snprintf(v, sizeof v, "%u", p->aimd.learned[shared_limits[i].lim]);
-    snprintf(ms, sizeof ms, "%llu", (unsigned long long)p->aimd.last_ms[shared_limits[i].lim]);
-    const char *argv[] = {p->key_learned, p->key_learned_ms, shared_limits[i].field, v, ms};
-    sched_redis_eval(p->w->r, NULL, NULL, learned_set_lua, 2, 3, argv, NULL);
-}
 
 static void on_learned(sched_redis_t *r, redisReply *reply, void *priv, int err, const char *errstr)
 {
@@ -724,64 +726,70 @@ static void on_learned(sched_redis_t *r, redisReply *reply, void *priv, int err,
     (void)errstr;
     prov_t *p = priv;
     p->learned_busy = 0;
-    if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
-        reply->element[0]->elements != NSHARED || reply->element[1]->elements != NSHARED)
-        return;
+    if (err || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 8) return;
+    double v[8];
+    for (size_t i = 0; i < 8; i++)
+        v[i] = reply->element[i]->str ? strtod(reply->element[i]->str, NULL) : 0;
     uint64_t now = now_ms();
-    int changed = 0;
-    for (size_t i = 0; i < NSHARED; i++) {
-        rl_limit_t lim = shared_limits[i].lim;
-        const redisReply *v = reply->element[0]->element[i], *ms = reply->element[1]->element[i];
-        uint64_t at = ms->str ? strtoull(ms->str, NULL, 10) : 0;
-        rl_aimd_get(&p->aimd, lim, now); /* bring the local value up to date */
-        if (at > p->aimd.last_ms[lim]) {
-            uint32_t val = v->str ? (uint32_t)strtoul(v->str, NULL, 10) : 0;
-            uint32_t cfg = p->aimd.configured[lim];
-            p->aimd.learned[lim] = cfg && val >= cfg ? 0 : val;
-            p->aimd.last_ms[lim] = at;
-            changed = 1;
-        } else if (p->aimd.last_ms[lim] > at ||
-                   (p->aimd.last_ms[lim] == at && at &&
-                    p->aimd.learned[lim] != (v->str ? strtoul(v->str, NULL, 10) : 0))) {
-            publish_learned(p, i);
-        }
-    }
-    if (changed) apply_learned(p, now);
+    rl_ctl_peers_achieved(p->ctl, now, v[7]);
+    rl_ctl_learned_t l = {.rate_per_s = v[0],
+                          .max_connections = (uint32_t)v[1],
+                          .msgs_per_conn = (uint32_t)v[2],
+                          .rcpts_per_conn = (uint32_t)v[3],
+                          .paused_until_ms = (uint64_t)v[4],
+                          .changed_ms = (uint64_t)v[5]};
+    rl_ctl_adopt(p->ctl, &l);
+    apply_limits(p, now);
 }
 
 static void learned_tick(prov_t *p, uint64_t now)
 {
     if (p->learned_busy || now < p->next_learned_ms) return;
     p->next_learned_ms = now + LEARNED_SYNC_MS;
-    const char *argv[2 + NSHARED] = {p->key_learned, p->key_learned_ms};
-    for (size_t i = 0; i < NSHARED; i++)
-        argv[2 + i] = shared_limits[i].field;
-    if (sched_redis_eval(p->w->r, on_learned, p, learned_get_lua, 2, (int)NSHARED, argv, NULL) == 0)
+    if (now - p->ach_t0 >= 1000) {
+        p->achieved = (double)(p->accepted - p->ach_n0) * 1000.0 / (double)(now - p->ach_t0);
+        p->ach_t0 = now;
+        p->ach_n0 = p->accepted;
+    }
+    rl_ctl_learned_t l;
+    int publish = rl_ctl_take_changes(p->ctl, &l);
+    char now_s[24], ach[32], vals[6][32];
+    snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now);
+    snprintf(ach, sizeof ach, "%.1f", p->achieved);
+    const char *argv[3 + 4 + 7];
+    int n = 0;
+    argv[n++] = p->key_learned;
+    argv[n++] = p->key_learned_ms;
+    argv[n++] = p->key_achieved;
+    argv[n++] = now_s;
+    argv[n++] = p->w->wid;
+    argv[n++] = ach;
+    argv[n++] = publish ? "1" : "0";
+    if (publish) {
+        snprintf(vals[0], sizeof vals[0], "%.1f", l.rate_per_s);
+        snprintf(vals[1], sizeof vals[1], "%u", l.max_connections);
+        snprintf(vals[2], sizeof vals[2], "%u", l.msgs_per_conn);
+        snprintf(vals[3], sizeof vals[3], "%u", l.rcpts_per_conn);
+        snprintf(vals[4], sizeof vals[4], "%llu", (unsigned long long)l.paused_until_ms);
+        snprintf(vals[5], sizeof vals[5], "%llu", (unsigned long long)l.changed_ms);
+        for (int i = 0; i < 6; i++)
+            argv[n++] = vals[i];
+        rl_ctl_limits_t now_lim;
+        rl_ctl_limits(p->ctl, now, &now_lim);
+        argv[n++] = now_lim.why ? now_lim.why : "";
+    }
+    if (sched_redis_eval(p->w->r, on_learned, p, sched_lua_learned, 3, n - 3, argv, NULL) == 0)
         p->learned_busy = 1;
 }
 
-/* Turn an action into the provider's state (AIMD, suspensions). */
+/* Turn a rule's pause or stop into the provider's state; what a reply says about the
+ * provider's limits goes to its controller (feed_ctl). */
 static void act_on_provider(prov_t *p, const rl_action_t *a, const rl_reply_t *rr)
 {
-    uint64_t now = now_ms();
     char why[400];
     snprintf(why, sizeof why, "%d %s %s (rule %s)", rr->code, rr->enhanced, rr->text,
              a->rule_id ? a->rule_id : "?");
     switch (a->cls) {
-    case RL_LOWER_CONCURRENCY:
-        rl_aimd_decrease(&p->aimd, RL_LIMIT_CONNECTIONS, now,
-                         prov_connections(p) ? prov_connections(p) : 1);
-        apply_learned(p, now);
-        publish_learned(p, 0);
-        break;
-    case RL_LOWER_PER_CONNECTION: {
-        rl_limit_t lim = rl_limit_from_cap(a->cap);
-        rl_aimd_decrease(&p->aimd, lim, now, rl_aimd_get(&p->aimd, lim, now));
-        apply_learned(p, now);
-        for (size_t i = 0; i < NSHARED; i++)
-            if (shared_limits[i].lim == lim) publish_learned(p, i);
-        break;
-    }
     case RL_PAUSE:
         suspend_provider(p, (uint64_t)a->pause_until_ms, why);
         break;
@@ -799,6 +807,31 @@ static void act_on_provider(prov_t *p, const rl_action_t *a, const rl_reply_t *r
     }
 }
 
+/* Tell the controller what one attempt's outcome says about the provider's limits, and
+ * do what it and the rule ask of the connection: one the controller suspects of a
+ * per-connection cap, or one a rule calls spent (reconnect: 450 MI:CEL; a named
+ * per-connection cap), is retired, and its replacement opens. a (borrowed) is the
+ * rule's action, or NULL for a message delivered. */
+static void feed_ctl(prov_t *p, const job_t *j, const eng_result_t *res, rl_ctl_signal_t sig,
+                     const rl_action_t *a, uint64_t now)
+{
+    rl_ctl_outcome_t o = {.sig = sig,
+                          .stage = res->stage == ENG_STAGE_MAIL   ? 0
+                                   : res->stage == ENG_STAGE_RCPT ? 1
+                                                                  : 2,
+                          .conn_id = res->conn_id,
+                          .msgs_on_conn = res->conn_msgs,
+                          .rcpts_on_conn = res->conn_rcpts,
+                          .open_conns = prov_connections(p),
+                          .cap = a ? a->cap : RL_CAP_NONE};
+    unsigned act = rl_ctl_outcome(p->ctl, now, &o);
+    int retire =
+        (act & RL_CTL_ACT_CLOSE) ||
+        (a && (a->cls == RL_RECONNECT || a->cls == RL_LOWER_PER_CONNECTION || a->close_connection));
+    if (retire && res->conn_id) eng_link_retire(p->link, j->domain, res->conn_id);
+    apply_limits(p, now);
+}
+
 static void on_msg_done(eng_msg_t *m, const eng_result_t *res)
 {
     job_t *j = m->ud;
@@ -807,7 +840,8 @@ static void on_msg_done(eng_msg_t *m, const eng_result_t *res)
     uint64_t now = now_ms();
     unsigned attempts = j->attempts + 1;
     if (res->status == ENG_DELIVERED) {
-        rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now); /* quiet time raises ceilings */
+        p->accepted++;
+        feed_ctl(p, j, res, RL_CTL_OK, NULL, now);
         record(w, j, "delivered", res->reply.code, res->reply.enhanced, res->reply.text,
                res->remote, 1, 0);
         job_free(w, j);
@@ -862,6 +896,7 @@ static void on_msg_done(eng_msg_t *m, const eng_result_t *res)
         response = proto;
     }
     act_on_provider(p, &a, &rr);
+    feed_ctl(p, j, res, rl_ctl_classify(&rr, a.cls), &a, now);
     const char *status = NULL;
     switch (a.cls) {
     case RL_BOUNCE:
@@ -958,7 +993,7 @@ static void submit_rendered(sched_worker_t *w, prov_t *p, job_t *j)
     j->msg.rcpt_status = j->st;
     j->msg.on_done = on_msg_done;
     j->msg.ud = j;
-    if (p->mx ? eng_mx_submit(p->mx, &j->msg, j->domain) : eng_pool_submit(p->pool, &j->msg)) {
+    if (eng_link_submit(p->link, &j->msg, j->domain)) {
         record(w, j, "deferred", 0, "", "not tried: the connection pool is closing", "", 0,
                now_ms());
         job_free(w, j);
@@ -1386,19 +1421,18 @@ static void on_rate(sched_redis_t *r, redisReply *reply, void *priv, int err, co
  * that many rows of the backlog. */
 static void take_rate(prov_t *p, unsigned n)
 {
-    const rl_rate_t *rate = &p->cfg->rate;
     p->taking = 1;
-    if (!rate->interval_us) {
+    if (!p->rate_interval_us) {
         take_quota(p, n);
         return;
     }
     /* As many tokens as are available, at most the burst. */
-    uint32_t burst = rate->burst ? rate->burst : 1;
+    uint32_t burst = p->rate_burst ? p->rate_burst : 1;
     if (n > burst) n = burst;
     char key[KEYLEN], now_s[24], iv[24], b[16], n_s[16];
     snprintf(key, sizeof key, SCHED_KEY_P_GCRA, p->cfg->name);
     snprintf(now_s, sizeof now_s, "%llu", (unsigned long long)now_ms());
-    snprintf(iv, sizeof iv, "%llu", (unsigned long long)rate->interval_us);
+    snprintf(iv, sizeof iv, "%llu", (unsigned long long)p->rate_interval_us);
     snprintf(b, sizeof b, "%u", burst);
     snprintf(n_s, sizeof n_s, "%u", n);
     const char *argv[] = {key, now_s, iv, b, n_s};
@@ -1422,7 +1456,7 @@ static void recount_slots(prov_t *p)
     for (unsigned i = 0; i < MAX_SLOTS; i++)
         held += p->slot_ok[i];
     p->held = held;
-    prov_set_max_connections(p, held ? held : 1);
+    apply_limits(p, now_ms());
 }
 
 static void on_slot(sched_redis_t *r, redisReply *reply, void *priv, int err, const char *errstr)
@@ -1491,10 +1525,9 @@ static void try_provider(prov_t *p, uint64_t now)
 {
     sched_worker_t *w = p->w;
     if (w->stopping || w->paused || w->orphan_check != 2 || p->stopped || !prov_ready(p) ||
-        now < p->suspended_until_ms || !sched_redis_connected(w->r))
+        now < p->suspended_until_ms || now < p->lim.paused_until_ms || !sched_redis_connected(w->r))
         return;
-    unsigned conns = rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now);
-    unsigned cap = (p->held < conns ? p->held : conns) * WINDOW_PER_CONN;
+    unsigned cap = p->applied_conns * WINDOW_PER_CONN;
     if (!cap) cap = 1;
     /* Claimed rows wait here for tokens. Keep two to three windows of them:
      * with one, the backlog ran dry whenever a claim's reply was late (Redis
@@ -1866,7 +1899,8 @@ static void on_tick(uv_timer_t *t)
         prov_t *p = &w->provs[i];
         if (p->stopped || !prov_ready(p)) continue;
         learned_tick(p, now);
-        slots_tick(p, now, rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now));
+        apply_limits(p, now); /* quiet time raises what was lowered */
+        slots_tick(p, now, p->lim.max_connections);
         try_provider(p, now);
     }
 }
@@ -1895,6 +1929,12 @@ static void on_eng_event(eng_pool_t *pool, const eng_event_t *ev, void *ud)
          * against the route below, like a connection that fails. */
         if (rl_decide(p->chain, p->nchain, &rr, &ctx, &a) == 0) {
             act_on_provider(p, &a, &rr);
+            rl_ctl_outcome_t o = {.sig = rl_ctl_classify(&rr, a.cls),
+                                  .conn_id = ev->conn_id,
+                                  .open_conns = prov_connections(p),
+                                  .cap = a.cap};
+            rl_ctl_outcome(p->ctl, now, &o);
+            apply_limits(p, now);
             /* A server that answers "too many connections" (421 HL:ICC) is
              * alive: the rules already lowered the ceiling, and counting it
              * as a failing route would suspend a healthy provider. */
@@ -1903,7 +1943,7 @@ static void on_eng_event(eng_pool_t *pool, const eng_event_t *ev, void *ud)
     }
     /* Direct delivery: one domain's unreachable MX hosts say nothing about
      * the others; that domain's pool backs off, and its messages are retried. */
-    if (p->mx) return;
+    if (p->is_mx) return;
     char reason[300];
     snprintf(reason, sizeof reason, "%s at %s: %s%s%s", vl_err_name(ev->err),
              eng_stage_name(ev->stage), ev->errstr ? ev->errstr : "", ev->reply.code ? " " : "",
@@ -1935,6 +1975,8 @@ static void on_tick_closed(uv_handle_t *h)
         buf_free(&j->fields);
         free(j);
     }
+    for (size_t i = 0; i < w->nprovs; i++)
+        rl_ctl_free(w->provs[i].ctl);
     free(w->provs);
     free(w->id);
     free(w);
@@ -1976,10 +2018,8 @@ static void maybe_finish(sched_worker_t *w)
     w->finished = 1;
     w->closing_pools = (int)w->nprovs + 1;
     for (size_t i = 0; i < w->nprovs; i++) {
-        if (w->provs[i].pool)
-            eng_pool_close(w->provs[i].pool, 0, on_pool_closed, w);
-        else if (w->provs[i].mx)
-            eng_mx_close(w->provs[i].mx, 0, on_pool_closed, w);
+        if (w->provs[i].link)
+            eng_link_close(w->provs[i].link, 0, on_pool_closed, w);
         else
             w->closing_pools--;
     }
@@ -1998,7 +2038,7 @@ void sched_worker_provider_stats(sched_worker_t *w, size_t i, sched_prov_stats_t
     out->inflight = p->inflight;
     out->backlog = p->nback;
     out->connections = prov_connections(p);
-    out->max_connections = rl_aimd_get(&p->aimd, RL_LIMIT_CONNECTIONS, now_ms());
+    out->max_connections = p->applied_conns ? p->applied_conns : 1;
 }
 
 void sched_worker_ingest_ended(sched_worker_t *w)
@@ -2063,12 +2103,24 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
         snprintf(p->key_slots, KEYLEN, SCHED_KEY_P_SLOTS, p->cfg->name);
         snprintf(p->key_learned, KEYLEN, SCHED_KEY_P_LEARNED, p->cfg->name);
         snprintf(p->key_learned_ms, KEYLEN, SCHED_KEY_P_LEARNED_MS, p->cfg->name);
+        snprintf(p->key_achieved, KEYLEN, SCHED_KEY_P_ACHIEVED, p->cfg->name);
         uint32_t conf[RL_LIMIT_LAST] = {0};
         conf[RL_LIMIT_CONNECTIONS] = p->cfg->max_connections ? p->cfg->max_connections : 1;
         conf[RL_LIMIT_MESSAGES_PER_CONNECTION] = p->cfg->max_messages_per_connection;
         conf[RL_LIMIT_RECIPIENTS_PER_CONNECTION] = p->cfg->max_recipients_per_connection;
         conf[RL_LIMIT_RECIPIENTS_PER_MESSAGE] = p->cfg->max_recipients_per_message;
-        rl_aimd_init(&p->aimd, conf, 0);
+        const rl_rate_t *cr = &p->cfg->rate;
+        rl_ctl_cfg_t cc = {.rate_per_s = cr->interval_us ? 1e6 / (double)cr->interval_us : 0,
+                           .max_connections = conf[RL_LIMIT_CONNECTIONS],
+                           .msgs_per_conn = conf[RL_LIMIT_MESSAGES_PER_CONNECTION],
+                           .rcpts_per_conn = conf[RL_LIMIT_RECIPIENTS_PER_CONNECTION]};
+        p->ctl = rl_ctl_new(&cc, now_ms());
+        if (!p->ctl) {
+            snprintf(err, errlen, "out of memory");
+            rc = VL_ENOMEM;
+            break;
+        }
+        p->ach_t0 = now_ms();
         rl_route_init(&p->route, 0, 0, 0);
         eng_route_t er;
         eng_route_init(&er);
@@ -2105,7 +2157,8 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
                                 .dns_servers = o->dns_servers,
                                 .max_connections = er.max_connections};
             mo.route.host = NULL;
-            rc = eng_mx_new(&p->mx, loop, &mo, err, errlen);
+            p->is_mx = 1;
+            rc = eng_link_new_mx(&p->link, loop, &mo, err, errlen);
             if (rc && rc != VL_EINVAL) {
                 /* No resolver here (say, an unreadable resolv.conf), or the
                  * route's CA file cannot be read: this provider's rows wait
@@ -2117,16 +2170,15 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
                 rc = 0;
             }
         } else {
-            rc = eng_pool_new(&p->pool, loop, &er, err, errlen);
+            rc = eng_link_new_pool(&p->link, loop, &er, err, errlen);
         }
         memset(pw, 0, sizeof pw);
     }
     if (rc) {
-        for (size_t i = 0; i < w->nprovs; i++)
-            if (w->provs[i].pool)
-                eng_pool_close(w->provs[i].pool, 1, NULL, NULL);
-            else if (w->provs[i].mx)
-                eng_mx_close(w->provs[i].mx, 1, NULL, NULL);
+        for (size_t i = 0; i < w->nprovs; i++) {
+            if (w->provs[i].link) eng_link_close(w->provs[i].link, 1, NULL, NULL);
+            rl_ctl_free(w->provs[i].ctl);
+        }
         free(w->provs);
         free(w->id);
         free(w);
