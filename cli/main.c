@@ -1,11 +1,13 @@
 /* main.c: volley's entry point; dispatches to one function per subcommand. */
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/cmds.h"
 #include "cli/exitcodes.h"
 #include "cli/redisconn.h"
+#include "common/log.h"
 
 struct command {
     const char *name;
@@ -54,6 +56,14 @@ int main(int argc, char **argv)
     /* A peer that closes while we write must fail that write (EPIPE), not
      * kill the process: SMTP servers and Redis both do it. */
     signal(SIGPIPE, SIG_IGN);
+    /* VOLLEY_LOG=info shows what the providers' controllers decide (a lowered rate, a
+     * learned cap, a pause, and why); debug and trace show more. */
+    const char *lv = getenv("VOLLEY_LOG");
+    if (lv) {
+        static const char *const names[] = {"error", "warn", "info", "debug", "trace"};
+        for (int i = 0; i < 5; i++)
+            if (!strcmp(lv, names[i])) vl_log_set_level((enum vl_log_level)i);
+    }
     /* A Redis password kept in a file reaches every command's connections. */
     char err[512];
     int rc = cli_redis_password_file(err, sizeof err);

@@ -117,11 +117,14 @@ def test_netease_faults(tmp):
         provs = {x["name"]: x for x in json.loads(p.stdout)["providers"]}
         learned = provs.get("netease", {}).get("learned") or {}
     # 450 MI:DMC always comes (50 configured, 20 allowed); 421 HL:ICC only if
-    # the pool happened to open more than 5 connections at once.
+    # the pool happened to open more than 5 connections at once. The ceiling is
+    # lowered to 0.7 of the connections open (ratelimit/ctl.h: a sawtooth that
+    # stays above 80% of the provider's limit), so it may stay one above 5 until
+    # the next refusal; the refusals counted above bound how often that costs.
     check("the learnt ceilings are in Redis: messages per connection <= 20, and "
-          "connections <= 5 if 421 HL:ICC came",
+          "connections below the 8 configured if 421 HL:ICC came",
           0 < learned.get("messages_per_connection", 0) <= 20
-          and (rej["max_conn"] == 0 or 0 < learned.get("connections", 0) <= 5),
+          and (rej["max_conn"] == 0 or 0 < learned.get("connections", 0) < 8),
           "%s\nrejected: %s" % (p.stdout + p.stderr, json.dumps(rej)))
     bounced = [r for r in rows if r["status"] == "bounced"]
     check("bounces carry the reply (550 5.1.1 Invalid User)",

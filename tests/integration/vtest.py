@@ -34,10 +34,14 @@ def scaled(n):
 _results = []
 
 
-def check(name, cond, detail=""):
-    """Print one TAP line; the detail of a failure as comments."""
-    _results.append(bool(cond))
-    print("%s %d - %s" % ("ok" if cond else "not ok", len(_results), name))
+def check(name, cond, detail="", todo=None):
+    """Print one TAP line; the detail of a failure as comments. todo (a reason)
+    marks a known gap, tracked in an open issue: TAP's "# TODO", which a failure
+    does not fail (scripts/count-tests counts it as skipped), so the figure is
+    still printed on every run."""
+    _results.append(bool(cond) or todo is not None)
+    print("%s %d - %s%s" % ("ok" if cond else "not ok", len(_results), name,
+                            " # TODO " + todo if todo else ""))
     if not cond and detail != "":
         for line in str(detail).splitlines()[-40:]:
             print("#   " + line)
