@@ -48,6 +48,7 @@ static int report_exit(int rc)
     case VL_ESTATE: /* a campaign of an older layout, as send says */
         return EX_DATAERR;
     case VL_EREDIS:
+    case VL_ENETWORK:
         return EX_UNAVAILABLE;
     case VL_EIO:
         return EX_IOERR;

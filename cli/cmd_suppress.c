@@ -1,6 +1,6 @@
 /* cmd_suppress.c: `volley suppress import FILE | list | check ADDRESS`: the
- * global suppression list (volley:suppress, lowercased addresses) that every
- * campaign consults before sending. Hard bounces join it on their own; this
+ * global suppression list (scheduler/suppress.h) that every campaign
+ * consults before sending. Hard bounces join it on their own; this
  * command adds addresses a person knows about (unsubscribes, complaints). */
 #include <ctype.h>
 #include <errno.h>
@@ -13,11 +13,12 @@
 #include "cli/cmds.h"
 #include "cli/exitcodes.h"
 #include "cli/redisconn.h"
-#include "scheduler/keys.h"
+#include "common/err.h"
+#include "scheduler/suppress.h"
 #include "templates/csv.h"
 
 enum {
-    SUPPRESS_BATCH = 1000, /* addresses per SADD */
+    SUPPRESS_BATCH = 1000, /* addresses per sched_suppress_add call */
     SHOW_INVALID = 20,     /* invalid lines printed one by one; the rest are counted */
 };
 
@@ -105,6 +106,12 @@ static int csv_field(const char *line, int want, char *dst, size_t n)
     }
 }
 
+/* The exit code for a scheduler error (suppress.h). */
+static int redis_exit(int rc)
+{
+    return rc == VL_ENETWORK ? EX_UNAVAILABLE : rc == VL_ENOMEM ? EX_OSERR : EX_SOFTWARE;
+}
+
 typedef struct importer {
     cli_redis_t *r;
     char *batch[SUPPRESS_BATCH];
@@ -115,22 +122,18 @@ typedef struct importer {
 static int flush_batch(importer_t *im)
 {
     if (im->n == 0) return EX_OK;
-    const char *argv[SUPPRESS_BATCH + 2];
-    argv[0] = "SADD";
-    argv[1] = SCHED_KEY_SUPPRESS;
-    for (size_t i = 0; i < im->n; i++)
-        argv[2 + i] = im->batch[i];
-    redisReply *rep = redisCommandArgv(cli_redis_ctx(im->r), (int)im->n + 2, argv, NULL);
+    char err[512];
+    long long added = 0;
+    int rc = sched_suppress_add(cli_redis_ctx(im->r), (const char *const *)im->batch, im->n, &added,
+                                err, sizeof err);
     int code = EX_OK;
-    if (!rep || rep->type != REDIS_REPLY_INTEGER) {
-        char err[512];
-        code = cli_redis_reply_error(cli_redis_ctx(im->r), rep, "SADD", err, sizeof err);
+    if (rc) {
+        code = redis_exit(rc);
         fprintf(stderr, "volley suppress: %s\n", err);
     } else {
-        im->added += rep->integer;
-        im->already += (long long)im->n - rep->integer;
+        im->added += added;
+        im->already += (long long)im->n - added;
     }
-    if (rep) freeReplyObject(rep);
     for (size_t i = 0; i < im->n; i++)
         free(im->batch[i]);
     im->n = 0;
@@ -242,25 +245,21 @@ static int do_import(cli_redis_t *r, const char *file)
     return code;
 }
 
+static int print_address(const char *addr, void *ud)
+{
+    (void)ud;
+    printf("%s\n", addr);
+    return 0;
+}
+
 static int do_list(cli_redis_t *r)
 {
-    char cursor[32] = "0";
-    do {
-        redisReply *rep =
-            redisCommand(cli_redis_ctx(r), "SSCAN %s %s COUNT 1000", SCHED_KEY_SUPPRESS, cursor);
-        if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2) {
-            char err[512];
-            int code = cli_redis_reply_error(cli_redis_ctx(r), rep, "SSCAN", err, sizeof err);
-            fprintf(stderr, "volley suppress: %s\n", err);
-            if (rep) freeReplyObject(rep);
-            return code;
-        }
-        snprintf(cursor, sizeof cursor, "%s", rep->element[0]->str);
-        redisReply *items = rep->element[1];
-        for (size_t i = 0; i < items->elements; i++)
-            printf("%s\n", items->element[i]->str);
-        freeReplyObject(rep);
-    } while (strcmp(cursor, "0"));
+    char err[512];
+    int rc = sched_suppress_list(cli_redis_ctx(r), print_address, NULL, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "volley suppress: %s\n", err);
+        return redis_exit(rc);
+    }
     return fflush(stdout) ? EX_IOERR : EX_OK;
 }
 
@@ -269,17 +268,16 @@ static int do_check(cli_redis_t *r, const char *address)
     char *a = strdup(address);
     if (!a) return EX_OSERR;
     lower(a);
-    redisReply *rep = redisCommand(cli_redis_ctx(r), "SISMEMBER %s %s", SCHED_KEY_SUPPRESS, a);
+    char err[512];
+    int rc = sched_suppress_has(cli_redis_ctx(r), a, err, sizeof err);
     int code;
-    if (!rep || rep->type != REDIS_REPLY_INTEGER) {
-        char err[512];
-        code = cli_redis_reply_error(cli_redis_ctx(r), rep, "SISMEMBER", err, sizeof err);
+    if (rc < 0) {
+        code = redis_exit(rc);
         fprintf(stderr, "volley suppress: %s\n", err);
     } else {
-        printf("%s is %ssuppressed\n", a, rep->integer ? "" : "not ");
-        code = rep->integer ? EX_OK : 1;
+        printf("%s is %ssuppressed\n", a, rc ? "" : "not ");
+        code = rc ? EX_OK : 1;
     }
-    if (rep) freeReplyObject(rep);
     free(a);
     return code;
 }

@@ -2,7 +2,7 @@
  * for many workers on many machines sharing one Redis.
  *
  * enqueue ingests a campaign into Redis (idempotent) and returns. worker
- * watches volley:campaigns and runs a scheduler worker for every campaign
+ * watches the campaigns enqueued there and runs a scheduler worker for every campaign
  * that is running, until it is done; it opens each campaign from the path
  * enqueue recorded, so every worker machine must see the campaign's files
  * at that path (a shared or replicated directory).
@@ -22,7 +22,7 @@
 #include "cli/send_run.h"
 #include "common/err.h"
 #include "common/log.h"
-#include "scheduler/keys.h"
+#include "scheduler/campaign.h"
 #include "scheduler/redis.h"
 #include "scheduler/worker.h"
 
@@ -341,43 +341,32 @@ static void serve(wk_t *wk, const char *id, const char *path)
     fprintf(stderr, "volley worker: serving campaign %s\n", id);
 }
 
-static void on_meta(sched_redis_t *r, redisReply *reply, void *priv, int err, const char *es)
+static int want_campaign(const char *id, void *ud)
 {
-    wk_t *wk = sched_redis_loop(r)->data;
-    char *id = priv;
-    if (!err && reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
-        reply->element[0]->str && reply->element[1]->str && !wk->stopping &&
-        !strcmp(reply->element[0]->str, "running") && !is_served(wk, id) && !held_off(wk, id)) {
-        if (reply->element[2]->str && !strcmp(reply->element[2]->str, SCHED_SCHEMA))
-            serve(wk, id, reply->element[1]->str);
-        else if (!is_refused(wk, id))
-            fprintf(stderr,
-                    "volley worker: campaign %s was enqueued by an older volley whose "
-                    "Redis layout this one cannot read; skipped\n",
-                    id);
-    }
-    free(id);
+    return !is_served(ud, id);
 }
 
-static void on_campaigns(sched_redis_t *r, redisReply *reply, void *priv, int err, const char *es)
+static void on_campaign(const char *id, const char *state, const char *path, int schema_ok,
+                        void *ud)
 {
-    wk_t *wk = priv;
-    if (err || !reply || reply->type != REDIS_REPLY_ARRAY) return;
-    for (size_t i = 0; i < reply->elements; i++) {
-        const char *id = reply->element[i]->str;
-        if (!id || is_served(wk, id)) continue;
-        char key[300];
-        snprintf(key, sizeof key, SCHED_KEY_META, id);
-        char *copy = strdup(id);
-        if (sched_redis_cmd(r, on_meta, copy, "HMGET %s state path schema", key)) free(copy);
-    }
+    wk_t *wk = ud;
+    if (!path[0] || wk->stopping || strcmp(state, "running") || is_served(wk, id) ||
+        held_off(wk, id))
+        return;
+    if (schema_ok)
+        serve(wk, id, path);
+    else if (!is_refused(wk, id))
+        fprintf(stderr,
+                "volley worker: campaign %s was enqueued by an older volley whose "
+                "Redis layout this one cannot read; skipped\n",
+                id);
 }
 
 static void on_scan(uv_timer_t *t)
 {
     wk_t *wk = t->data;
     if (!wk->stopping && sched_redis_connected(wk->r))
-        sched_redis_cmd(wk->r, on_campaigns, wk, "SMEMBERS %s", SCHED_KEY_CAMPAIGNS);
+        sched_campaigns_scan(wk->r, want_campaign, on_campaign, wk);
 }
 
 static void on_wk_signal(uv_signal_t *sig, int signum)

@@ -11,7 +11,7 @@
 #include "cli/exitcodes.h"
 #include "cli/url.h"
 #include "common/err.h"
-#include "scheduler/keys.h"
+#include "scheduler/campaign.h"
 #include "scheduler/redis.h"
 #include "scheduler/redisproc.h"
 
@@ -234,16 +234,8 @@ int cli_redis_open_campaign(cli_redis_t **out, const char *arg, const char *url,
 
 int cli_redis_require_campaign(cli_redis_t *r, char *err, size_t errlen)
 {
-    char key[300];
-    snprintf(key, sizeof key, SCHED_KEY_META, r->id);
-    redisReply *rep = redisCommand(r->c, "EXISTS %s", key);
-    if (!rep || rep->type != REDIS_REPLY_INTEGER) {
-        int rc = cli_redis_reply_error(r->c, rep, "EXISTS", err, errlen);
-        if (rep) freeReplyObject(rep);
-        return rc;
-    }
-    long long n = rep->integer;
-    freeReplyObject(rep);
+    int n = sched_campaign_exists(r->c, r->id, err, errlen);
+    if (n < 0) return n == VL_ENETWORK ? EX_UNAVAILABLE : EX_SOFTWARE;
     if (n == 0) {
         snprintf(err, errlen, "unknown campaign '%s' (nothing in %s)", r->id, r->where);
         return EX_NOINPUT;

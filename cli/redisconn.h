@@ -34,7 +34,7 @@ enum cli_redis_flags {
      * yet (it is created): for `send`. Without it, a campaign file whose state
      * directory is missing is EX_NOINPUT ("has never been sent"). */
     CLI_REDIS_CREATE = 1 << 0,
-    /* Require the campaign to be known on the server ({c:ID}:meta exists);
+    /* Require the campaign to be known on the server (the scheduler has its meta data);
      * EX_NOINPUT ("unknown campaign") otherwise. */
     CLI_REDIS_KNOWN = 1 << 1,
 };
@@ -70,7 +70,7 @@ const campaign_t *cli_redis_campaign(const cli_redis_t *r);
  * "***", or "embedded redis in DIR". Borrowed. */
 const char *cli_redis_where(const cli_redis_t *r);
 
-/* Check that the campaign is known ({c:ID}:meta exists). EX_OK, EX_NOINPUT
+/* Check that the campaign is known (the scheduler has its meta data). EX_OK, EX_NOINPUT
  * or EX_UNAVAILABLE, with a message in err. */
 int cli_redis_require_campaign(cli_redis_t *r, char *err, size_t errlen);
 

@@ -9,86 +9,19 @@
 
 #include "common/buf.h"
 #include "common/err.h"
-#include "scheduler/keys.h"
-#include "scheduler/result.h"
-
-#include <jansson.h>
+#include "scheduler/campaign.h"
+#include "scheduler/utf8.h"
 
 enum {
-    BATCH = (int)SCHED_RES_ROWS, /* rows per results hash (HGETALL) */
-    FIELD_MAX = 8192,            /* longest string field kept from a result (responses) */
-    TEXT_KEEP = 160,             /* bytes of a reply text kept in the per-code counters */
-    TEXT_SLOTS = 12,             /* counters per code: the top 3 are about right with 4x */
-    TOP_TEXTS = 3,               /* texts shown per code */
-    MAX_PROVIDERS = 64,          /* provider rows of the summary; the rest is "(other)" */
-    NCODES = 1000,               /* reply codes 0..999 */
+    TEXT_KEEP = 160,    /* bytes of a reply text kept in the per-code counters */
+    TEXT_SLOTS = 12,    /* counters per code: the top 3 are about right with 4x */
+    TOP_TEXTS = 3,      /* texts shown per code */
+    MAX_PROVIDERS = 64, /* provider rows of the summary; the rest is "(other)" */
+    NCODES = 1000,      /* reply codes 0..999 */
 };
 
-/* ------------------------------------------------------------------------
- * One row's result, parsed from its JSON without allocating per row.
- */
-
-typedef struct row {
-    unsigned long row;
-    int present; /* a result exists in :res */
-    buf_t email, provider, status, enhanced, response;
-    long long attempts, code, first, last;
-} row_t;
-
-static void row_init(row_t *r)
-{
-    memset(r, 0, sizeof *r);
-    buf_init(&r->email, FIELD_MAX);
-    buf_init(&r->provider, FIELD_MAX);
-    buf_init(&r->status, 64);
-    buf_init(&r->enhanced, 64);
-    buf_init(&r->response, FIELD_MAX);
-}
-
-static void row_free(row_t *r)
-{
-    buf_free(&r->email);
-    buf_free(&r->provider);
-    buf_free(&r->status);
-    buf_free(&r->enhanced);
-    buf_free(&r->response);
-}
-
-static void row_clear(row_t *r)
-{
-    r->present = 0;
-    buf_reset(&r->email);
-    buf_reset(&r->provider);
-    buf_reset(&r->status);
-    buf_reset(&r->enhanced);
-    buf_reset(&r->response);
-    r->attempts = r->code = r->first = r->last = 0;
-}
-
-/* One text column into b: a column longer than b's cap keeps what fits. */
-static int take_text(buf_t *b, sched_text_t t)
-{
-    int rc = sched_text_unescape(b, t);
-    return rc == VL_ENOMEM ? rc : 0;
-}
-
-/* Read a stored result (scheduler/result.h) into r. 0, VL_EPARSE when s is
- * not a result, or VL_ENOMEM. */
-static int parse_result(const char *s, size_t len, row_t *r)
-{
-    sched_result_view_t v;
-    if (sched_result_parse(s, len, &v)) return VL_EPARSE;
-    r->attempts = v.attempts;
-    r->code = v.code;
-    r->first = v.first_ms;
-    r->last = v.last_ms;
-    int rc = take_text(&r->status, v.status);
-    if (!rc) rc = take_text(&r->email, v.email);
-    if (!rc) rc = take_text(&r->provider, v.provider);
-    if (!rc) rc = take_text(&r->enhanced, v.enhanced);
-    if (!rc) rc = take_text(&r->response, v.response);
-    return rc;
-}
+typedef sched_row_t row_t;
+typedef sched_campaign_info_t meta_t;
 
 /* ------------------------------------------------------------------------
  * Output helpers. Every writer checks ferror() once at the end. A report is
@@ -240,9 +173,10 @@ static void text_str(FILE *f, const char *s, size_t max)
  * The summary: bounded tables filled row by row.
  */
 
-static const char *const states[] = {"delivered", "bounced",   "failed",  "suppressed",
-                                     "rejected",  "cancelled", "pending", "deferred"};
-enum { NSTATES = sizeof states / sizeof states[0], ST_PENDING = 6, ST_OTHER = NSTATES };
+/* Rows are counted by status (sched_status_t): the final ones, pending and
+ * deferred, then the ones that could not be read (ST_OTHER). */
+enum { NSTATES = SCHED_ST_UNKNOWN, ST_PENDING = SCHED_ST_PENDING, ST_OTHER = NSTATES };
+#define states(i) sched_status_name((sched_status_t)(i))
 
 typedef struct text_slot {
     char text[TEXT_KEEP + 1];
@@ -271,13 +205,6 @@ typedef struct summary {
     code_stat_t codes[NCODES];
     int oom;
 } summary_t;
-
-static int state_index(const char *s)
-{
-    for (int i = 0; i < NSTATES; i++)
-        if (!strcmp(s, states[i])) return i;
-    return ST_OTHER;
-}
 
 /* The text a reply is counted under: the enhanced code, then the text with
  * every word that holds a digit or an '@' (queue ids, addresses, IPs, counts)
@@ -338,12 +265,12 @@ static void count_text(summary_t *s, code_stat_t *cs, const char *enh, const cha
 
 static void summary_add(summary_t *s, const row_t *r)
 {
-    int st = r->present ? state_index(str_or(&r->status)) : ST_PENDING;
+    int st = (int)r->status < NSTATES ? (int)r->status : ST_OTHER;
     s->rows++;
     s->n[st]++;
     s->attempts += (uint64_t)(r->attempts > 0 ? r->attempts : 0);
-    if (r->first > 0 && (s->first == 0 || r->first < s->first)) s->first = r->first;
-    if (r->last > s->last) s->last = r->last;
+    if (r->first_ms > 0 && (s->first == 0 || r->first_ms < s->first)) s->first = r->first_ms;
+    if (r->last_ms > s->last) s->last = r->last_ms;
     const char *pname = str_or(&r->provider);
     if (!pname[0]) pname = "(none)";
     prov_stat_t *p = NULL;
@@ -396,319 +323,21 @@ static size_t top_texts(const code_stat_t *cs, size_t *idx, size_t k)
 }
 
 /* ------------------------------------------------------------------------
- * Reading from Redis.
+ * Reading the rows (scheduler/campaign.h).
  */
-
-typedef struct meta {
-    unsigned long long total;
-    char state[32];
-    long long created, started, finished;
-    int ingested;
-    int email_col;
-    char stop_reason[512];
-} meta_t;
-
-static int fail_reply(redisContext *c, redisReply *r, const char *what, char *err, size_t errlen)
-{
-    if (!r || c->err)
-        snprintf(err, errlen, "Redis: %s: %s", what, c->err ? c->errstr : "no reply");
-    else
-        snprintf(err, errlen, "Redis: %s: %.*s", what, (int)r->len, r->str ? r->str : "");
-    if (r) freeReplyObject(r);
-    return VL_EREDIS;
-}
-
-static int read_meta(redisContext *c, const char *id, meta_t *m, char *err, size_t errlen)
-{
-    char key[300];
-    memset(m, 0, sizeof *m);
-    snprintf(key, sizeof key, SCHED_KEY_META, id);
-    redisReply *r = redisCommand(c, "HGETALL %s", key);
-    if (!r || r->type != REDIS_REPLY_ARRAY) return fail_reply(c, r, "HGETALL meta", err, errlen);
-    if (r->elements == 0) {
-        freeReplyObject(r);
-        snprintf(err, errlen, "unknown campaign '%s'", id);
-        return VL_ENOENT;
-    }
-    int old = 0;
-    for (size_t i = 0; i + 1 < r->elements; i += 2) {
-        const char *k = r->element[i]->str, *v = r->element[i + 1]->str;
-        if (!k || !v) continue;
-        if (!strcmp(k, "total"))
-            m->total = strtoull(v, NULL, 10);
-        else if (!strcmp(k, "state"))
-            snprintf(m->state, sizeof m->state, "%s", v);
-        else if (!strcmp(k, "created_ms"))
-            m->created = strtoll(v, NULL, 10);
-        else if (!strcmp(k, "started_ms"))
-            m->started = strtoll(v, NULL, 10);
-        else if (!strcmp(k, "finished_ms"))
-            m->finished = strtoll(v, NULL, 10);
-        else if (!strcmp(k, "ingested"))
-            m->ingested = !strcmp(v, "1");
-        else if (!strcmp(k, "email_col"))
-            m->email_col = atoi(v);
-        else if (!strcmp(k, "stop_reason"))
-            snprintf(m->stop_reason, sizeof m->stop_reason, "%s", v);
-        else if (!strcmp(k, "schema") && strcmp(v, SCHED_SCHEMA))
-            old = 1;
-    }
-    freeReplyObject(r);
-    if (old) {
-        /* Its results are where this volley does not look: every row would
-         * read as pending. */
-        snprintf(err, errlen,
-                 "campaign '%s' was started by an older volley whose Redis layout this one "
-                 "cannot read; report it with that version",
-                 id);
-        return VL_ESTATE;
-    }
-    return 0;
-}
 
 typedef int (*row_fn)(void *ud, const row_t *r);
 
-/* The rows of results hash k (keys.h) up to total: from *from, n of them. */
-static size_t batch_rows(unsigned long long k, unsigned long long total, unsigned long long *from)
+/* Call fn for every row it (closed here) gives, in order. */
+static int each_row(sched_results_t *it, row_fn fn, void *ud, char *err, size_t errlen)
 {
-    unsigned long long lo = k * BATCH, hi = lo + BATCH - 1;
-    *from = lo ? lo : 1;
-    return (size_t)((hi < total ? hi : total) - *from + 1);
-}
-
-/* Queue the HGETALL of results hash k. */
-static int append_batch(redisContext *c, const char *id, unsigned long long k)
-{
-    char key[300];
-    snprintf(key, sizeof key, SCHED_KEY_RES, id, (unsigned long)k);
-    const char *argv[2] = {"HGETALL", key};
-    size_t argl[2] = {7, strlen(key)};
-    return redisAppendCommandArgv(c, 2, argv, argl) == REDIS_OK ? 0 : -1;
-}
-
-/* Where each row of a results hash has its result: a field of its own
- * ("R") or a line of a group's field ("gR", lines "row<TAB>result<LF>";
- * keys.h). A row named twice keeps its own field: only a row that was never
- * in a group gets one. NULL for a row not tried yet. 0, or -1 when the
- * reply is not a hash's. */
-typedef struct slots {
-    const char *res[BATCH];
-    size_t len[BATCH];
-} slots_t;
-
-static int fill_slots(const redisReply *rep, unsigned long long from, size_t n, slots_t *sl)
-{
-    memset(sl->res, 0, sizeof sl->res);
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements % 2) return -1;
-    for (int pass = 0; pass < 2; pass++)
-        for (size_t i = 0; i + 1 < rep->elements; i += 2) {
-            const redisReply *k = rep->element[i], *v = rep->element[i + 1];
-            if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING || !k->len)
-                return -1;
-            int group = k->str[0] == 'g';
-            if (group != (pass == 0)) continue;
-            if (!group) {
-                unsigned long long row = strtoull(k->str, NULL, 10);
-                if (row >= from && row - from < n) {
-                    sl->res[row - from] = v->str;
-                    sl->len[row - from] = v->len;
-                }
-                continue;
-            }
-            const char *p = v->str, *end = v->str + v->len;
-            while (p < end) {
-                const char *nl = memchr(p, '\n', (size_t)(end - p));
-                const char *tab = memchr(p, '\t', (size_t)((nl ? nl : end) - p));
-                if (!nl || !tab) return -1;
-                unsigned long long row = strtoull(p, NULL, 10);
-                if (row >= from && row - from < n) {
-                    sl->res[row - from] = tab + 1;
-                    sl->len[row - from] = (size_t)(nl - tab - 1);
-                }
-                p = nl + 1;
-            }
-        }
-    return 0;
-}
-
-/* Rows not tried yet have no result: their address and provider are in their
- * batch (keys.h). Rows come in order, so one batch is kept at a time. */
-typedef struct blobcache {
-    unsigned long first, last; /* the batch held, 0-0 for none */
-    redisReply *blob;
-} blobcache_t;
-
-static int find_batch(redisContext *c, const char *id, unsigned long row, blobcache_t *bc,
-                      char *err, size_t errlen)
-{
-    if (bc->blob && row >= bc->first && row <= bc->last) return 0;
-    char key[300];
-    snprintf(key, sizeof key, SCHED_KEY_BATCHES, id);
-    redisReply *z = redisCommand(c, "ZREVRANGEBYSCORE %s %lu -inf LIMIT 0 1", key, row);
-    if (!z || z->type != REDIS_REPLY_ARRAY)
-        return fail_reply(c, z, "ZREVRANGEBYSCORE batches", err, errlen);
-    unsigned long f = 0, l = 0;
-    int found = z->elements == 1 && z->element[0]->str &&
-                sscanf(z->element[0]->str, "%lu-%lu", &f, &l) == 2 && l >= row;
-    freeReplyObject(z);
-    if (!found) return 0; /* not ingested (yet) */
-    snprintf(key, sizeof key, SCHED_KEY_BATCH, id);
-    redisReply *b = redisCommand(c, "HGET %s %lu-%lu", key, f, l);
-    if (!b || (b->type != REDIS_REPLY_STRING && b->type != REDIS_REPLY_NIL))
-        return fail_reply(c, b, "HGET batch", err, errlen);
-    if (bc->blob) freeReplyObject(bc->blob);
-    bc->blob = b;
-    bc->first = f;
-    bc->last = l;
-    return 0;
-}
-
-/* Fill a pending row's address and provider from its batch, if it has one. */
-static int pending_row(redisContext *c, const char *id, int email_col, blobcache_t *bc, row_t *r,
-                       char *err, size_t errlen)
-{
-    int rc = find_batch(c, id, r->row, bc, err, errlen);
-    if (rc || !bc->blob || bc->blob->type != REDIS_REPLY_STRING || r->row < bc->first ||
-        r->row > bc->last)
-        return rc;
-    size_t pos = 0;
-    sched_line_t line;
-    while (sched_blob_next(bc->blob->str, bc->blob->len, &pos, &line) == 1) {
-        if (line.row != r->row) continue;
-        json_t *f = json_loadb(line.fields, line.fields_len, 0, NULL);
-        json_t *e = json_array_get(f, (size_t)email_col);
-        if ((json_is_string(e) &&
-             buf_append(&r->email, json_string_value(e), json_string_length(e))) ||
-            buf_append(&r->provider, line.provider, line.provider_len))
-            rc = VL_ENOMEM;
-        json_decref(f);
-        break;
-    }
-    return rc;
-}
-
-/* HGETALLs in flight: Redis answers the next batches while this one's rows
- * are written (with one ahead, the report of 1,000,000 rows took 2.1 s of
- * which volley used 1.0 s). 32 of 64 rows: about 2,000 rows ahead. */
-enum { DEPTH = 32 };
-
-/* The replies of the HGETALLs sent, oldest first: those read from the
- * connection (held) come before those still on it (outstanding). */
-typedef struct replies {
-    redisContext *c;
-    const char *id;
-    unsigned long long total, next; /* the first results hash not yet asked for */
-    redisReply *held[DEPTH];
-    int nheld, outstanding;
-} replies_t;
-
-/* Ask for batches until DEPTH are sent and unprocessed. */
-static int replies_fill(replies_t *q)
-{
-    while (q->nheld + q->outstanding < DEPTH && q->total && q->next <= q->total / BATCH) {
-        if (append_batch(q->c, q->id, q->next)) return -1;
-        q->next++;
-        q->outstanding++;
-    }
-    return 0;
-}
-
-/* Read every outstanding reply into held, so that other commands may be
- * sent on the connection (their replies come after these). */
-static int replies_drain(replies_t *q)
-{
-    while (q->outstanding) {
-        void *v = NULL;
-        if (redisGetReply(q->c, &v) != REDIS_OK) return -1;
-        q->held[q->nheld++] = v;
-        q->outstanding--;
-    }
-    return 0;
-}
-
-/* The oldest unprocessed reply (the caller frees it), or NULL on a
- * connection error. */
-static redisReply *replies_next(replies_t *q)
-{
-    if (q->nheld) {
-        redisReply *r = q->held[0];
-        memmove(q->held, q->held + 1, (size_t)--q->nheld * sizeof *q->held);
-        return r;
-    }
-    void *v = NULL;
-    if (!q->outstanding || redisGetReply(q->c, &v) != REDIS_OK) return NULL;
-    q->outstanding--;
-    return v;
-}
-
-/* Call fn for rows 1..total, read a results hash at a time; one row_t is reused.
- * DEPTH batches are asked for ahead, so Redis works while rows are written.
- * Rows not tried yet need their batch: the replies on the connection are
- * read first (one connection, replies in order), so at most DEPTH batches
- * are in memory. */
-static int each_row(redisContext *c, const char *id, int email_col, unsigned long long total,
-                    row_fn fn, void *ud, char *err, size_t errlen)
-{
-    row_t r;
-    row_init(&r);
-    blobcache_t bc = {0};
-    replies_t q = {.c = c, .id = id, .total = total, .next = 0};
-    slots_t sl;
-    int rc = 0;
-    if (replies_fill(&q)) rc = fail_reply(c, NULL, "HGETALL res", err, errlen);
-    for (unsigned long long k = 0; total && k <= total / BATCH && !rc; k++) {
-        unsigned long long from;
-        size_t n = batch_rows(k, total, &from);
-        redisReply *rep = replies_next(&q);
-        if (!rep || fill_slots(rep, from, n, &sl)) {
-            rc = fail_reply(c, rep, "HGETALL res", err, errlen);
-            break;
-        }
-        int missing = 0;
-        for (size_t i = 0; i < n && !missing; i++)
-            missing = !sl.res[i];
-        if (missing ? replies_drain(&q) : replies_fill(&q)) {
-            freeReplyObject(rep);
-            rc = fail_reply(c, NULL, "HGETALL res", err, errlen);
-            break;
-        }
-        for (size_t i = 0; i < n && !rc; i++) {
-            row_clear(&r);
-            r.row = (unsigned long)(from + i);
-            if (sl.res[i]) {
-                r.present = 1;
-                int prc = parse_result(sl.res[i], sl.len[i], &r);
-                if (prc == VL_ENOMEM) {
-                    rc = prc;
-                } else if (prc) {
-                    /* Say so in the report rather than stop it: the other rows
-                     * are still worth having. */
-                    row_clear(&r);
-                    r.present = 1;
-                    if (buf_puts(&r.status, "unknown") ||
-                        buf_puts(&r.response, "(unreadable result in Redis)"))
-                        rc = VL_ENOMEM;
-                }
-            } else if (buf_puts(&r.status, "pending")) {
-                rc = VL_ENOMEM;
-            } else {
-                rc = pending_row(c, id, email_col, &bc, &r, err, errlen);
-            }
-            if (!rc) rc = fn(ud, &r);
-        }
-        freeReplyObject(rep);
-        if (!rc && missing && replies_fill(&q))
-            rc = fail_reply(c, NULL, "HGETALL res", err, errlen);
-    }
-    /* After an error: what was asked for and not processed. */
-    while (q.nheld)
-        freeReplyObject(q.held[--q.nheld]);
-    if (bc.blob) freeReplyObject(bc.blob);
-    row_free(&r);
-    if (rc == VL_ENOMEM)
-        snprintf(err, errlen, "out of memory");
-    else if (rc == VL_EIO && !err[0])
-        snprintf(err, errlen, "write error");
+    const row_t *r;
+    int rc;
+    while ((rc = sched_results_next(it, &r, err, errlen)) == 1 && !(rc = fn(ud, r)))
+        ;
+    sched_results_close(it);
+    if (rc == VL_EIO && !err[0]) snprintf(err, errlen, "write error");
+    if (rc == VL_ENOMEM) snprintf(err, errlen, "out of memory");
     return rc;
 }
 
@@ -732,15 +361,15 @@ static int csv_row(void *ud, const row_t *r)
 {
     FILE *f = ud;
     char t1[40], t2[40];
-    fmt_time(r->first, t1, sizeof t1);
-    fmt_time(r->last, t2, sizeof t2);
+    fmt_time(r->first_ms, t1, sizeof t1);
+    fmt_time(r->last_ms, t2, sizeof t2);
     put_num(f, (long long)r->row);
     putc_unlocked(',', f);
     csv_field(f, str_or(&r->email));
     putc_unlocked(',', f);
     csv_field(f, str_or(&r->provider));
     putc_unlocked(',', f);
-    csv_field(f, str_or(&r->status));
+    csv_field(f, sched_status_name(r->status));
     putc_unlocked(',', f);
     put_num(f, r->attempts);
     putc_unlocked(',', f);
@@ -777,7 +406,7 @@ static int json_row(void *ud, const row_t *r)
     fputs_unlocked(",\"provider\":", f);
     json_str(f, str_or(&r->provider));
     fputs_unlocked(",\"status\":", f);
-    json_str(f, str_or(&r->status));
+    json_str(f, sched_status_name(r->status));
     fputs_unlocked(",\"attempts\":", f);
     put_num(f, r->attempts);
     fputs_unlocked(",\"code\":", f);
@@ -787,9 +416,9 @@ static int json_row(void *ud, const row_t *r)
     fputs_unlocked(",\"response\":", f);
     json_str(f, str_or(&r->response));
     fputs_unlocked(",\"first_attempt_at\":", f);
-    json_time(f, r->first);
+    json_time(f, r->first_ms);
     fputs_unlocked(",\"last_attempt_at\":", f);
-    json_time(f, r->last);
+    json_time(f, r->last_ms);
     fputs_unlocked("}\n", f);
     return ferror(f) ? VL_EIO : 0;
 }
@@ -811,13 +440,13 @@ static long long now_ms(void)
 /* Duration of the campaign in ms and what it measures. */
 static long long duration(const meta_t *m, const summary_t *s, const char **what)
 {
-    if (m->started > 0 && m->finished >= m->started) {
+    if (m->started_ms > 0 && m->finished_ms >= m->started_ms) {
         *what = "started to finished";
-        return m->finished - m->started;
+        return m->finished_ms - m->started_ms;
     }
-    if (m->started > 0 && !strcmp(m->state, "running")) {
+    if (m->started_ms > 0 && !strcmp(m->state, "running")) {
         *what = "since it started; still running";
-        return now_ms() - m->started;
+        return now_ms() - m->started_ms;
     }
     *what = "first to last attempt";
     return s->last > s->first ? s->last - s->first : 0;
@@ -830,8 +459,8 @@ static double throughput(const meta_t *m, const summary_t *s, const char **what)
 {
     long long d = s->last > s->first ? s->last - s->first : 0;
     *what = "first to last attempt";
-    if (d <= 0 && m->started > 0 && m->finished > m->started) {
-        d = m->finished - m->started;
+    if (d <= 0 && m->started_ms > 0 && m->finished_ms > m->started_ms) {
+        d = m->finished_ms - m->started_ms;
         *what = "started to finished";
     }
     if (d <= 0) return 0;
@@ -846,13 +475,13 @@ static double pct(uint64_t a, uint64_t b)
 static void write_text(FILE *f, const char *id, const meta_t *m, const summary_t *s)
 {
     char t1[40], t2[40];
-    fprintf(f, "campaign %s: %s, %llu row%s%s\n", id, m->state[0] ? m->state : "unknown", m->total,
+    fprintf(f, "campaign %s: %s, %lld row%s%s\n", id, m->state[0] ? m->state : "unknown", m->total,
             m->total == 1 ? "" : "s", m->ingested ? "" : " (ingest not finished)");
     if (m->stop_reason[0]) fprintf(f, "stopped: %s\n", m->stop_reason);
     fprintf(f, "\nby state:\n");
     for (int i = 0; i <= NSTATES; i++) {
         if (i == ST_OTHER && !s->n[i]) continue;
-        fprintf(f, "  %-12s %10" PRIu64 "  %5.1f%%\n", i == ST_OTHER ? "unknown" : states[i],
+        fprintf(f, "  %-12s %10" PRIu64 "  %5.1f%%\n", i == ST_OTHER ? "unknown" : states(i),
                 s->n[i], pct(s->n[i], s->rows));
     }
     fprintf(f, "  %-12s %10" PRIu64 "\n", "attempts", s->attempts);
@@ -929,7 +558,7 @@ static void write_html_summary(FILE *f, const char *id, const meta_t *m, const s
     html_head(f, id);
     fputs_unlocked("<table>\n<tr><th>state</th><td>", f);
     html_str(f, m->state[0] ? m->state : "unknown", 0);
-    fprintf(f, "</td></tr>\n<tr><th>rows</th><td class=\"n\">%llu%s</td></tr>\n", m->total,
+    fprintf(f, "</td></tr>\n<tr><th>rows</th><td class=\"n\">%lld%s</td></tr>\n", m->total,
             m->ingested ? "" : " (ingest not finished)");
     if (m->stop_reason[0]) {
         fputs_unlocked("<tr><th>stopped</th><td>", f);
@@ -948,12 +577,12 @@ static void write_html_summary(FILE *f, const char *id, const meta_t *m, const s
         if (i == ST_OTHER && !s->n[i]) continue;
         fprintf(f,
                 "<tr><td>%s</td><td class=\"n\">%" PRIu64 "</td><td class=\"n\">%.1f</td></tr>\n",
-                i == ST_OTHER ? "unknown" : states[i], s->n[i], pct(s->n[i], s->rows));
+                i == ST_OTHER ? "unknown" : states(i), s->n[i], pct(s->n[i], s->rows));
     }
     fputs_unlocked("</table>\n<h2>By provider</h2>\n<table>\n<tr><th>provider</th><th>rows</th>",
                    f);
     for (int i = 0; i < NSTATES; i++)
-        fprintf(f, "<th>%s</th>", states[i]);
+        fprintf(f, "<th>%s</th>", states(i));
     fputs_unlocked("</tr>\n", f);
     for (size_t i = 0; i <= MAX_PROVIDERS; i++) {
         const prov_stat_t *p = &s->prov[i];
@@ -992,15 +621,15 @@ static void write_html_summary(FILE *f, const char *id, const meta_t *m, const s
 static int html_row(void *ud, const row_t *r)
 {
     FILE *f = ud;
-    if (r->present && !strcmp(str_or(&r->status), "delivered")) return 0;
+    if (r->status == SCHED_ST_DELIVERED) return 0;
     char t[40];
-    fmt_time(r->last, t, sizeof t);
+    fmt_time(r->last_ms, t, sizeof t);
     fprintf(f, "<tr><td class=\"n\">%lu</td><td>", r->row);
     html_str(f, str_or(&r->email), 0);
     fputs_unlocked("</td><td>", f);
     html_str(f, str_or(&r->provider), 0);
     fputs_unlocked("</td><td>", f);
-    html_str(f, str_or(&r->status), 0);
+    html_str(f, sched_status_name(r->status), 0);
     fprintf(f, "</td><td class=\"n\">%lld</td><td>%lld</td><td>", r->attempts, r->code);
     html_str(f, str_or(&r->enhanced), 0);
     fputs_unlocked("</td><td><pre>", f);
@@ -1026,17 +655,19 @@ int cli_report_write_csv_and_text(redisContext *c, const char *id, FILE *csv, FI
 {
     if (errlen) err[0] = '\0';
     meta_t m;
-    int rc = read_meta(c, id, &m, err, errlen);
+    sched_results_t *it;
+    int rc = sched_results_open(&it, c, id, &m, err, errlen);
     if (rc) return rc;
     both_t b = {csv, calloc(1, sizeof *b.s)};
     if (!b.s) {
+        sched_results_close(it);
         snprintf(err, errlen, "out of memory");
         return VL_ENOMEM;
     }
     fputs_unlocked("row,email,provider,status,attempts,code,enhanced_code,response,"
                    "first_attempt_at,last_attempt_at\r\n",
                    csv);
-    rc = each_row(c, id, m.email_col, m.total, both_row, &b, err, errlen);
+    rc = each_row(it, both_row, &b, err, errlen);
     if (!rc && (fflush(csv) != 0 || ferror(csv))) {
         snprintf(err, errlen, "write error");
         rc = VL_EIO;
@@ -1069,30 +700,34 @@ int cli_report_write(redisContext *c, const char *id, const char *format, FILE *
         return VL_EINVAL;
     }
     meta_t m;
-    int rc = read_meta(c, id, &m, err, errlen);
+    sched_results_t *it;
+    int rc = sched_results_open(&it, c, id, &m, err, errlen);
     if (rc) return rc;
     if (!strcmp(format, "csv")) {
         fputs_unlocked("row,email,provider,status,attempts,code,enhanced_code,response,"
                        "first_attempt_at,last_attempt_at\r\n",
                        out);
-        rc = each_row(c, id, m.email_col, m.total, csv_row, out, err, errlen);
+        rc = each_row(it, csv_row, out, err, errlen);
     } else if (!strcmp(format, "json")) {
-        rc = each_row(c, id, m.email_col, m.total, json_row, out, err, errlen);
+        rc = each_row(it, json_row, out, err, errlen);
     } else {
         /* The summary holds 65 provider rows and 1000 code counters (their
          * text tables allocated only for codes seen): tens of kB, on the heap
          * rather than the stack. */
         summary_t *s = calloc(1, sizeof *s);
         if (!s) {
+            sched_results_close(it);
             snprintf(err, errlen, "out of memory");
             return VL_ENOMEM;
         }
-        rc = each_row(c, id, m.email_col, m.total, summary_row, s, err, errlen);
+        rc = each_row(it, summary_row, s, err, errlen);
         if (!rc && !strcmp(format, "text")) {
             write_text(out, id, &m, s);
         } else if (!rc) {
             write_html_summary(out, id, &m, s);
-            rc = each_row(c, id, m.email_col, m.total, html_row, out, err, errlen);
+            /* The rows again, from Redis: holding them all would not stay flat. */
+            rc = sched_results_open(&it, c, id, NULL, err, errlen);
+            if (!rc) rc = each_row(it, html_row, out, err, errlen);
             if (!rc) fputs_unlocked("</table>\n<p>Generated by volley.</p>\n</body></html>\n", out);
         }
         summary_free(s);

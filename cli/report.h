@@ -1,7 +1,7 @@
 /* report.h: a campaign's results, streamed from Redis as a report.
  *
- * The rows are read from {c:ID}:res:K, one hash of 64 rows at a time
- * (HMGET), rows 1 to the meta field `total`, and written as they come: memory
+ * The rows come from the scheduler's results reader (scheduler/campaign.h),
+ * rows 1 to the campaign's total, and are written as they come: memory
  * stays flat however many rows the campaign has. A row with no result yet is reported with
  * status "pending".
  *
@@ -29,9 +29,9 @@
 /* Write the report of campaign id (borrowed) read over c (borrowed, a
  * connected synchronous context) in format ("text", "csv", "json" or "html";
  * borrowed) to out (borrowed; not closed, flushed). Returns 0, or VL_EINVAL
- * (unknown format), VL_ENOENT (no such campaign), VL_EREDIS (a Redis error or
- * a lost connection), VL_EIO (writing to out failed) or VL_ENOMEM, with a
- * message in err (errlen bytes). */
+ * (unknown format), VL_ENOENT (no such campaign), VL_ESTATE (a campaign of an
+ * older layout), VL_EREDIS (an error reply), VL_ENETWORK (a lost connection), VL_EIO (writing to
+ * out failed) or VL_ENOMEM, with a message in err (errlen bytes). */
 int cli_report_write(redisContext *c, const char *id, const char *format, FILE *out, char *err,
                      size_t errlen);
 

@@ -30,7 +30,6 @@
 #include "common/prio.h"
 #include "ratelimit/provider.h"
 #include "scheduler/ingest.h"
-#include "scheduler/keys.h"
 #include "scheduler/redis.h"
 #include "scheduler/redisproc.h"
 #include "scheduler/worker.h"

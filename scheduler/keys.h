@@ -1,4 +1,6 @@
-/* keys.h: every Redis key volley uses, in one place.
+/* keys.h: every Redis key volley uses, in one place. Private to scheduler/:
+ * other modules reach these keys only through the scheduler's functions
+ * (campaign.h, suppress.h, ingest.h, worker.h).
  *
  * All keys of one campaign share the hash tag {c:ID}, and all keys of one
  * provider's shared limits share {p:NAME}, so every Lua script touches keys
@@ -125,14 +127,11 @@
 #define SCHED_BATCH_ROWS 64
 
 /* Rows per results hash ({c:ID}:res:K). A batch spans at most two. The
- * scripts (record.lua, ingest.lua, cancel in cli/cmd_status.c) compute K as
- * row / 64 themselves: change them together. */
+ * scripts (record.lua, ingest.lua, cancel.lua) compute K as row / 64
+ * themselves: change them together. */
 #define SCHED_RES_ROWS 64UL
 
 /* Row states in {c:ID}:state. */
 enum { SCHED_ROW_WAITING = 0, SCHED_ROW_ALONE = 1, SCHED_ROW_FINAL = 2 };
-
-/* The final states, in the order reports list them. */
-#define SCHED_FINAL_STATES "delivered", "bounced", "failed", "suppressed", "rejected", "cancelled"
 
 #endif

@@ -5,6 +5,7 @@
 
 #include "common/err.h"
 #include "scheduler/keys.h"
+#include "scheduler/status.h"
 
 size_t sched_utf8_len(const unsigned char *s, size_t n)
 {
@@ -403,4 +404,25 @@ size_t sched_res_hashes_add(unsigned long *ks, size_t *n, unsigned long f, unsig
         if (kl != kf) ks[(*n)++] = kl;
     }
     return k;
+}
+
+static const char *const status_names[SCHED_ST_LAST] = {
+    [SCHED_ST_DELIVERED] = "delivered", [SCHED_ST_BOUNCED] = "bounced",
+    [SCHED_ST_FAILED] = "failed",       [SCHED_ST_SUPPRESSED] = "suppressed",
+    [SCHED_ST_REJECTED] = "rejected",   [SCHED_ST_CANCELLED] = "cancelled",
+    [SCHED_ST_PENDING] = "pending",     [SCHED_ST_DEFERRED] = "deferred",
+    [SCHED_ST_UNKNOWN] = "unknown",
+};
+
+const char *sched_status_name(sched_status_t s)
+{
+    return (unsigned)s < SCHED_ST_LAST ? status_names[s] : "unknown";
+}
+
+sched_status_t sched_status_parse(const char *s, size_t len)
+{
+    for (int i = 0; i < SCHED_ST_UNKNOWN; i++)
+        if (strlen(status_names[i]) == len && !memcmp(s, status_names[i], len))
+            return (sched_status_t)i;
+    return SCHED_ST_UNKNOWN;
 }

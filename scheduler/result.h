@@ -2,7 +2,9 @@
  * parts of a batch blob.
  *
  * The worker composes results here rather than in Lua, so Redis never parses
- * them on the hot path; cli/report.c and claims read them back. Pure functions, no I/O.
+ * them on the hot path; claims and the results reader (campaign.c) read them
+ * back. Pure functions, no I/O. Private to scheduler/: other modules read
+ * results through scheduler/campaign.h.
  */
 #ifndef VL_SCHED_RESULT_H
 #define VL_SCHED_RESULT_H
@@ -11,6 +13,7 @@
 #include <stdint.h>
 
 #include "common/buf.h"
+#include "scheduler/utf8.h"
 
 typedef struct sched_result {
     const char *email, *provider, *status; /* borrowed; NULL is "" */
@@ -50,10 +53,6 @@ int sched_result_parse(const char *s, size_t len, sched_result_view_t *v);
 /* Append column t unescaped to out. 0 or the VL_E* of buf_append (out at
  * its cap keeps what fit). */
 BUF_MUST_USE int sched_text_unescape(buf_t *out, sched_text_t t);
-
-/* Length of the valid UTF-8 sequence at s (n > 0 bytes left), or 0 when it
- * is not one (overlong, surrogate, past U+10FFFF, cut short). */
-size_t sched_utf8_len(const unsigned char *s, size_t n);
 
 /* Append s (n bytes) as a JSON string, quotes included. 0 or VL_E*. */
 BUF_MUST_USE int sched_json_string(buf_t *out, const char *s, size_t n);
