@@ -170,8 +170,7 @@ int sched_campaign_counts(redisContext *c, const char *id, sched_counts_t *out, 
  * score <= upto (pending.lua). provider: the due set's, "" for the lease
  * set. */
 static int count_rows(redisContext *c, const char *id, const char *set, const char *provider,
-                      long long upto, long long *n_upto, long long *n_all, char *err,
-                      size_t errlen)
+                      long long upto, long long *n_upto, long long *n_all, char *err, size_t errlen)
 {
     char k_state[KEY_MAX], k_batch[KEY_MAX], lim[24];
     snprintf(k_state, sizeof k_state, SCHED_KEY_STATE, id);
@@ -188,8 +187,7 @@ static int count_rows(redisContext *c, const char *id, const char *set, const ch
     return 0;
 }
 
-int sched_campaign_leased(redisContext *c, const char *id, long long *out, char *err,
-                          size_t errlen)
+int sched_campaign_leased(redisContext *c, const char *id, long long *out, char *err, size_t errlen)
 {
     char key[KEY_MAX];
     snprintf(key, sizeof key, SCHED_KEY_LEASE, id);
@@ -439,8 +437,7 @@ int sched_campaign_cancel(redisContext *c, const char *id, long long now_ms, lon
         snprintf(due, sizeof due, SCHED_KEY_DUE, id, provs->element[i]->str);
         long long left = 1;
         while (left > 0 && !rc)
-            rc = cancel_some(c, id, fixed, provs->element[i]->str, now_ms, &n, &left, err,
-                             errlen);
+            rc = cancel_some(c, id, fixed, provs->element[i]->str, now_ms, &n, &left, err, errlen);
     }
     freeReplyObject(provs);
     if (cancelled) *cancelled = n;
@@ -513,19 +510,19 @@ int sched_row_decode(sched_row_t *r, const char *s, size_t len)
 enum { DEPTH = 32, HROWS = (int)SCHED_RES_ROWS };
 
 struct sched_results {
-    redisContext *c;             /* borrowed */
-    char *id;                    /* owned */
+    redisContext *c; /* borrowed */
+    char *id;        /* owned */
     int email_col;
     unsigned long long total;
-    unsigned long long next;     /* the first results hash not yet asked for */
-    unsigned long long k;        /* the results hash being read */
-    redisReply *held[DEPTH];     /* owned: replies read, not yet processed, oldest first */
-    int nheld, outstanding;      /* outstanding: replies still on the connection */
-    redisReply *cur;             /* owned: hash k's reply, NULL between hashes */
-    unsigned long long from;     /* hash k's first row */
-    size_t n, i;                 /* hash k's rows, the next of them */
-    int missing;                 /* hash k has rows not tried yet */
-    const char *res[HROWS];      /* into cur: each row's result, NULL for none */
+    unsigned long long next; /* the first results hash not yet asked for */
+    unsigned long long k;    /* the results hash being read */
+    redisReply *held[DEPTH]; /* owned: replies read, not yet processed, oldest first */
+    int nheld, outstanding;  /* outstanding: replies still on the connection */
+    redisReply *cur;         /* owned: hash k's reply, NULL between hashes */
+    unsigned long long from; /* hash k's first row */
+    size_t n, i;             /* hash k's rows, the next of them */
+    int missing;             /* hash k has rows not tried yet */
+    const char *res[HROWS];  /* into cur: each row's result, NULL for none */
     size_t len[HROWS];
     /* Rows not tried yet have no result: their address and provider are in
      * their batch. Rows come in order, so one batch is kept at a time. */
@@ -633,8 +630,8 @@ static int find_batch(sched_results_t *it, unsigned long row, char *err, size_t 
     snprintf(max, sizeof max, "%lu", row);
     const char *zargv[] = {"ZREVRANGEBYSCORE", key, max, "-inf", "LIMIT", "0", "1"};
     int rc = 0;
-    redisReply *z = run_argv(it->c, REDIS_REPLY_ARRAY, "ZREVRANGEBYSCORE batches", &rc, err,
-                             errlen, 7, zargv);
+    redisReply *z =
+        run_argv(it->c, REDIS_REPLY_ARRAY, "ZREVRANGEBYSCORE batches", &rc, err, errlen, 7, zargv);
     if (!z) return rc;
     unsigned long f = 0, l = 0;
     int found = z->elements == 1 && z->element[0]->str &&

@@ -35,7 +35,7 @@ int sched_campaign_exists(redisContext *c, const char *id, char *err, size_t err
 
 /* A campaign's meta data. */
 typedef struct sched_campaign_info {
-    char state[32]; /* running | paused | cancelled | done; "" when unset */
+    char state[32];  /* running | paused | cancelled | done; "" when unset */
     long long total; /* data rows ingested so far, bad ones included */
     int ingested;    /* 1 once the whole CSV is in */
     int email_col;   /* 0-based column of the address */
@@ -87,9 +87,9 @@ typedef struct sched_provider_status {
 typedef struct sched_campaign_status {
     sched_campaign_info_t info;
     sched_counts_t counts;
-    long long pending; /* rows waiting in due sets */
-    long long due_now; /* of those, due at now_ms */
-    long long leased;  /* rows being sent by workers */
+    long long pending;                  /* rows waiting in due sets */
+    long long due_now;                  /* of those, due at now_ms */
+    long long leased;                   /* rows being sent by workers */
     sched_provider_status_t *providers; /* owned; nproviders of them */
     size_t nproviders;
 } sched_campaign_status_t;
@@ -148,7 +148,7 @@ enum { SCHED_ROW_TEXT_MAX = 8192 };
 
 /* One row's result, decoded. */
 typedef struct sched_row {
-    unsigned long row; /* the CSV data row, 1-based */
+    unsigned long row;     /* the CSV data row, 1-based */
     sched_status_t status; /* SCHED_ST_PENDING: no result yet; SCHED_ST_UNKNOWN:
                             * unreadable (response says so) */
     long long attempts, code, first_ms, last_ms; /* times 0 when no attempt */

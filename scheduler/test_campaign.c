@@ -230,16 +230,16 @@ static void test_pause_resume(void **state)
     fx_t *x = *state;
     char err[256], was[32];
     make_campaign(x->c, "pr");
-    assert_int_equal(
-        sched_campaign_set_state(x->c, "pr", SCHED_CAMPAIGN_PAUSED, was, sizeof was, err, sizeof err),
-        0);
+    assert_int_equal(sched_campaign_set_state(x->c, "pr", SCHED_CAMPAIGN_PAUSED, was, sizeof was,
+                                              err, sizeof err),
+                     0);
     assert_string_equal(was, "running");
     char *st = hget(x->c, "{c:pr}:meta", "state");
     assert_string_equal(st, "paused");
     free(st);
-    assert_int_equal(
-        sched_campaign_set_state(x->c, "pr", SCHED_CAMPAIGN_PAUSED, was, sizeof was, err, sizeof err),
-        0);
+    assert_int_equal(sched_campaign_set_state(x->c, "pr", SCHED_CAMPAIGN_PAUSED, was, sizeof was,
+                                              err, sizeof err),
+                     0);
     assert_string_equal(was, "paused");
     assert_int_equal(sched_campaign_set_state(x->c, "pr", SCHED_CAMPAIGN_RUNNING, was, sizeof was,
                                               err, sizeof err),
@@ -251,18 +251,18 @@ static void test_pause_resume(void **state)
 
     /* A campaign that is done stays done. */
     cmd(x->c, "HSET {c:pr}:meta state done");
-    assert_int_equal(
-        sched_campaign_set_state(x->c, "pr", SCHED_CAMPAIGN_PAUSED, was, sizeof was, err, sizeof err),
-        VL_ESTATE);
+    assert_int_equal(sched_campaign_set_state(x->c, "pr", SCHED_CAMPAIGN_PAUSED, was, sizeof was,
+                                              err, sizeof err),
+                     VL_ESTATE);
     assert_string_equal(was, "done");
     assert_non_null(strstr(err, "campaign pr is done; its state cannot change any more"));
     st = hget(x->c, "{c:pr}:meta", "state");
     assert_string_equal(st, "done");
     free(st);
     long long n = -1;
-    assert_int_equal(sched_campaign_cancel(x->c, "pr", NOW, &n, NULL, was, sizeof was, err,
-                                           sizeof err),
-                     VL_ESTATE);
+    assert_int_equal(
+        sched_campaign_cancel(x->c, "pr", NOW, &n, NULL, was, sizeof was, err, sizeof err),
+        VL_ESTATE);
     assert_int_equal(n, 0);
 }
 
@@ -322,9 +322,9 @@ static void test_cancel(void **state)
     sched_row_free(&r);
 
     /* Cancelled stays cancelled; cancelling again finds nothing left. */
-    assert_int_equal(
-        sched_campaign_set_state(x->c, "cx", SCHED_CAMPAIGN_RUNNING, was, sizeof was, err, sizeof err),
-        VL_ESTATE);
+    assert_int_equal(sched_campaign_set_state(x->c, "cx", SCHED_CAMPAIGN_RUNNING, was, sizeof was,
+                                              err, sizeof err),
+                     VL_ESTATE);
     assert_string_equal(was, "cancelled");
     assert_int_equal(sched_campaign_cancel(x->c, "cx", NOW + 5, &cancelled, &leased, was,
                                            sizeof was, err, sizeof err),
@@ -359,15 +359,14 @@ static size_t read_all(redisContext *c, const char *id, sched_row_t *rows, size_
             buf_reset(&d->email);
             buf_reset(&d->provider);
             buf_reset(&d->response);
-            assert_int_equal(buf_append(&d->email, r->email.data ? r->email.data : "",
-                                        r->email.len),
-                             0);
-            assert_int_equal(buf_append(&d->provider, r->provider.data ? r->provider.data : "",
-                                        r->provider.len),
-                             0);
-            assert_int_equal(buf_append(&d->response, r->response.data ? r->response.data : "",
-                                        r->response.len),
-                             0);
+            assert_int_equal(
+                buf_append(&d->email, r->email.data ? r->email.data : "", r->email.len), 0);
+            assert_int_equal(
+                buf_append(&d->provider, r->provider.data ? r->provider.data : "", r->provider.len),
+                0);
+            assert_int_equal(
+                buf_append(&d->response, r->response.data ? r->response.data : "", r->response.len),
+                0);
         }
         n++;
     }
