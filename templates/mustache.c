@@ -880,15 +880,24 @@ static int put_value(render_t *r, const val_t *v, int raw)
     return out_append(r->out, s, n);
 }
 
-static int strict_fail(render_t *r, const node_t *n)
+/* The caller's error (r->err, cleared) located at tag n of the body being rendered, or
+ * NULL when the caller asked for none. */
+static tpl_error_t *error_at(render_t *r, const node_t *n)
 {
     tpl_error_t *e = r->err;
+    if (!e) return NULL;
+    memset(e, 0, sizeof *e);
+    e->line = (int)n->line;
+    e->column = (int)n->col;
+    const body_t *b = &r->t->bodies[r->body];
+    if (b->name != NONE) snprintf(e->partial, sizeof e->partial, "%s", r->arena + b->name);
+    return e;
+}
+
+static int strict_fail(render_t *r, const node_t *n)
+{
+    tpl_error_t *e = error_at(r, n);
     if (e) {
-        memset(e, 0, sizeof *e);
-        e->line = (int)n->line;
-        e->column = (int)n->col;
-        const body_t *b = &r->t->bodies[r->body];
-        if (b->name != NONE) snprintf(e->partial, sizeof e->partial, "%s", r->arena + b->name);
         e->var = r->arena + n->off;
         e->var_len = n->len;
         snprintf(e->message, sizeof e->message, "unknown variable `%.*s`", (int)n->len,
@@ -901,17 +910,11 @@ static int strict_fail(render_t *r, const node_t *n)
  * itself. A row error, located at the tag that went one level too deep. */
 static int too_deep(render_t *r, const node_t *n)
 {
-    tpl_error_t *e = r->err;
-    if (e) {
-        memset(e, 0, sizeof *e);
-        e->line = (int)n->line;
-        e->column = (int)n->col;
-        const body_t *b = &r->t->bodies[r->body];
-        if (b->name != NONE) snprintf(e->partial, sizeof e->partial, "%s", r->arena + b->name);
+    tpl_error_t *e = error_at(r, n);
+    if (e)
         snprintf(e->message, sizeof e->message,
                  "sections and partials nest deeper than %d (a partial that includes itself?)",
                  MAX_DEPTH);
-    }
     return VL_ETOOBIG;
 }
 
