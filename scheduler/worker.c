@@ -2173,6 +2173,9 @@ int sched_worker_start(sched_worker_t **out, uv_loop_t *loop, sched_redis_t *r,
             rc = eng_link_new_pool(&p->link, loop, &er, err, errlen);
         }
         memset(pw, 0, sizeof pw);
+        /* The configured rate and caps hold from the first claim on, before any tick:
+         * without this a campaign's first rows went out unpaced. */
+        if (!rc) apply_limits(p, now_ms());
     }
     if (rc) {
         for (size_t i = 0; i < w->nprovs; i++) {

@@ -46,6 +46,7 @@ struct tpl_csv_reader {
     int row_taken;    /* the last tpl_csv_next() handed out a row */
     int cb_error;     /* a callback ran out of room */
     size_t row_bytes; /* input handed to libcsv for the row being built */
+    size_t row_max;   /* the limit on a row (TPL_CSV_ROW_MAX unless set) */
 
     buf_t rowdata; /* fields of the row being built, each NUL-terminated */
     size_t *offs;  /* start of each field in rowdata */
@@ -462,14 +463,23 @@ tpl_csv_reader_t *tpl_csv_new(const char *filename, unsigned flags)
         return NULL;
     }
     csv_set_space_func(&r->parser, no_space);
+    /* libcsv grows a field's buffer by this much at a time (128 bytes by default): a
+     * large field cost a realloc every 128 bytes. */
+    csv_set_blk_size(&r->parser, 64 * 1024);
     r->flags = flags;
     buf_init(&r->in, (size_t)-1 / 2);
+    r->row_max = ROW_MAX;
     buf_init(&r->rowdata, ROW_MAX);
     buf_init(&r->hdr, ROW_MAX);
     r->line = 1;
     r->awaiting_row = 1;
     r->email_col = -1;
     return r;
+}
+
+void tpl_csv_set_row_max(tpl_csv_reader_t *r, size_t bytes)
+{
+    r->row_max = bytes && bytes < ROW_MAX ? bytes : ROW_MAX;
 }
 
 void tpl_csv_free(tpl_csv_reader_t *r)
@@ -866,9 +876,9 @@ static int parse_piece(tpl_csv_reader_t *r)
      * file of NUL bytes (/dev/zero) or an unclosed quote grew memory without bound. The
      * row's input so far bounds that buffer, so the row limit is checked on it. */
     r->row_bytes += n;
-    if (r->row_bytes > ROW_MAX) {
+    if (r->row_bytes > r->row_max) {
         set_fatal(r, VL_ETOOBIG, TPL_CSV_E_NOMEM, r->row_line, 0,
-                  "row larger than %zu bytes (an unclosed quote, or not a CSV file?)", ROW_MAX);
+                  "row larger than %zu bytes (an unclosed quote, or not a CSV file?)", r->row_max);
         return r->fatal_rc;
     }
     size_t done = csv_parse(&r->parser, p, n, on_field, on_row, r);
