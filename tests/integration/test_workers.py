@@ -391,9 +391,11 @@ def test_helpers_yield_to_loop(tmp):
     os.makedirs(d)
     sink = Sink(d)
     n = scaled(20000)
+    # A burst of 100: grants under 32 rows render on the loop (worker.c
+    # RENDER_MIN_ITEM), and the default burst of a scaled-down rate is 20.
     camp = make_campaign(d, "prio", n, [{
         "name": "p", "domains": ["*"], "route": "smtp://" + sink.addr,
-        "max_connections": 10, "rate": "%d/s" % (n // 5)}])
+        "max_connections": 10, "rate": "%d/s" % (n // 5), "burst": 100}])
     p = subprocess.Popen([VOLLEY, "send", camp, "--no-progress"], stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
     seen = {"redis": None, "render": 0, "render_batch": 0, "loop": None}
