@@ -382,7 +382,8 @@ static void harness_init(harness_t *h, int pipelining)
     server_start(&h->srv, &h->loop);
 }
 
-static void harness_pool(harness_t *h, unsigned conns, unsigned msgs_per_conn)
+/* The route to the harness's server: plain, short timeouts, one set-up failure. */
+static eng_route_t harness_route(harness_t *h, unsigned conns, unsigned msgs_per_conn)
 {
     eng_route_t r;
     eng_route_init(&r);
@@ -396,6 +397,12 @@ static void harness_pool(harness_t *h, unsigned conns, unsigned msgs_per_conn)
     r.ud = h;
     eng_timeouts_t t = {300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 2000};
     r.timeouts = t;
+    return r;
+}
+
+static void harness_pool(harness_t *h, unsigned conns, unsigned msgs_per_conn)
+{
+    eng_route_t r = harness_route(h, conns, msgs_per_conn);
     char err[256];
     assert_int_equal(eng_pool_new(&h->pool, &h->loop, &r, err, sizeof err), 0);
 }
@@ -1027,15 +1034,7 @@ static void test_link_retire(void **state)
     (void)state;
     harness_t h;
     harness_init(&h, 1);
-    eng_route_t r;
-    eng_route_init(&r);
-    r.host = "127.0.0.1";
-    r.port = (uint16_t)h.srv.port;
-    r.tls = ENG_TLS_NONE;
-    r.max_connections = 1;
-    r.max_setup_failures = 1;
-    eng_timeouts_t t = {300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 2000};
-    r.timeouts = t;
+    eng_route_t r = harness_route(&h, 1, 0);
     char err[256];
     assert_int_equal(eng_link_new_pool(&retire_link, &h.loop, &r, err, sizeof err), 0);
     enum { N = 3 };

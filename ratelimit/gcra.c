@@ -79,6 +79,15 @@ int rl__parse_per(const char *s, uint64_t *count, uint64_t *per_ms, char *err, s
     return 0;
 }
 
+uint32_t rl_rate_default_burst(double count)
+{
+    /* Pacing by default: "250/s" must read as about 250 in any second, not twice that in
+     * the first one (issue 16), so back-to-back sends are limited to 5% of the count. A
+     * larger burst is the user's explicit choice. */
+    double b = count * 5 / 100;
+    return b < 1 ? 1 : b > UINT32_MAX ? UINT32_MAX : (uint32_t)b;
+}
+
 int rl_rate_parse(const char *s, uint32_t burst, rl_rate_t *out, char *err, size_t errlen)
 {
     uint64_t count, per_ms;
@@ -87,13 +96,7 @@ int rl_rate_parse(const char *s, uint32_t burst, rl_rate_t *out, char *err, size
     /* Round up: a rate that cannot be expressed exactly in microseconds is made slightly
      * slower, never faster than what the provider allows. */
     uint64_t interval = (per_ms * 1000 + count - 1) / count;
-    if (burst == 0) {
-        /* Pacing by default: "250/s" must read as about 250 in any second, not twice
-         * that in the first one (issue 16), so back-to-back sends are limited to 5% of
-         * the count. A larger burst is the user's explicit choice. */
-        uint64_t b = count * 5 / 100;
-        burst = (uint32_t)(b < 1 ? 1 : b);
-    }
+    if (burst == 0) burst = rl_rate_default_burst((double)count);
     out->interval_us = interval;
     out->burst = burst;
     out->count = (uint32_t)count;

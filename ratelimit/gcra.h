@@ -40,6 +40,10 @@ typedef struct rl_gcra {
  * NULL). */
 int rl_rate_parse(const char *s, uint32_t burst, rl_rate_t *out, char *err, size_t errlen);
 
+/* The burst a rate of count tokens per period gets when none is given: 5% of count, at
+ * least 1 (the scheduler paces a learned rate with the same rule). */
+uint32_t rl_rate_default_burst(double count);
+
 /* Take n tokens at now_ms. Returns 1 when granted (state advanced), 0 when refused (state
  * unchanged; *retry_after_ms, if not NULL, is the wait until the same request would be
  * granted, rounded up), or VL_EINVAL when n == 0, n > burst or interval_us == 0 (callers

@@ -9,6 +9,7 @@
 
 #include "common/err.h"
 #include "scheduler/keys.h"
+#include "scheduler/redis.h"
 #include "scheduler/lua.h"
 #include "scheduler/result.h"
 
@@ -19,31 +20,14 @@ enum {
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
-/* Fill err for a failed command what and free r (may be NULL). VL_ENETWORK
- * when there was no reply (the connection failed), VL_EREDIS for an error
- * reply or one of the wrong shape. */
-static int fail(redisContext *c, redisReply *r, const char *what, char *err, size_t errlen)
-{
-    int rc;
-    if (!r || c->err) {
-        vl_set_err(err, errlen, "Redis: %s: %s", what, c->err ? c->errstr : "no reply");
-        rc = VL_ENETWORK;
-    } else {
-        vl_set_err(err, errlen, "Redis: %s: %.*s", what, (int)r->len, r->str ? r->str : "");
-        rc = VL_EREDIS;
-    }
-    if (r) freeReplyObject(r);
-    return rc;
-}
-
 /* Run a command (argv, NUL-terminated strings) and expect a reply of type;
- * NULL after fail() filled err and *rc. */
+ * NULL after sched_redis_sync_fail() filled err and *rc. */
 static redisReply *run_argv(redisContext *c, int type, const char *what, int *rc, char *err,
                             size_t errlen, int argc, const char **argv)
 {
     redisReply *r = redisCommandArgv(c, argc, argv, NULL);
     if (!r || r->type != type) {
-        *rc = fail(c, r, what, err, errlen);
+        *rc = sched_redis_sync_fail(c, r, what, err, errlen);
         return NULL;
     }
     return r;
@@ -56,7 +40,7 @@ static redisReply *hgetall(redisContext *c, const char *key, const char *what, i
     const char *argv[] = {"HGETALL", key};
     redisReply *r = run_argv(c, REDIS_REPLY_ARRAY, what, rc, err, errlen, 2, argv);
     if (r && r->elements % 2) {
-        *rc = fail(c, r, what, err, errlen);
+        *rc = sched_redis_sync_fail(c, r, what, err, errlen);
         return NULL;
     }
     return r;
@@ -180,7 +164,7 @@ static int count_rows(redisContext *c, const char *id, const char *set, const ch
     int rc = 0;
     redisReply *r = run_argv(c, REDIS_REPLY_ARRAY, "count rows", &rc, err, errlen, 8, argv);
     if (!r) return rc;
-    if (r->elements != 2) return fail(c, r, "count rows", err, errlen);
+    if (r->elements != 2) return sched_redis_sync_fail(c, r, "count rows", err, errlen);
     if (n_upto) *n_upto = r->element[0]->integer;
     if (n_all) *n_all = r->element[1]->integer;
     freeReplyObject(r);
@@ -402,7 +386,7 @@ static int cancel_some(redisContext *c, const char *id, const char *const fixed[
     redisReply *r = run_argv(c, REDIS_REPLY_ARRAY, "cancel rows", &rc, err, errlen, (int)n, argv);
     freeReplyObject(z);
     if (!r) return rc;
-    if (r->elements != 2) return fail(c, r, "cancel rows", err, errlen);
+    if (r->elements != 2) return sched_redis_sync_fail(c, r, "cancel rows", err, errlen);
     *cancelled += r->element[0]->integer;
     *left = r->element[1]->integer;
     freeReplyObject(r);
@@ -643,7 +627,7 @@ static int find_batch(sched_results_t *it, unsigned long row, char *err, size_t 
     const char *bargv[] = {"HGET", key, range};
     redisReply *b = redisCommandArgv(it->c, 3, bargv, NULL);
     if (!b || (b->type != REDIS_REPLY_STRING && b->type != REDIS_REPLY_NIL))
-        return fail(it->c, b, "HGET batch", err, errlen);
+        return sched_redis_sync_fail(it->c, b, "HGET batch", err, errlen);
     if (it->blob) freeReplyObject(it->blob);
     it->blob = b;
     it->bfirst = f;
@@ -706,7 +690,7 @@ int sched_results_open(sched_results_t **out, redisContext *c, const char *id,
     sched_row_init(&it->row);
     if (fill(it)) {
         sched_results_close(it);
-        return fail(c, NULL, "HGETALL res", err, errlen);
+        return sched_redis_sync_fail(c, NULL, "HGETALL res", err, errlen);
     }
     *out = it;
     return 0;
@@ -719,7 +703,8 @@ int sched_results_next(sched_results_t *it, const sched_row_t **row, char *err, 
         if (it->cur) {
             freeReplyObject(it->cur);
             it->cur = NULL;
-            if (it->missing && fill(it)) return fail(it->c, NULL, "HGETALL res", err, errlen);
+            if (it->missing && fill(it))
+                return sched_redis_sync_fail(it->c, NULL, "HGETALL res", err, errlen);
             it->k++;
         }
         if (!it->total || it->k > it->total / HROWS) return 0;
@@ -729,7 +714,7 @@ int sched_results_next(sched_results_t *it, const sched_row_t **row, char *err, 
         if (!it->cur || find_results(it)) {
             redisReply *r = it->cur;
             it->cur = NULL;
-            return fail(it->c, r, "HGETALL res", err, errlen);
+            return sched_redis_sync_fail(it->c, r, "HGETALL res", err, errlen);
         }
         it->missing = 0;
         for (size_t i = 0; i < it->n && !it->missing; i++)
@@ -737,7 +722,7 @@ int sched_results_next(sched_results_t *it, const sched_row_t **row, char *err, 
         /* A row not tried yet needs its batch, read on this connection: the
          * replies on it go first. Otherwise keep DEPTH asked for. */
         if (it->missing ? drain(it) : fill(it))
-            return fail(it->c, NULL, "HGETALL res", err, errlen);
+            return sched_redis_sync_fail(it->c, NULL, "HGETALL res", err, errlen);
     }
     sched_row_t *r = &it->row;
     size_t i = it->i++;

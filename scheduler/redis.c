@@ -993,3 +993,18 @@ fail:
     if (c) redisFree(c);
     return NULL;
 }
+
+int sched_redis_sync_fail(redisContext *c, redisReply *r, const char *what, char *err,
+                          size_t errlen)
+{
+    int rc;
+    if (!r || c->err) {
+        vl_set_err(err, errlen, "Redis: %s: %s", what, c->err ? c->errstr : "no reply");
+        rc = VL_ENETWORK;
+    } else {
+        vl_set_err(err, errlen, "Redis: %s: %.*s", what, (int)r->len, r->str ? r->str : "");
+        rc = VL_EREDIS;
+    }
+    if (r) freeReplyObject(r);
+    return rc;
+}

@@ -125,4 +125,10 @@ void sched_redis_close(sched_redis_t *r);
  * the context (caller frees with redisFree) or NULL with a message in err. */
 redisContext *sched_redis_connect_sync(const char *url, int timeout_ms, char *err, size_t errlen);
 
+/* A failed synchronous command what on c: fills err (never with a password) and frees r
+ * (may be NULL). VL_ENETWORK when there was no reply (the connection failed), VL_EREDIS
+ * for an error reply or one of the wrong shape. */
+int sched_redis_sync_fail(redisContext *c, redisReply *r, const char *what, char *err,
+                          size_t errlen);
+
 #endif

@@ -7,21 +7,7 @@
 
 #include "common/err.h"
 #include "scheduler/keys.h"
-
-/* As campaign.c's: VL_ENETWORK without a reply, VL_EREDIS with one; frees r. */
-static int fail(redisContext *c, redisReply *r, const char *what, char *err, size_t errlen)
-{
-    int rc;
-    if (!r || c->err) {
-        vl_set_err(err, errlen, "Redis: %s: %s", what, c->err ? c->errstr : "no reply");
-        rc = VL_ENETWORK;
-    } else {
-        vl_set_err(err, errlen, "Redis: %s: %.*s", what, (int)r->len, r->str ? r->str : "");
-        rc = VL_EREDIS;
-    }
-    if (r) freeReplyObject(r);
-    return rc;
-}
+#include "scheduler/redis.h"
 
 /* Copy s lowercased (ASCII) into dst; returns the byte after its NUL. */
 static char *fold(char *dst, const char *s)
@@ -58,7 +44,8 @@ int sched_suppress_add(redisContext *c, const char *const *addrs, size_t n, long
     redisReply *r = redisCommandArgv(c, (int)n + 2, argv, NULL);
     free(argv);
     free(text);
-    if (!r || r->type != REDIS_REPLY_INTEGER) return fail(c, r, "SADD", err, errlen);
+    if (!r || r->type != REDIS_REPLY_INTEGER)
+        return sched_redis_sync_fail(c, r, "SADD", err, errlen);
     *added = r->integer;
     freeReplyObject(r);
     return 0;
@@ -75,7 +62,8 @@ int sched_suppress_has(redisContext *c, const char *addr, char *err, size_t errl
     const char *argv[] = {"SISMEMBER", SCHED_KEY_SUPPRESS, a};
     redisReply *r = redisCommandArgv(c, 3, argv, NULL);
     free(a);
-    if (!r || r->type != REDIS_REPLY_INTEGER) return fail(c, r, "SISMEMBER", err, errlen);
+    if (!r || r->type != REDIS_REPLY_INTEGER)
+        return sched_redis_sync_fail(c, r, "SISMEMBER", err, errlen);
     int rc = r->integer != 0;
     freeReplyObject(r);
     return rc;
@@ -89,7 +77,7 @@ int sched_suppress_list(redisContext *c, sched_suppress_fn fn, void *ud, char *e
         redisReply *r = redisCommandArgv(c, 5, argv, NULL);
         if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
             r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_ARRAY)
-            return fail(c, r, "SSCAN", err, errlen);
+            return sched_redis_sync_fail(c, r, "SSCAN", err, errlen);
         snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
         const redisReply *items = r->element[1];
         int rc = 0;

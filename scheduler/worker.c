@@ -236,8 +236,8 @@ static unsigned prov_connections(const prov_t *p)
 }
 
 /* The rate the controller allows as GCRA arithmetic: the configured rate's own (with
- * its burst) while nothing lower was learned, else the learned one, paced with a
- * burst of 5% (ratelimit/gcra.h's default). */
+ * its burst) while nothing lower was learned, else the learned one per second, with
+ * the default burst of ratelimit/gcra.h. */
 static void set_rate(prov_t *p, double rate)
 {
     const rl_rate_t *cfg = &p->cfg->rate;
@@ -249,7 +249,7 @@ static void set_rate(prov_t *p, double rate)
         p->rate_burst = cfg->burst ? cfg->burst : 1;
     } else {
         p->rate_interval_us = (uint64_t)(1e6 / rate + 0.999);
-        p->rate_burst = rate >= 40 ? (uint32_t)(rate * 0.05) : 1;
+        p->rate_burst = rl_rate_default_burst(rate);
     }
 }
 
@@ -829,7 +829,10 @@ static void feed_ctl(prov_t *p, const job_t *j, const eng_result_t *res, rl_ctl_
         (act & RL_CTL_ACT_CLOSE) ||
         (a && (a->cls == RL_RECONNECT || a->cls == RL_LOWER_PER_CONNECTION || a->close_connection));
     if (retire && res->conn_id) eng_link_retire(p->link, j->domain, res->conn_id);
-    apply_limits(p, now);
+    /* What an acceptance changes (a raise, a confirmed cap) the next tick applies, within
+     * TICK_MS: a message delivered costs the controller's bookkeeping, not a pass over the
+     * limits. A refusal is applied at once, before more go out. */
+    if (sig != RL_CTL_OK) apply_limits(p, now);
 }
 
 static void on_msg_done(eng_msg_t *m, const eng_result_t *res)

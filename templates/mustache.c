@@ -1072,16 +1072,37 @@ int tpl_render(const tpl_template_t *t, const tpl_ctx_t *ctx, unsigned flags, bu
 
 /* ---- introspection ---- */
 
+/* What a walk hands its callback for tag n of body (all borrowed from t). */
+static tpl_var_ref_t var_ref(const tpl_template_t *t, const body_t *body, const node_t *n,
+                             unsigned flags)
+{
+    return (tpl_var_ref_t){
+        .name = t->arena.data + n->off,
+        .len = n->len,
+        .line = (int)n->line,
+        .column = (int)n->col,
+        .partial = body->name == NONE ? NULL : t->arena.data + body->name,
+        .flags = flags,
+    };
+}
+
+/* Is body b a partial already compiled at an earlier index (the same partial at another
+ * indentation)? Its source is the same: walks list it once. */
+static int body_repeats(const tpl_template_t *t, size_t b)
+{
+    for (size_t k = 1; k < b; k++)
+        if (strcmp(t->arena.data + t->bodies[k].name, t->arena.data + t->bodies[b].name) == 0)
+            return 1;
+    return 0;
+}
+
 int tpl_foreach_var(const tpl_template_t *t, tpl_var_fn fn, void *ud)
 {
     for (size_t b = 0; b < t->nbodies; b++) {
         const body_t *body = &t->bodies[b];
         /* The same partial at several indentations is the same source:
          * list it once. */
-        int seen = 0;
-        for (size_t k = 1; k < b && !seen; k++)
-            seen = strcmp(t->arena.data + t->bodies[k].name, t->arena.data + body->name) == 0;
-        if (seen) continue;
+        if (body_repeats(t, b)) continue;
         int depth = 0;
         for (uint32_t i = body->start; t->nodes[i].type != N_EOF; i++) {
             const node_t *n = &t->nodes[i];
@@ -1097,14 +1118,7 @@ int tpl_foreach_var(const tpl_template_t *t, tpl_var_fn fn, void *ud)
                 continue;
             }
             if (n->nseg == 0) continue;
-            tpl_var_ref_t ref = {
-                .name = t->arena.data + n->off,
-                .len = n->len,
-                .line = (int)n->line,
-                .column = (int)n->col,
-                .partial = body->name == NONE ? NULL : t->arena.data + body->name,
-                .flags = flags,
-            };
+            tpl_var_ref_t ref = var_ref(t, body, n, flags);
             int rc = fn(ud, &ref);
             if (rc) return rc;
         }
@@ -1137,16 +1151,10 @@ static void check_body(checker_t *c, uint32_t b)
         if (v.kind == V_NONE && n->nseg > 0) {
             c->missing++;
             if (c->fn) {
-                tpl_var_ref_t ref = {
-                    .name = t->arena.data + n->off,
-                    .len = n->len,
-                    .line = (int)n->line,
-                    .column = (int)n->col,
-                    .partial = t->bodies[b].name == NONE ? NULL : t->arena.data + t->bodies[b].name,
-                    .flags = n->type == N_SECTION    ? TPL_VAR_SECTION
-                             : n->type == N_INVERTED ? TPL_VAR_INVERTED
-                                                     : 0,
-                };
+                tpl_var_ref_t ref = var_ref(t, &t->bodies[b], n,
+                                            n->type == N_SECTION    ? TPL_VAR_SECTION
+                                            : n->type == N_INVERTED ? TPL_VAR_INVERTED
+                                                                    : 0);
                 c->fn(c->ud, &ref);
             }
         }
@@ -1171,23 +1179,13 @@ int tpl_check(const tpl_template_t *t, const tpl_ctx_t *ctx, tpl_var_fn fn, void
      * wherever it is, inside sections too. Each source once, as tpl_foreach_var does. */
     for (size_t b = 0; b < t->nbodies; b++) {
         const body_t *body = &t->bodies[b];
-        int seen = 0;
-        for (size_t k = 1; k < b && !seen; k++)
-            seen = strcmp(t->arena.data + t->bodies[k].name, t->arena.data + body->name) == 0;
-        if (seen) continue;
+        if (body_repeats(t, b)) continue;
         for (uint32_t i = body->start; t->nodes[i].type != N_EOF; i++) {
             const node_t *n = &t->nodes[i];
             if (n->type != N_PARTIAL || n->link != NONE) continue;
             c.missing++;
             if (!fn) continue;
-            tpl_var_ref_t ref = {
-                .name = t->arena.data + n->off,
-                .len = n->len,
-                .line = (int)n->line,
-                .column = (int)n->col,
-                .partial = body->name == NONE ? NULL : t->arena.data + body->name,
-                .flags = TPL_VAR_PARTIAL,
-            };
+            tpl_var_ref_t ref = var_ref(t, body, n, TPL_VAR_PARTIAL);
             fn(ud, &ref);
         }
     }
